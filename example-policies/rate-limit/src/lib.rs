@@ -1,0 +1,72 @@
+//! `rate-limit`: at most [`PER_MINUTE`] calls per UTC minute for each agent and action.
+//!
+//! Each allowed call charges 1 to `calls:<agent>:<action>`; a call that finds [`PER_MINUTE`]
+//! already charged in the current minute is blocked (`rate_limited`).
+
+use writ_policy::{Decision, Policy, ToolCall, Window};
+
+/// Calls allowed per agent and action in one UTC minute.
+pub const PER_MINUTE: f64 = 10.0;
+
+/// Per-agent, per-action rate limit.
+pub struct RateLimit;
+
+impl Policy for RateLimit {
+    fn evaluate(call: &ToolCall) -> Decision {
+        let counter = format!("calls:{}:{}", call.agent_id(), call.action());
+        let used = call.usage(&counter, Window::Minute);
+        if used + 1.0 > PER_MINUTE {
+            return Decision::block(format!(
+                "{} has made {used} `{}` calls this minute (limit {PER_MINUTE})",
+                call.agent_id(),
+                call.action()
+            ))
+            .code("rate_limited");
+        }
+        Decision::allow("within rate limit").charge(counter, 1.0)
+    }
+}
+
+writ_policy::export_policy!(RateLimit);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use writ_policy::Outcome;
+
+    fn call(agent: &str, used: f64) -> Decision {
+        RateLimit::evaluate(
+            &ToolCall::builder("email.send")
+                .agent_id(agent)
+                .usage(format!("calls:{agent}:email.send"), Window::Minute, used)
+                .build(),
+        )
+    }
+
+    #[test]
+    fn allows_and_charges_one_under_the_limit() {
+        let d = call("a1", 9.0);
+        assert_eq!(d.outcome, Outcome::Allow);
+        assert_eq!(d.charges[0].counter, "calls:a1:email.send");
+        assert_eq!(d.charges[0].amount, 1.0);
+    }
+
+    #[test]
+    fn blocks_at_the_limit() {
+        let d = call("a1", 10.0);
+        assert_eq!(d.outcome, Outcome::Block);
+        assert_eq!(d.codes, ["rate_limited"]);
+        assert!(d.charges.is_empty());
+    }
+
+    #[test]
+    fn counts_each_agent_apart() {
+        let d = RateLimit::evaluate(
+            &ToolCall::builder("email.send")
+                .agent_id("a2")
+                .usage("calls:a1:email.send", Window::Minute, 10.0)
+                .build(),
+        );
+        assert!(d.is_allow());
+    }
+}

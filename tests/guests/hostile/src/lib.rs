@@ -1,0 +1,86 @@
+//! `hostile`: a policy that misbehaves in the way its call's action names, so that the tests can
+//! check the sandbox stops each misbehaviour and blocks the call.
+//!
+//! | action | what it does |
+//! | --- | --- |
+//! | `spin` | loops forever |
+//! | `grow` | allocates memory until it is refused |
+//! | `recurse` | recurses without end |
+//! | `panic` | panics with the message `hostile panic` |
+//! | `huge-reason` | allows with a 1 MiB reason |
+//! | `many-codes` | allows with 1,000 codes |
+//! | `bad-code` | allows with a code holding a space |
+//! | `nan-charge`, `negative-charge`, `infinite-charge` | allows with such a charge |
+//! | `print` | writes to standard output (WASI) |
+//! | `env` | reads an environment variable (WASI) |
+//! | `clock` | reads the system clock (WASI) |
+//! | `random` | asks for random bytes through `HashMap`'s seed (WASI) |
+//! | `usage-flood` | reads 10,000 distinct usage counters |
+//! | `log-flood` | writes 10,000 log lines |
+//! | anything else | allows |
+
+use std::hint::black_box;
+
+use writ_policy::{Decision, Level, Policy, ToolCall, Window};
+
+/// Misbehaves on request.
+pub struct Hostile;
+
+fn recurse(depth: u64) -> u64 {
+    if black_box(depth) == u64::MAX {
+        return 0;
+    }
+    black_box(recurse(depth + 1)) + 1
+}
+
+impl Policy for Hostile {
+    fn evaluate(call: &ToolCall) -> Decision {
+        match call.action() {
+            "spin" => {
+                let mut i: u64 = 0;
+                loop {
+                    i = black_box(i.wrapping_add(1));
+                }
+            }
+            "grow" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                }
+            }
+            "recurse" => Decision::allow(format!("{}", recurse(0))),
+            "panic" => panic!("hostile panic"),
+            "huge-reason" => Decision::allow("x".repeat(1 << 20)),
+            "many-codes" => (0..1000).fold(Decision::allow("codes"), |d, i| d.code(format!("c{i}"))),
+            "bad-code" => Decision::allow("bad code").code("not a code"),
+            "nan-charge" => Decision::allow("nan").charge("spend", f64::NAN),
+            "negative-charge" => Decision::allow("negative").charge("spend", -1.0),
+            "infinite-charge" => Decision::allow("infinite").charge("spend", f64::INFINITY),
+            "print" => {
+                println!("hello from a policy");
+                Decision::allow("printed")
+            }
+            "env" => Decision::allow(std::env::var("HOME").unwrap_or_default()),
+            "clock" => Decision::allow(format!("{:?}", std::time::SystemTime::now())),
+            "random" => {
+                let map: std::collections::HashMap<u8, u8> = std::collections::HashMap::new();
+                Decision::allow(format!("{}", map.len()))
+            }
+            "usage-flood" => {
+                let total: f64 = (0..10_000)
+                    .map(|i| call.usage(&format!("c{i}"), Window::Day))
+                    .sum();
+                Decision::allow(format!("{total}"))
+            }
+            "log-flood" => {
+                for i in 0..10_000 {
+                    writ_policy::log(Level::Info, &format!("line {i}"));
+                }
+                Decision::allow("logged")
+            }
+            _ => Decision::allow("well behaved"),
+        }
+    }
+}
+
+writ_policy::export_policy!(Hostile);
