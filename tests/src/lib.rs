@@ -1,9 +1,12 @@
 //! Support for Writ's integration tests and benchmarks: the guest components built by
 //! `build.rs`, a shared engine, and call builders.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
-use writ::{CompiledPolicy, Engine, EngineConfig, ToolCall};
+use writ::{
+    CompiledPolicy, Engine, EngineConfig, Evaluation, FixedUsage, Limits, ToolCall, Window,
+};
 
 /// Paths of the guest components, built from `example-policies/` and `tests/guests/`.
 pub mod artifacts {
@@ -22,11 +25,39 @@ pub fn component(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"))
 }
 
-/// Compiles a guest component with the shared engine.
+/// Compiles a guest component with the shared engine, once per test binary.
 pub fn load(path: &str) -> CompiledPolicy {
-    engine()
-        .compile(&component(path))
-        .unwrap_or_else(|e| panic!("load {path}: {e}"))
+    static LOADED: LazyLock<Mutex<HashMap<String, CompiledPolicy>>> = LazyLock::new(Default::default);
+    let mut loaded = LOADED.lock().unwrap();
+    loaded
+        .entry(path.to_owned())
+        .or_insert_with(|| {
+            engine()
+                .compile(&component(path))
+                .unwrap_or_else(|e| panic!("load {path}: {e}"))
+        })
+        .clone()
+}
+
+/// Evaluates `call` with `policy` under `limits`, with the given usage values.
+pub fn evaluate_with(
+    policy: &CompiledPolicy,
+    call: &ToolCall,
+    limits: &Limits,
+    usage: &[(&str, Window, f64)],
+) -> Evaluation {
+    let usage = FixedUsage(
+        usage
+            .iter()
+            .map(|(c, w, v)| (((*c).to_owned(), *w), *v))
+            .collect(),
+    );
+    engine().evaluate(policy, call, limits, Box::new(usage))
+}
+
+/// Evaluates `call` with `policy` under default limits and no usage.
+pub fn evaluate(policy: &CompiledPolicy, call: &ToolCall) -> Evaluation {
+    evaluate_with(policy, call, &Limits::default(), &[])
 }
 
 /// A call for `action` with `arguments` (a JSON value) and test identities.

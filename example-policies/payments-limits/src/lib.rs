@@ -7,7 +7,6 @@
 //! - `email.send` is allowed;
 //! - any other action is blocked (`action_not_allowed`).
 
-use serde::Deserialize;
 use writ_policy::{Decision, Policy, ToolCall};
 
 /// The largest payment allowed without a human.
@@ -19,7 +18,6 @@ pub const PREAPPROVED: [&str; 3] = ["GBP", "EUR", "USD"];
 /// The seed's payment limits.
 pub struct PaymentsLimits;
 
-#[derive(Deserialize)]
 struct Payment {
     amount: f64,
     currency: String,
@@ -37,8 +35,8 @@ impl Policy for PaymentsLimits {
 }
 
 fn payment(call: &ToolCall) -> Decision {
-    let payment = match call.arguments::<Payment>() {
-        Ok(p) if p.amount.is_finite() && p.amount > 0.0 => p,
+    let amount = match call.arg::<f64>("amount") {
+        Ok(amount) if amount.is_finite() && amount > 0.0 => amount,
         Ok(_) => {
             return Decision::block("Payment amount must be a positive number")
                 .code("invalid_arguments");
@@ -48,6 +46,14 @@ fn payment(call: &ToolCall) -> Decision {
                 .code("invalid_arguments");
         }
     };
+    let currency = match call.arg::<String>("currency") {
+        Ok(currency) => currency,
+        Err(e) => {
+            return Decision::block(format!("Malformed payment arguments: {e}"))
+                .code("invalid_arguments");
+        }
+    };
+    let payment = Payment { amount, currency };
     let mut decision: Option<Decision> = None;
     if !PREAPPROVED.contains(&payment.currency.as_str()) {
         decision = Some(

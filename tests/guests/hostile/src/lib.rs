@@ -15,11 +15,15 @@
 //! | `env` | reads an environment variable (WASI) |
 //! | `clock` | reads the system clock (WASI) |
 //! | `random` | asks for random bytes through `HashMap`'s seed (WASI) |
+//! | `count` | increments a static counter and allows, with the count as reason |
 //! | `usage-flood` | reads 10,000 distinct usage counters |
 //! | `log-flood` | writes 10,000 log lines |
 //! | anything else | allows |
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
 
 use writ_policy::{Decision, Level, Policy, ToolCall, Window};
 
@@ -45,7 +49,7 @@ impl Policy for Hostile {
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
-                    hoard.push(black_box(vec![1u8; 1 << 20]));
+                    hoard.push(black_box(Vec::<u8>::with_capacity(1 << 20)));
                 }
             }
             "recurse" => Decision::allow(format!("{}", recurse(0))),
@@ -66,6 +70,7 @@ impl Policy for Hostile {
                 let map: std::collections::HashMap<u8, u8> = std::collections::HashMap::new();
                 Decision::allow(format!("{}", map.len()))
             }
+            "count" => Decision::allow(format!("{}", CALLS.fetch_add(1, Ordering::Relaxed) + 1)),
             "usage-flood" => {
                 let total: f64 = (0..10_000)
                     .map(|i| call.usage(&format!("c{i}"), Window::Day))

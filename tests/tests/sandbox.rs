@@ -1,0 +1,247 @@
+//! The sandbox against hostile guests: every misbehaviour ends in the right BLOCK within a
+//! stated bound, and the engine then evaluates a well-behaved policy correctly. Also load-time
+//! validation, with small hostile components written as WAT text.
+
+use std::time::{Duration, Instant};
+
+use rstest::rstest;
+use serde_json::json;
+use writ::{Limits, LoadError, Outcome};
+use writ_tests::{artifacts, call, component, engine, evaluate, evaluate_with, load};
+
+/// Generous upper bound for any single hostile evaluation in a debug build on a loaded machine:
+/// the limits themselves are 100 ms and 50 million fuel.
+const BOUND: Duration = Duration::from_secs(5);
+
+fn assert_engine_still_healthy() {
+    let policy = load(artifacts::PAYMENTS_LIMITS);
+    let e = evaluate(
+        &policy,
+        &call("payments.initiate", json!({"amount": 50, "currency": "GBP"})),
+    );
+    assert_eq!(e.decision.outcome, Outcome::Allow, "{:?}", e.decision);
+}
+
+#[rstest]
+#[case::infinite_loop("spin", "policy_fuel_exhausted")]
+#[case::unbounded_memory("grow", "policy_memory_limit")]
+#[case::deep_recursion("recurse", "policy_trap")]
+#[case::panic("panic", "policy_trap")]
+#[case::huge_reason("huge-reason", "policy_invalid_result")]
+#[case::too_many_codes("many-codes", "policy_invalid_result")]
+#[case::malformed_code("bad-code", "policy_invalid_result")]
+#[case::nan_charge("nan-charge", "policy_invalid_result")]
+#[case::negative_charge("negative-charge", "policy_invalid_result")]
+#[case::infinite_charge("infinite-charge", "policy_invalid_result")]
+#[case::stdout("print", "policy_trap")]
+#[case::environment("env", "policy_trap")]
+#[case::clock("clock", "policy_trap")]
+#[case::randomness("random", "policy_trap")]
+#[case::usage_flood("usage-flood", "policy_trap")]
+fn hostile_guest_is_blocked(#[case] action: &str, #[case] code: &str) {
+    let policy = load(artifacts::HOSTILE);
+    let started = Instant::now();
+    let e = evaluate(&policy, &call(action, json!({})));
+    assert!(
+        started.elapsed() < BOUND,
+        "{action} took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(e.decision.outcome, Outcome::Block, "{action}: {:?}", e.decision);
+    assert_eq!(e.decision.codes, [code], "{action}: {}", e.decision.reason);
+    assert!(e.decision.charges.is_empty());
+    assert!(!e.decision.reason.is_empty());
+    assert!(e.decision.reason.len() <= 4096);
+    assert_engine_still_healthy();
+}
+
+#[test]
+fn loop_past_the_deadline_is_a_timeout() {
+    let policy = load(artifacts::HOSTILE);
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        deadline: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let e = evaluate_with(&policy, &call("spin", json!({})), &limits, &[]);
+    let took = started.elapsed();
+    assert_eq!(e.decision.codes, ["policy_timeout"], "{}", e.decision.reason);
+    assert!(took >= Duration::from_millis(50), "stopped early: {took:?}");
+    assert!(took < BOUND, "took {took:?}");
+    assert_engine_still_healthy();
+}
+
+#[test]
+fn fuel_is_reported_and_bounded_by_the_limit() {
+    let policy = load(artifacts::HOSTILE);
+    let limits = Limits {
+        fuel: 1_000_000,
+        ..Limits::default()
+    };
+    let e = evaluate_with(&policy, &call("spin", json!({})), &limits, &[]);
+    assert_eq!(e.decision.codes, ["policy_fuel_exhausted"]);
+    assert_eq!(e.fuel_consumed, 1_000_000);
+}
+
+#[test]
+fn memory_limit_is_per_call() {
+    let policy = load(artifacts::HOSTILE);
+    let small = Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    let e = evaluate_with(&policy, &call("grow", json!({})), &small, &[]);
+    assert_eq!(e.decision.codes, ["policy_memory_limit"]);
+    assert!(e.decision.reason.contains("4 MiB"), "{}", e.decision.reason);
+}
+
+#[test]
+fn panic_message_reaches_the_reason_and_the_log() {
+    let policy = load(artifacts::HOSTILE);
+    let e = evaluate(&policy, &call("panic", json!({})));
+    assert!(
+        e.decision.reason.contains("hostile panic"),
+        "{}",
+        e.decision.reason
+    );
+    assert!(e.logs.iter().any(|l| l.message.contains("hostile panic")));
+}
+
+#[test]
+fn wasi_trap_names_the_function() {
+    let policy = load(artifacts::HOSTILE);
+    let e = evaluate(&policy, &call("print", json!({})));
+    assert!(e.decision.reason.contains("wasi:"), "{}", e.decision.reason);
+}
+
+#[test]
+fn log_lines_are_capped() {
+    let policy = load(artifacts::HOSTILE);
+    let e = evaluate(&policy, &call("log-flood", json!({})));
+    assert_eq!(e.decision.outcome, Outcome::Allow);
+    assert_eq!(e.logs.len(), 64);
+    assert_eq!(e.logs_dropped, 10_000 - 64);
+}
+
+#[test]
+fn every_call_gets_a_fresh_instance() {
+    let policy = load(artifacts::HOSTILE);
+    for _ in 0..5 {
+        let e = evaluate(&policy, &call("count", json!({})));
+        assert_eq!(e.decision.reason, "1", "state leaked between calls");
+    }
+}
+
+#[test]
+fn concurrent_evaluations_do_not_interfere() {
+    let payments = load(artifacts::PAYMENTS_LIMITS);
+    let hostile = load(artifacts::HOSTILE);
+    std::thread::scope(|s| {
+        for i in 0..8 {
+            let (payments, hostile) = (&payments, &hostile);
+            s.spawn(move || {
+                for _ in 0..20 {
+                    if i % 2 == 0 {
+                        let e = evaluate(
+                            payments,
+                            &call("payments.initiate", json!({"amount": 10, "currency": "USD"})),
+                        );
+                        assert_eq!(e.decision.outcome, Outcome::Allow);
+                    } else {
+                        let e = evaluate(hostile, &call("count", json!({})));
+                        assert_eq!(e.decision.reason, "1");
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn compile_wat(text: &str) -> Result<writ::CompiledPolicy, LoadError> {
+    engine().compile(&wat::parse_str(text).expect("valid WAT"))
+}
+
+#[rstest]
+#[case::sockets("wasi:sockets/tcp@0.2.0")]
+#[case::http("wasi:http/outgoing-handler@0.2.0")]
+#[case::foreign("evil:net/exfiltrate@1.0.0")]
+#[case::future_wasi("wasi:cli/stdout@0.3.0")]
+fn component_importing_outside_the_allowed_set_is_refused(#[case] import: &str) {
+    let text = format!(r#"(component (import "{import}" (instance)))"#);
+    match compile_wat(&text) {
+        Err(LoadError::ForbiddenImport(name)) => assert_eq!(name, import),
+        other => panic!("expected a forbidden import, got {other:?}"),
+    }
+}
+
+#[test]
+fn component_without_evaluate_is_refused() {
+    let err = compile_wat("(component)").unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld(_)), "{err:?}");
+    assert!(err.to_string().contains("evaluate"), "{err}");
+}
+
+#[test]
+fn component_with_a_wrongly_typed_evaluate_is_refused() {
+    let err = compile_wat(
+        r#"(component
+            (core module $m (func (export "f")))
+            (core instance $i (instantiate $m))
+            (func (export "evaluate") (canon lift (core func $i "f"))))"#,
+    )
+    .unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld(_)), "{err:?}");
+}
+
+#[test]
+fn core_module_is_not_a_component() {
+    let err = engine()
+        .compile(&wat::parse_str("(module)").unwrap())
+        .unwrap_err();
+    assert!(matches!(err, LoadError::NotAComponent(_)), "{err:?}");
+    assert!(err.to_string().contains("core module"), "{err}");
+}
+
+#[rstest]
+#[case::empty(b"".as_slice())]
+#[case::text(b"hello, world".as_slice())]
+#[case::truncated_header(b"\0asm\x0d\x00".as_slice())]
+fn garbage_is_not_a_component(#[case] bytes: &[u8]) {
+    let err = engine().compile(bytes).unwrap_err();
+    assert!(matches!(err, LoadError::NotAComponent(_)), "{err:?}");
+}
+
+#[test]
+fn truncated_component_is_invalid() {
+    let bytes = component(artifacts::ALLOW_ALL);
+    let err = engine().compile(&bytes[..bytes.len() / 2]).unwrap_err();
+    assert!(matches!(err, LoadError::Invalid(_)), "{err:?}");
+}
+
+#[test]
+fn policy_id_is_the_blake3_of_the_component() {
+    let bytes = component(artifacts::ALLOW_ALL);
+    let policy = load(artifacts::ALLOW_ALL);
+    assert_eq!(policy.id(), blake3::hash(&bytes).to_hex().as_str());
+    assert_eq!(policy.size(), bytes.len());
+}
+
+#[test]
+fn precompiled_artifact_round_trips() {
+    let policy = load(artifacts::PAYMENTS_LIMITS);
+    let artifact = policy.serialize().unwrap();
+    let reloaded = engine()
+        .load_precompiled(policy.id(), policy.size(), &artifact)
+        .unwrap();
+    assert_eq!(reloaded.id(), policy.id());
+    let e = evaluate(
+        &reloaded,
+        &call("payments.initiate", json!({"amount": 800, "currency": "GBP"})),
+    );
+    assert_eq!(e.decision.codes, ["amount_over_limit"]);
+    let err = engine()
+        .load_precompiled(policy.id(), policy.size(), b"not an artifact")
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Artifact(_)), "{err:?}");
+}
