@@ -13,8 +13,8 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-pub use writ::policy::host::{Host, Level};
-pub use writ::policy::types::{
+pub use self::writ::policy::host::{Host, Level};
+pub use self::writ::policy::types::{
     Charge as WitCharge, Decision as WitDecision, HttpTarget as WitTarget, Outcome as WitOutcome,
     ToolCall as WitToolCall, Window as WitWindow,
 };
@@ -34,6 +34,8 @@ pub struct HostRuleBroken(pub String);
 
 /// Adds `writ:policy/host` to a linker.
 pub(crate) fn add_host_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
-    writ::policy::host::add_to_linker::<CallState, HasSelf<CallState>>(linker, |state| state)?;
-    writ::policy::types::add_to_linker::<CallState, HasSelf<CallState>>(linker, |state| state)
+    self::writ::policy::host::add_to_linker::<CallState, HasSelf<CallState>>(linker, |state| {
+        state
+    })?;
+    self::writ::policy::types::add_to_linker::<CallState, HasSelf<CallState>>(linker, |state| state)
 }

@@ -260,7 +260,11 @@ impl Engine {
             },
         );
         store.limiter(|state| state);
-        let ticks = limits.deadline.as_nanos().div_ceil(self.epoch_tick().as_nanos()) as u64 + 1;
+        let ticks = limits
+            .deadline
+            .as_nanos()
+            .div_ceil(self.epoch_tick().as_nanos()) as u64
+            + 1;
         store.set_epoch_deadline(ticks);
         let result = store.set_fuel(limits.fuel).and_then(|()| {
             let instance = policy.pre().instantiate(&mut store)?;
@@ -270,8 +274,9 @@ impl Engine {
         let elapsed = started.elapsed();
         let state = store.into_data();
         let decision = match result {
-            Ok(decision) => from_wit(decision)
-                .unwrap_or_else(|why| Decision::block(codes::INVALID_RESULT, why)),
+            Ok(decision) => {
+                from_wit(decision).unwrap_or_else(|why| Decision::block(codes::INVALID_RESULT, why))
+            }
             Err(error) => failure(&error, &state, limits),
         };
         Evaluation {

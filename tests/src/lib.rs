@@ -27,7 +27,8 @@ pub fn component(path: &str) -> Vec<u8> {
 
 /// Compiles a guest component with the shared engine, once per test binary.
 pub fn load(path: &str) -> CompiledPolicy {
-    static LOADED: LazyLock<Mutex<HashMap<String, CompiledPolicy>>> = LazyLock::new(Default::default);
+    static LOADED: LazyLock<Mutex<HashMap<String, CompiledPolicy>>> =
+        LazyLock::new(Default::default);
     let mut loaded = LOADED.lock().unwrap();
     loaded
         .entry(path.to_owned())

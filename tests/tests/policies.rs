@@ -35,7 +35,10 @@ fn payments_limits_gives_the_seed_reason_for_allowed_payments() {
     let policy = load(artifacts::PAYMENTS_LIMITS);
     let e = evaluate(
         &policy,
-        &call("payments.initiate", json!({"amount": 50, "currency": "GBP"})),
+        &call(
+            "payments.initiate",
+            json!({"amount": 50, "currency": "GBP"}),
+        ),
     );
     assert_eq!(e.decision.reason, "Payment within approved parameters");
 }

@@ -17,7 +17,10 @@ fn assert_engine_still_healthy() {
     let policy = load(artifacts::PAYMENTS_LIMITS);
     let e = evaluate(
         &policy,
-        &call("payments.initiate", json!({"amount": 50, "currency": "GBP"})),
+        &call(
+            "payments.initiate",
+            json!({"amount": 50, "currency": "GBP"}),
+        ),
     );
     assert_eq!(e.decision.outcome, Outcome::Allow, "{:?}", e.decision);
 }
@@ -47,7 +50,12 @@ fn hostile_guest_is_blocked(#[case] action: &str, #[case] code: &str) {
         "{action} took {:?}",
         started.elapsed()
     );
-    assert_eq!(e.decision.outcome, Outcome::Block, "{action}: {:?}", e.decision);
+    assert_eq!(
+        e.decision.outcome,
+        Outcome::Block,
+        "{action}: {:?}",
+        e.decision
+    );
     assert_eq!(e.decision.codes, [code], "{action}: {}", e.decision.reason);
     assert!(e.decision.charges.is_empty());
     assert!(!e.decision.reason.is_empty());
@@ -66,7 +74,12 @@ fn loop_past_the_deadline_is_a_timeout() {
     let started = Instant::now();
     let e = evaluate_with(&policy, &call("spin", json!({})), &limits, &[]);
     let took = started.elapsed();
-    assert_eq!(e.decision.codes, ["policy_timeout"], "{}", e.decision.reason);
+    assert_eq!(
+        e.decision.codes,
+        ["policy_timeout"],
+        "{}",
+        e.decision.reason
+    );
     assert!(took >= Duration::from_millis(50), "stopped early: {took:?}");
     assert!(took < BOUND, "took {took:?}");
     assert_engine_still_healthy();
@@ -145,7 +158,10 @@ fn concurrent_evaluations_do_not_interfere() {
                     if i % 2 == 0 {
                         let e = evaluate(
                             payments,
-                            &call("payments.initiate", json!({"amount": 10, "currency": "USD"})),
+                            &call(
+                                "payments.initiate",
+                                json!({"amount": 10, "currency": "USD"}),
+                            ),
                         );
                         assert_eq!(e.decision.outcome, Outcome::Allow);
                     } else {
@@ -237,7 +253,10 @@ fn precompiled_artifact_round_trips() {
     assert_eq!(reloaded.id(), policy.id());
     let e = evaluate(
         &reloaded,
-        &call("payments.initiate", json!({"amount": 800, "currency": "GBP"})),
+        &call(
+            "payments.initiate",
+            json!({"amount": 800, "currency": "GBP"}),
+        ),
     );
     assert_eq!(e.decision.codes, ["amount_over_limit"]);
     let err = engine()

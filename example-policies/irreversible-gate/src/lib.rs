@@ -71,13 +71,25 @@ mod tests {
 
     #[test]
     fn escalates_destructive_posts_only() {
-        assert_eq!(eval("stripe.charges.create", Some(target("POST", true))).outcome, Outcome::Escalate);
-        assert_eq!(eval("stripe.charges.list", Some(target("POST", false))).outcome, Outcome::Allow);
+        assert_eq!(
+            eval("stripe.charges.create", Some(target("POST", true))).outcome,
+            Outcome::Escalate
+        );
+        assert_eq!(
+            eval("stripe.charges.list", Some(target("POST", false))).outcome,
+            Outcome::Allow
+        );
     }
 
     #[test]
     fn allows_reads() {
-        assert_eq!(eval("github.repos.get", Some(target("GET", false))).outcome, Outcome::Allow);
-        assert_eq!(eval("github.repos.deleted_list", None).outcome, Outcome::Allow);
+        assert_eq!(
+            eval("github.repos.get", Some(target("GET", false))).outcome,
+            Outcome::Allow
+        );
+        assert_eq!(
+            eval("github.repos.deleted_list", None).outcome,
+            Outcome::Allow
+        );
     }
 }

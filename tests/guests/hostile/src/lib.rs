@@ -55,7 +55,9 @@ impl Policy for Hostile {
             "recurse" => Decision::allow(format!("{}", recurse(0))),
             "panic" => panic!("hostile panic"),
             "huge-reason" => Decision::allow("x".repeat(1 << 20)),
-            "many-codes" => (0..1000).fold(Decision::allow("codes"), |d, i| d.code(format!("c{i}"))),
+            "many-codes" => {
+                (0..1000).fold(Decision::allow("codes"), |d, i| d.code(format!("c{i}")))
+            }
             "bad-code" => Decision::allow("bad code").code("not a code"),
             "nan-charge" => Decision::allow("nan").charge("spend", f64::NAN),
             "negative-charge" => Decision::allow("negative").charge("spend", -1.0),
