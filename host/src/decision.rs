@@ -7,7 +7,7 @@
 
 use std::fmt;
 
-/// Codes the host puts on a BLOCK when a policy cannot give a valid decision.
+/// Codes the host puts on a BLOCK when it cannot let a policy's answer stand.
 pub mod codes {
     /// The policy ran out of fuel (instructions).
     pub const FUEL_EXHAUSTED: &str = "policy_fuel_exhausted";
@@ -19,6 +19,12 @@ pub mod codes {
     pub const MEMORY_LIMIT: &str = "policy_memory_limit";
     /// The policy returned a decision that breaks the contract's limits.
     pub const INVALID_RESULT: &str = "policy_invalid_result";
+    /// The host could not read usage counters for the policy.
+    pub const USAGE_UNAVAILABLE: &str = "usage_unavailable";
+    /// The tenant has no active policy.
+    pub const NO_ACTIVE_POLICY: &str = "no_active_policy";
+    /// Concurrent calls kept changing the usage counters this call's policy read.
+    pub const USAGE_CONFLICT: &str = "usage_conflict";
 }
 
 /// The downstream HTTP request a tool call resolves to.

@@ -60,19 +60,26 @@ impl Default for Limits {
 /// The implementation is bound to the call's tenant, session and timestamp.
 pub trait UsageSource: Send {
     /// The sum of charges against `counter` in `window`.
-    fn usage(&mut self, counter: &str, window: Window) -> f64;
+    fn usage(&mut self, counter: &str, window: Window) -> Result<f64, UsageUnavailable>;
 }
+
+/// Usage counters could not be read: the evaluation stops and the call is blocked with
+/// [`codes::USAGE_UNAVAILABLE`].
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("usage counters are unavailable")]
+pub struct UsageUnavailable;
 
 /// Usage values fixed in advance; unset counters read 0. For tests and `writ policy test`.
 #[derive(Debug, Clone, Default)]
 pub struct FixedUsage(pub HashMap<(String, Window), f64>);
 
 impl UsageSource for FixedUsage {
-    fn usage(&mut self, counter: &str, window: Window) -> f64 {
-        self.0
+    fn usage(&mut self, counter: &str, window: Window) -> Result<f64, UsageUnavailable> {
+        Ok(self
+            .0
             .get(&(counter.to_owned(), window))
             .copied()
-            .unwrap_or(0.0)
+            .unwrap_or(0.0))
     }
 }
 
@@ -222,7 +229,7 @@ impl bindings::Host for CallState {
             ))
             .into());
         }
-        let value = self.usage.usage(&counter, window);
+        let value = self.usage.usage(&counter, window)?;
         self.usage_reads.push(UsageRead {
             counter,
             window,
@@ -408,6 +415,12 @@ fn failure(error: &wasmtime::Error, state: &CallState, limits: &Limits) -> Decis
                 "policy tried to grow its memory past the {} MiB limit",
                 limits.memory_bytes >> 20
             ),
+        );
+    }
+    if error.downcast_ref::<UsageUnavailable>().is_some() {
+        return Decision::block(
+            codes::USAGE_UNAVAILABLE,
+            "usage counters could not be read; the call is blocked",
         );
     }
     if let Some(denied) = error.downcast_ref::<WasiDenied>() {

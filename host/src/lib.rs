@@ -1,15 +1,37 @@
 //! Writ: a runtime authority for AI agents.
 //!
 //! Before an agent's tool call runs, Writ evaluates it against the tenant's policy — a
-//! WebAssembly component run in a wasmtime sandbox — and answers ALLOW, BLOCK or ESCALATE.
-//! See `ARCHITECTURE.md` at the repository root for the map.
+//! WebAssembly component run in a wasmtime sandbox — and answers ALLOW, BLOCK or ESCALATE,
+//! recording every decision in a hash-chained audit log before answering. See
+//! `ARCHITECTURE.md` at the repository root for the map.
 
+pub mod api;
+pub mod app;
+pub mod audit;
 mod bindings;
 pub mod cases;
 pub mod decision;
 pub mod engine;
 pub mod evaluation;
+pub mod metrics;
+pub mod policies;
+pub mod server;
+pub mod store;
+pub mod tenants;
+pub mod usage;
 
 pub use decision::{Charge, Decision, Outcome, Target, ToolCall, Window};
 pub use engine::{CompiledPolicy, Engine, EngineConfig, LoadError};
 pub use evaluation::{Evaluation, FixedUsage, Limits, UsageRead, UsageSource};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether `s` is usable as an id or name from a client: 1 to 256 bytes, no control characters.
+pub fn valid_name(s: &str) -> bool {
+    (1..=256).contains(&s.len()) && !s.chars().any(char::is_control)
+}

@@ -1,11 +1,15 @@
-//! The `writ` command: parses arguments and hands over to the library.
+//! The `writ` command: parses arguments and hands over to the library (or, for the management
+//! subcommands, to a running gateway's HTTP API).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use writ::server::{Gateway, ServeConfig, demo_setup, shutdown_signal};
 use writ::{Engine, EngineConfig, Limits, cases};
 
 #[derive(Parser)]
@@ -17,6 +21,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "WRIT_LISTEN", default_value = "127.0.0.1:4587")]
+        listen: SocketAddr,
+        /// Directory of the store and key files.
+        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
+        data_dir: PathBuf,
+        /// Set up a `demo` tenant with this policy component active, and print fresh keys.
+        #[arg(long)]
+        demo_policy: Option<PathBuf>,
+    },
+    /// Manage tenants on a running gateway (operator key).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage keys on a running gateway (operator or tenant admin key).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Work with policy components.
     Policy {
         #[command(subcommand)]
@@ -24,8 +50,71 @@ enum Command {
     },
 }
 
+/// Where the gateway is and which key to use.
+#[derive(Args)]
+struct Remote {
+    /// The gateway's base URL.
+    #[arg(long, env = "WRIT_GATEWAY", default_value = "http://127.0.0.1:4587")]
+    gateway: String,
+    /// The API key; defaults to `./writ-data/operator.key` when that file exists.
+    #[arg(long, env = "WRIT_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints it as JSON.
+    Create {
+        /// Display name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; prints it, with its secret (shown once), as JSON.
+    Create {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// agent, reviewer or admin.
+        #[arg(long)]
+        role: String,
+        /// Who holds the key (e.g. a reviewer's email).
+        #[arg(long)]
+        subject: String,
+        /// Bind an agent key to this agent id.
+        #[arg(long)]
+        agent_id: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// The key id (`key_…`).
+        key_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
 #[derive(Subcommand)]
 enum PolicyCommand {
+    /// Upload a policy component to a running gateway (tenant admin key).
+    Push {
+        /// The component (`.wasm`).
+        component: PathBuf,
+        /// A name for it.
+        #[arg(long)]
+        name: String,
+        /// Make it the active policy.
+        #[arg(long)]
+        activate: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Run a JSON file of test cases against a policy component; exits 1 if any fails.
     Test {
         /// The policy component (`.wasm`, built for wasm32-wasip2).
@@ -50,11 +139,37 @@ enum PolicyCommand {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let result = match Cli::parse().command {
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    component,
+                    cases,
+                    fuel,
+                    deadline_ms,
+                    memory_mib,
+                    verbose,
+                },
+        } => policy_test(
+            component,
+            cases,
+            Limits {
+                fuel,
+                deadline: Duration::from_millis(deadline_ms),
+                memory_bytes: memory_mib << 20,
+            },
+            verbose,
+        ),
+        command => tokio::runtime::Runtime::new()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(run(command))),
+    };
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -63,48 +178,179 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve {
+            listen,
+            data_dir,
+            demo_policy,
+        } => serve(listen, data_dir, demo_policy).await,
+        Command::Tenant {
+            command: TenantCommand::Create { name, remote },
+        } => {
+            remote_call(
+                &remote,
+                "POST",
+                "/v1/admin/tenants",
+                Some(json!({"name": name})),
+            )
+            .await
+        }
+        Command::Key {
+            command:
+                KeyCommand::Create {
+                    tenant,
+                    role,
+                    subject,
+                    agent_id,
+                    remote,
+                },
+        } => {
+            let path = format!("/v1/admin/tenants/{tenant}/keys");
+            let body = json!({"role": role, "subject": subject, "agent_id": agent_id});
+            remote_call(&remote, "POST", &path, Some(body)).await
+        }
+        Command::Key {
+            command: KeyCommand::Revoke { key_id, remote },
+        } => remote_call(&remote, "DELETE", &format!("/v1/admin/keys/{key_id}"), None).await,
         Command::Policy {
             command:
-                PolicyCommand::Test {
+                PolicyCommand::Push {
                     component,
-                    cases: cases_path,
-                    fuel,
-                    deadline_ms,
-                    memory_mib,
-                    verbose,
+                    name,
+                    activate,
+                    remote,
                 },
         } => {
             let bytes = std::fs::read(&component)
                 .with_context(|| format!("reading {}", component.display()))?;
-            let text = std::fs::read_to_string(&cases_path)
-                .with_context(|| format!("reading {}", cases_path.display()))?;
-            let cases = cases::parse(&text)?;
-            let engine = Engine::new(&EngineConfig::default())
-                .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
-            let policy = engine
-                .compile(&bytes)
-                .with_context(|| format!("loading {}", component.display()))?;
-            let limits = Limits {
-                fuel,
-                deadline: Duration::from_millis(deadline_ms),
-                memory_bytes: memory_mib << 20,
-            };
-            let results = cases::run(&engine, &policy, &cases, &limits);
-            print!("{}", cases::table(&results));
-            if verbose {
-                for r in &results {
-                    for line in &r.evaluation.logs {
-                        println!("[{}] {:?}: {}", r.name, line.level, line.message);
-                    }
-                }
+            let url = reqwest::Url::parse_with_params(
+                &format!("{}/v1/policies", remote.gateway.trim_end_matches('/')),
+                &[("name", name.as_str()), ("activate", &activate.to_string())],
+            )?;
+            let response = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(api_key(&remote)?)
+                .header("content-type", "application/wasm")
+                .body(bytes)
+                .send()
+                .await
+                .context("reaching the gateway")?;
+            print_response(response).await
+        }
+        Command::Policy {
+            command: PolicyCommand::Test { .. },
+        } => unreachable!("handled without a runtime"),
+    }
+}
+
+async fn serve(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    demo_policy: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = ServeConfig::new(listen, data_dir);
+    config.operator_key = std::env::var("WRIT_OPERATOR_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let gateway = Gateway::open(config).await?;
+    let addr = gateway.local_addr();
+    if gateway.operator_key_generated {
+        println!(
+            "Operator key (written to the data dir's operator.key, shown once): {}",
+            gateway.operator_key
+        );
+    }
+    if let Some(path) = demo_policy {
+        let policy = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let keys = demo_setup(&gateway.app, &gateway.operator_key, policy).await?;
+        println!(
+            "Demo tenant {} with payments-limits active.",
+            keys.tenant_id
+        );
+        println!("  agent key:    {}", keys.agent);
+        println!("  reviewer key: {}", keys.reviewer);
+        println!("  admin key:    {}", keys.admin);
+        println!("Try:");
+        println!(
+            "  curl -s http://{addr}/v1/gateway/execute -H 'X-PROVENANCE-API-KEY: {}' \\\n    -H 'content-type: application/json' \\\n    -d '{{\"session_id\":\"s1\",\"agent_id\":\"agent-1\",\"action\":\"payments.initiate\",\"decision\":\"ALLOW\",\"parameters\":{{\"amount\":50,\"currency\":\"GBP\",\"recipient_id\":\"rec_abc123\"}}}}'",
+            keys.agent
+        );
+    }
+    tracing::info!(%addr, "serving");
+    gateway.serve(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn api_key(remote: &Remote) -> anyhow::Result<String> {
+    if let Some(key) = &remote.key {
+        return Ok(key.clone());
+    }
+    std::fs::read_to_string("writ-data/operator.key")
+        .map(|k| k.trim().to_owned())
+        .context("no key: pass --key or set WRIT_API_KEY")
+}
+
+async fn remote_call(
+    remote: &Remote,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<ExitCode> {
+    let url = format!("{}{path}", remote.gateway.trim_end_matches('/'));
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = reqwest::Client::new()
+        .request(method, url)
+        .bearer_auth(api_key(remote)?);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.context("reaching the gateway")?;
+    print_response(response).await
+}
+
+async fn print_response(response: reqwest::Response) -> anyhow::Result<ExitCode> {
+    let status = response.status();
+    let text = response.text().await?;
+    match serde_json::from_str::<Value>(&text) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+        Err(_) => println!("{text}"),
+    }
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn policy_test(
+    component: PathBuf,
+    cases_path: PathBuf,
+    limits: Limits,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
+    let text = std::fs::read_to_string(&cases_path)
+        .with_context(|| format!("reading {}", cases_path.display()))?;
+    let cases = cases::parse(&text)?;
+    let engine = Engine::new(&EngineConfig::default())
+        .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
+    let policy = engine
+        .compile(&bytes)
+        .with_context(|| format!("loading {}", component.display()))?;
+    let results = cases::run(&engine, &policy, &cases, &limits);
+    print!("{}", cases::table(&results));
+    if verbose {
+        for r in &results {
+            for line in &r.evaluation.logs {
+                println!("[{}] {:?}: {}", r.name, line.level, line.message);
             }
-            Ok(if results.iter().all(|r| r.passed()) {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
         }
     }
+    Ok(if results.iter().all(|r| r.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

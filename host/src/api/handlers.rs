@@ -1,0 +1,343 @@
+//! Route handlers: extract input, call one [`App`](crate::app::App) operation, shape the
+//! answer. No policy, audit or storage logic lives here.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::ApiState;
+use super::error::ApiError;
+use super::extract::{AppJson, Auth, PolicyBody};
+use super::wire::*;
+use crate::app::ExecuteRequest;
+use crate::tenants::Role;
+
+fn record_json(record: crate::audit::Record) -> serde_json::Value {
+    serde_json::to_value(record).expect("records serialize")
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
+    if crate::valid_name(value) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`{field}` must be 1 to 256 characters with no control characters"),
+        ))
+    }
+}
+
+/// Asks for a decision on a tool call (Provenance wire format).
+#[utoipa::path(post, path = "/v1/gateway/execute", tag = "execute",
+    request_body = ExecuteBody,
+    responses(
+        (status = 200, description = "The decision (ALLOW, BLOCK or ESCALATE); recorded before it is sent", body = ExecuteResponse),
+        (status = 400, description = "Malformed request; nothing recorded"),
+        (status = 401, description = "Missing or unknown key"),
+        (status = 403, description = "Not an agent key, or an agent key bound to another agent"),
+        (status = 413, description = "Body over 1 MiB"),
+    ),
+    security(("api_key" = [])))]
+pub async fn execute(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    AppJson(body): AppJson<ExecuteBody>,
+) -> Result<Json<ExecuteResponse>, ApiError> {
+    check_name("session_id", &body.session_id)?;
+    check_name("agent_id", &body.agent_id)?;
+    check_name("action", &body.action)?;
+    if !body.parameters.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`parameters` must be a JSON object",
+        ));
+    }
+    let context = match body.context {
+        None | Some(serde_json::Value::Null) => "{}".to_owned(),
+        Some(c) if c.is_object() => c.to_string(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`context` must be a JSON object",
+            ));
+        }
+    };
+    if let Some(hint) = &body.decision
+        && !["ALLOW", "BLOCK", "ESCALATE"].contains(&hint.as_str())
+    {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`decision` must be ALLOW, BLOCK or ESCALATE",
+        ));
+    }
+    let outcome = state
+        .app
+        .execute(
+            &who,
+            ExecuteRequest {
+                session_id: body.session_id,
+                agent_id: body.agent_id,
+                action: body.action,
+                client_hint: body.decision,
+                arguments: body.parameters.to_string(),
+                context,
+            },
+        )
+        .await?;
+    Ok(Json(outcome.into()))
+}
+
+/// Creates a tenant (operator key).
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "admin",
+    request_body = CreateTenantBody,
+    responses((status = 201, body = TenantView), (status = 403, description = "Not the operator key")),
+    security(("api_key" = [])))]
+pub async fn create_tenant(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    AppJson(body): AppJson<CreateTenantBody>,
+) -> Result<(StatusCode, Json<TenantView>), ApiError> {
+    let tenant = state.app.create_tenant(&who, &body.name)?;
+    Ok((StatusCode::CREATED, Json(tenant.into())))
+}
+
+/// Sets a tenant's limits (operator key).
+#[utoipa::path(patch, path = "/v1/admin/tenants/{tenant_id}", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    request_body = PatchTenantBody,
+    responses((status = 200, body = TenantView), (status = 400), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn patch_tenant(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(tenant_id): Path<String>,
+    AppJson(body): AppJson<PatchTenantBody>,
+) -> Result<Json<TenantView>, ApiError> {
+    let tenant = state.app.set_limits(&who, &tenant_id, |mut l| {
+        l.fuel = body.fuel.unwrap_or(l.fuel);
+        l.memory_mib = body.memory_mib.unwrap_or(l.memory_mib);
+        l.deadline_ms = body.deadline_ms.unwrap_or(l.deadline_ms);
+        l.escalation_hold_s = body.escalation_hold_s.unwrap_or(l.escalation_hold_s);
+        l
+    })?;
+    Ok(Json(tenant.into()))
+}
+
+/// Creates a key for a tenant (operator, or the tenant's admin). The secret is shown once.
+#[utoipa::path(post, path = "/v1/admin/tenants/{tenant_id}/keys", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    request_body = CreateKeyBody,
+    responses((status = 201, body = CreatedKey), (status = 400), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn create_key(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(tenant_id): Path<String>,
+    AppJson(body): AppJson<CreateKeyBody>,
+) -> Result<(StatusCode, Json<CreatedKey>), ApiError> {
+    let role = match body.role.as_str() {
+        "agent" => Role::Agent,
+        "reviewer" => Role::Reviewer,
+        "admin" => Role::Admin,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`role` must be agent, reviewer or admin",
+            ));
+        }
+    };
+    let (key, secret) = state
+        .app
+        .create_key(
+            &who,
+            &tenant_id,
+            role,
+            &body.subject,
+            body.agent_id.as_deref(),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: key.into(),
+            api_key: secret,
+        }),
+    ))
+}
+
+/// Lists a tenant's keys, without secrets (operator, or the tenant's admin).
+#[utoipa::path(get, path = "/v1/admin/tenants/{tenant_id}/keys", tag = "admin",
+    params(("tenant_id" = String, Path)),
+    responses((status = 200, body = KeyList), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn list_keys(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(tenant_id): Path<String>,
+) -> Result<Json<KeyList>, ApiError> {
+    let keys = state.app.list_keys(&who, &tenant_id)?;
+    Ok(Json(KeyList {
+        keys: keys.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Revokes a key (operator, or the key's tenant's admin).
+#[utoipa::path(delete, path = "/v1/admin/keys/{key_id}", tag = "admin",
+    params(("key_id" = String, Path)),
+    responses((status = 200, body = KeyView), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn revoke_key(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    Ok(Json(state.app.revoke_key(&who, &key_id).await?.into()))
+}
+
+/// Uploads a policy component (`application/wasm`) for the admin's tenant.
+#[utoipa::path(post, path = "/v1/policies", tag = "policies",
+    params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/wasm"),
+    responses(
+        (status = 201, body = UploadedPolicy),
+        (status = 400, description = "Not a component, wrong world, or a forbidden import (named)"),
+        (status = 403), (status = 413, description = "Over 16 MiB"),
+    ),
+    security(("api_key" = [])))]
+pub async fn upload_policy(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Query(query): Query<UploadQuery>,
+    PolicyBody(bytes): PolicyBody,
+) -> Result<(StatusCode, Json<UploadedPolicy>), ApiError> {
+    let meta = state
+        .app
+        .upload_policy(&who, &query.name, bytes, query.activate)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UploadedPolicy {
+            policy_id: meta.policy_id,
+            name: meta.name,
+            size: meta.size,
+            activated: query.activate,
+        }),
+    ))
+}
+
+/// Lists the tenant's policies, marking the active one (admin or reviewer).
+#[utoipa::path(get, path = "/v1/policies", tag = "policies",
+    responses((status = 200, body = PolicyList), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn list_policies(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<PolicyList>, ApiError> {
+    let (list, active) = state.app.list_policies(&who)?;
+    Ok(Json(PolicyList {
+        policies: list
+            .into_iter()
+            .map(|m| {
+                let is_active = active.as_deref() == Some(m.policy_id.as_str());
+                PolicyView::new(m, is_active)
+            })
+            .collect(),
+        active_policy_id: active,
+    }))
+}
+
+/// Activates one of the tenant's policies: rollout and rollback (admin).
+#[utoipa::path(post, path = "/v1/policies/{policy_id}/activate", tag = "policies",
+    params(("policy_id" = String, Path)),
+    responses((status = 200, body = PolicyView), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn activate_policy(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(policy_id): Path<String>,
+) -> Result<Json<PolicyView>, ApiError> {
+    let meta = state.app.activate_policy(&who, &policy_id).await?;
+    Ok(Json(PolicyView::new(meta, true)))
+}
+
+/// Reads the tenant's audit chain (admin or reviewer).
+#[utoipa::path(get, path = "/v1/audit", tag = "audit",
+    params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn audit(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<AuditPage>, ApiError> {
+    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
+    let records =
+        state
+            .app
+            .audit_records(&who, query.session_id.as_deref(), query.after_seq, limit)?;
+    let next_after_seq = (records.len() == limit)
+        .then(|| records.last().map(|r| r.body.seq))
+        .flatten();
+    Ok(Json(AuditPage {
+        records: records.into_iter().map(record_json).collect(),
+        next_after_seq,
+    }))
+}
+
+/// Reads one audit record by event id (admin or reviewer).
+#[utoipa::path(get, path = "/v1/audit/events/{event_id}", tag = "audit",
+    params(("event_id" = String, Path)),
+    responses((status = 200, body = Object), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn audit_event(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(event_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(record_json(state.app.audit_event(&who, &event_id)?)))
+}
+
+/// A session's decision counts and events (admin or reviewer).
+#[utoipa::path(get, path = "/v1/sessions/{session_id}", tag = "audit",
+    params(("session_id" = String, Path)),
+    responses((status = 200, body = SessionView), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn session(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(session_id): Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    let s = state.app.session(&who, &session_id)?;
+    Ok(Json(SessionView {
+        session_id,
+        allowed: s.allowed,
+        blocked: s.blocked,
+        escalated: s.escalated,
+        events: s.events.into_iter().map(record_json).collect(),
+    }))
+}
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: the store is open and policies are loaded (true once serving).
+#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health)))]
+pub async fn readyz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
+pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.app.metrics().render(),
+    )
+}

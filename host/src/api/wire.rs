@@ -1,0 +1,301 @@
+//! The JSON shapes of the HTTP API. Only this module knows them; handlers convert between
+//! these and the domain types.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::app::ExecuteOutcome;
+use crate::policies::PolicyMeta;
+use crate::tenants::{KeyRecord, Tenant, TenantLimits};
+
+/// `POST /v1/gateway/execute`: the Provenance SDK's request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ExecuteBody {
+    /// The agent's session.
+    pub session_id: String,
+    /// The agent making the call.
+    pub agent_id: String,
+    /// The action, e.g. `payments.initiate`.
+    pub action: String,
+    /// The client's expected decision: recorded, never used to decide.
+    #[serde(default)]
+    pub decision: Option<String>,
+    /// The call's arguments: a JSON object.
+    #[schema(value_type = Object)]
+    pub parameters: Value,
+    /// Optional context: a JSON object.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
+}
+
+/// The decision on a tool call.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecuteResponse {
+    /// `ALLOW`, `BLOCK` or `ESCALATE`.
+    pub decision: &'static str,
+    /// Human-readable reason.
+    pub reason: String,
+    /// The audit record of this decision.
+    pub event_id: String,
+    /// Set when the call was escalated.
+    pub escalation_id: Option<String>,
+    /// The human who decided, when one did.
+    pub actor_human_id: Option<String>,
+    /// Machine-readable codes.
+    pub codes: Vec<String>,
+    /// The policy that decided.
+    pub policy_id: Option<String>,
+    /// The session.
+    pub session_id: String,
+}
+
+impl From<ExecuteOutcome> for ExecuteResponse {
+    fn from(o: ExecuteOutcome) -> Self {
+        Self {
+            decision: o.decision.outcome.as_str(),
+            reason: o.decision.reason,
+            event_id: o.event_id,
+            escalation_id: o.escalation_id,
+            actor_human_id: o.actor_human_id,
+            codes: o.decision.codes,
+            policy_id: o.policy_id,
+            session_id: o.session_id,
+        }
+    }
+}
+
+/// `POST /v1/admin/tenants`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantBody {
+    /// Display name.
+    pub name: String,
+}
+
+/// A tenant's limits.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LimitsView {
+    /// Fuel per evaluation.
+    pub fuel: u64,
+    /// Memory per evaluation, MiB.
+    pub memory_mib: u32,
+    /// Deadline per evaluation, ms.
+    pub deadline_ms: u64,
+    /// Escalation hold, seconds.
+    pub escalation_hold_s: u64,
+}
+
+impl From<TenantLimits> for LimitsView {
+    fn from(l: TenantLimits) -> Self {
+        Self {
+            fuel: l.fuel,
+            memory_mib: l.memory_mib,
+            deadline_ms: l.deadline_ms,
+            escalation_hold_s: l.escalation_hold_s,
+        }
+    }
+}
+
+/// A tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    /// `ten_…`.
+    pub tenant_id: String,
+    /// Display name.
+    pub name: String,
+    /// Limits.
+    pub limits: LimitsView,
+}
+
+impl From<Tenant> for TenantView {
+    fn from(t: Tenant) -> Self {
+        Self {
+            tenant_id: t.id,
+            name: t.name,
+            limits: t.limits.into(),
+        }
+    }
+}
+
+/// `PATCH /v1/admin/tenants/{tenant_id}`: the limits to change.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTenantBody {
+    /// Fuel per evaluation.
+    pub fuel: Option<u64>,
+    /// Memory per evaluation, MiB.
+    pub memory_mib: Option<u32>,
+    /// Deadline per evaluation, ms.
+    pub deadline_ms: Option<u64>,
+    /// Escalation hold, seconds.
+    pub escalation_hold_s: Option<u64>,
+}
+
+/// `POST /v1/admin/tenants/{tenant_id}/keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyBody {
+    /// `agent`, `reviewer` or `admin`.
+    pub role: String,
+    /// Who holds the key, e.g. a reviewer's email.
+    pub subject: String,
+    /// For agent keys: the only agent id the key may act as.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+}
+
+/// A key (never its secret, except once at creation in [`CreatedKey`]).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyView {
+    /// `key_…`.
+    pub key_id: String,
+    /// The tenant.
+    pub tenant_id: Option<String>,
+    /// The role.
+    pub role: &'static str,
+    /// The holder.
+    pub subject: String,
+    /// The agent an agent key is bound to.
+    pub agent_id: Option<String>,
+    /// Creation time, ms since the epoch.
+    pub created_ms: u64,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+impl From<KeyRecord> for KeyView {
+    fn from(k: KeyRecord) -> Self {
+        Self {
+            key_id: k.key_id,
+            tenant_id: k.tenant_id,
+            role: k.role.as_str(),
+            subject: k.subject,
+            agent_id: k.agent_id,
+            created_ms: k.created_ms,
+            revoked: k.revoked,
+        }
+    }
+}
+
+/// A created key with its secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedKey {
+    /// The key.
+    #[serde(flatten)]
+    pub key: KeyView,
+    /// The secret: send it as `X-PROVENANCE-API-KEY`, `Authorization: Bearer` or `X-API-Key`.
+    pub api_key: String,
+}
+
+/// Keys of a tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    /// The keys, oldest first.
+    pub keys: Vec<KeyView>,
+}
+
+/// Query of `POST /v1/policies`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// A name for the policy.
+    pub name: String,
+    /// Activate it at once.
+    #[serde(default)]
+    pub activate: bool,
+}
+
+/// An uploaded policy.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyView {
+    /// blake3 hex of the component.
+    pub policy_id: String,
+    /// Its name.
+    pub name: String,
+    /// Component size, bytes.
+    pub size: usize,
+    /// Upload time, ms since the epoch.
+    pub uploaded_ms: u64,
+    /// Whether it is the active policy.
+    pub active: bool,
+}
+
+impl PolicyView {
+    /// A view of `meta`, marked active if it is.
+    pub fn new(meta: PolicyMeta, active: bool) -> Self {
+        Self {
+            policy_id: meta.policy_id,
+            name: meta.name,
+            size: meta.size,
+            uploaded_ms: meta.uploaded_ms,
+            active,
+        }
+    }
+}
+
+/// `POST /v1/policies` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UploadedPolicy {
+    /// blake3 hex of the component.
+    pub policy_id: String,
+    /// Its name.
+    pub name: String,
+    /// Component size, bytes.
+    pub size: usize,
+    /// Whether it was activated.
+    pub activated: bool,
+}
+
+/// The tenant's policies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyList {
+    /// Oldest first.
+    pub policies: Vec<PolicyView>,
+    /// The active policy, if any.
+    pub active_policy_id: Option<String>,
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AuditQuery {
+    /// Only this session's records.
+    pub session_id: Option<String>,
+    /// Only records with a greater seq.
+    pub after_seq: Option<u64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// A page of audit records.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// Records in seq order, as stored (see ARCHITECTURE.md for the fields).
+    #[schema(value_type = Vec<Object>)]
+    pub records: Vec<Value>,
+    /// Pass as `after_seq` for the next page; absent at the end.
+    pub next_after_seq: Option<u64>,
+}
+
+/// A session's decisions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// The session.
+    pub session_id: String,
+    /// Allowed calls.
+    pub allowed: usize,
+    /// Blocked calls.
+    pub blocked: usize,
+    /// Escalated calls.
+    pub escalated: usize,
+    /// Its audit records.
+    #[schema(value_type = Vec<Object>)]
+    pub events: Vec<Value>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`.
+    pub status: &'static str,
+}

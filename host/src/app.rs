@@ -1,0 +1,666 @@
+//! The gateway's operations, as the HTTP API and the tests call them: execute a tool call, and
+//! manage tenants, keys and policies. Every operation takes the authenticated [`Principal`] and
+//! checks its role and tenant here, so no route can forget to.
+//!
+//! Tenant isolation: a principal only ever reaches its own tenant's rows. A resource of another
+//! tenant is reported as not found, never as forbidden, so its existence does not leak.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::audit::{AuditError, AuditLog, Kind, NewRecord, Record, RecordCharge, UsageEffects};
+use crate::decision::{Decision, Outcome, ToolCall, codes};
+use crate::engine::{Engine, EngineConfig};
+use crate::evaluation::Evaluation;
+use crate::metrics::{DecisionLabels, Metrics};
+use crate::policies::{ActivePolicy, Policies, PolicyError, PolicyMeta};
+use crate::store::{Store, StoreError};
+use crate::tenants::{KeyRecord, Principal, Role, Tenant, TenantError, TenantLimits, Tenants};
+use crate::usage::{CallScope, StoreUsage};
+
+/// Errors of the gateway's operations; the API maps each to a status and code once.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The key's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such resource visible to the caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request is malformed or a value is out of bounds.
+    #[error("{message}")]
+    Invalid {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A policy component was refused.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+    /// Something failed inside the gateway; details are logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result of a gateway operation.
+pub type Result<T> = std::result::Result<T, AppError>;
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(Box::new(e))
+    }
+}
+
+impl From<AuditError> for AppError {
+    fn from(e: AuditError) -> Self {
+        Self::Internal(Box::new(e))
+    }
+}
+
+impl From<TenantError> for AppError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::TenantNotFound => Self::NotFound("tenant"),
+            TenantError::KeyNotFound => Self::NotFound("key"),
+            TenantError::Invalid(message) => Self::Invalid {
+                code: "invalid_request",
+                message,
+            },
+            TenantError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<PolicyError> for AppError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Load(e) => Self::InvalidPolicy(e.to_string()),
+            PolicyError::NotFound => Self::NotFound("policy"),
+            PolicyError::InvalidName => Self::Invalid {
+                code: "invalid_request",
+                message: e.to_string(),
+            },
+            PolicyError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Gateway settings.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// Evaluations running at once; more wait for a slot.
+    pub max_concurrent_evaluations: usize,
+    /// Re-evaluations when the usage counters a policy read change before its charges commit.
+    pub usage_retries: usize,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            max_concurrent_evaluations: 16,
+            usage_retries: 3,
+        }
+    }
+}
+
+/// A tool call as the API received it.
+#[derive(Debug, Clone)]
+pub struct ExecuteRequest {
+    /// The agent's session.
+    pub session_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The action.
+    pub action: String,
+    /// The client's hint (`decision` in the Provenance request), recorded only.
+    pub client_hint: Option<String>,
+    /// The arguments, a JSON object as text.
+    pub arguments: String,
+    /// The context, a JSON object as text.
+    pub context: String,
+}
+
+/// The answer to a tool call.
+#[derive(Debug, Clone)]
+pub struct ExecuteOutcome {
+    /// The decision.
+    pub decision: Decision,
+    /// The audit record's event id.
+    pub event_id: String,
+    /// The escalation, when escalated.
+    pub escalation_id: Option<String>,
+    /// The human who decided, when a human did.
+    pub actor_human_id: Option<String>,
+    /// The policy that decided.
+    pub policy_id: Option<String>,
+    /// The session.
+    pub session_id: String,
+}
+
+/// A session's decisions.
+#[derive(Debug, Clone)]
+pub struct SessionSummary {
+    /// Allowed calls.
+    pub allowed: usize,
+    /// Blocked calls.
+    pub blocked: usize,
+    /// Escalated calls.
+    pub escalated: usize,
+    /// The session's records, in order.
+    pub events: Vec<Record>,
+}
+
+/// The gateway: every component, shared by all requests. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<AppInner>,
+}
+
+struct AppInner {
+    engine: Engine,
+    store: Store,
+    tenants: Tenants,
+    policies: Policies,
+    audit: AuditLog,
+    metrics: Metrics,
+    evaluations: Semaphore,
+    /// Serializes activations so the audit order matches the order they took effect.
+    activation: tokio::sync::Mutex<()>,
+    config: AppConfig,
+}
+
+fn forbidden(message: &str) -> AppError {
+    AppError::Forbidden(message.to_owned())
+}
+
+/// The tenant of a tenant key with one of `roles`.
+fn tenant_role<'a>(who: &'a Principal, roles: &[Role]) -> Result<&'a str> {
+    if !roles.contains(&who.role) {
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        return Err(AppError::Forbidden(format!(
+            "this needs a {} key",
+            names.join(" or ")
+        )));
+    }
+    who.tenant_id
+        .as_deref()
+        .ok_or_else(|| forbidden("this needs a tenant key"))
+}
+
+impl App {
+    /// Opens the store, loads tenants, keys and active policies, and starts the audit
+    /// flusher. Must run inside a tokio runtime.
+    pub fn open(store: Store, config: AppConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&config.engine)
+            .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
+        let tenants = Tenants::load(store.clone())?;
+        let policies = Policies::load(engine.clone(), store.clone())?;
+        let audit = AuditLog::start(store.clone());
+        Ok(Self {
+            inner: Arc::new(AppInner {
+                evaluations: Semaphore::new(config.max_concurrent_evaluations),
+                engine,
+                store,
+                tenants,
+                policies,
+                audit,
+                metrics: Metrics::default(),
+                activation: tokio::sync::Mutex::new(()),
+                config,
+            }),
+        })
+    }
+
+    /// Tenants and keys.
+    pub fn tenants(&self) -> &Tenants {
+        &self.inner.tenants
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Flushes the store: every write so far becomes durable. Blocking.
+    pub fn flush(&self) -> std::result::Result<(), StoreError> {
+        self.inner.store.flush()
+    }
+
+    fn max_memory_mib(&self) -> u32 {
+        (self.inner.config.engine.max_memory_bytes >> 20) as u32
+    }
+
+    // ---- execute ------------------------------------------------------------------------
+
+    /// Evaluates a tool call with the tenant's active policy, records the decision durably,
+    /// and answers. Fails closed: no active policy, a policy failure, or usage counters that
+    /// keep changing all end in a recorded BLOCK.
+    pub async fn execute(&self, who: &Principal, req: ExecuteRequest) -> Result<ExecuteOutcome> {
+        let tenant_id = tenant_role(who, &[Role::Agent])?;
+        if let Some(bound) = &who.agent_id
+            && *bound != req.agent_id
+        {
+            return Err(AppError::Forbidden(format!(
+                "this key may only act as agent `{bound}`"
+            )));
+        }
+        let tenant = self
+            .inner
+            .tenants
+            .get(tenant_id)
+            .ok_or(AppError::NotFound("tenant"))?;
+        let timestamp_ms = crate::now_ms();
+        let scope = CallScope {
+            tenant_id: tenant.id.clone(),
+            session_id: req.session_id.clone(),
+            timestamp_ms,
+        };
+        let call = ToolCall {
+            action: req.action.clone(),
+            arguments: req.arguments.clone(),
+            context: req.context.clone(),
+            agent_id: req.agent_id.clone(),
+            session_id: req.session_id.clone(),
+            tenant_id: tenant.id.clone(),
+            target: None,
+            timestamp_ms,
+        };
+
+        let Some(policy) = self.inner.policies.active(&tenant.id) else {
+            let decision = Decision::block(
+                codes::NO_ACTIVE_POLICY,
+                "the tenant has no active policy; every call is blocked",
+            );
+            return Ok(self
+                .record_decision(&tenant, &req, decision, None, None, UsageEffects::default())
+                .await?);
+        };
+
+        for _ in 0..=self.inner.config.usage_retries {
+            let evaluation = self.evaluate(&policy, &call, &tenant.limits).await?;
+            let charging = evaluation.decision.outcome == Outcome::Allow
+                && !evaluation.decision.charges.is_empty();
+            let effects = if charging {
+                scope.effects(&evaluation.usage_reads, &evaluation.decision.charges)
+            } else {
+                UsageEffects::default()
+            };
+            let decision = evaluation.decision.clone();
+            match self
+                .record_decision(
+                    &tenant,
+                    &req,
+                    decision,
+                    Some(&policy),
+                    Some(&evaluation),
+                    effects,
+                )
+                .await
+            {
+                Err(AuditError::Store(StoreError::UsageConflict)) => {
+                    tracing::debug!(tenant = %tenant.id, "usage changed during evaluation; re-evaluating");
+                }
+                other => return Ok(other?),
+            }
+        }
+        let decision = Decision::block(
+            codes::USAGE_CONFLICT,
+            "concurrent calls kept changing the usage counters this policy reads; try again",
+        );
+        Ok(self
+            .record_decision(
+                &tenant,
+                &req,
+                decision,
+                Some(&policy),
+                None,
+                UsageEffects::default(),
+            )
+            .await?)
+    }
+
+    async fn evaluate(
+        &self,
+        policy: &Arc<ActivePolicy>,
+        call: &ToolCall,
+        limits: &TenantLimits,
+    ) -> Result<Evaluation> {
+        let _permit = self
+            .inner
+            .evaluations
+            .acquire()
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?;
+        let engine = self.inner.engine.clone();
+        let policy = policy.clone();
+        let call = call.clone();
+        let limits = limits.sandbox();
+        let usage = Box::new(StoreUsage {
+            store: self.inner.store.clone(),
+            scope: CallScope {
+                tenant_id: call.tenant_id.clone(),
+                session_id: call.session_id.clone(),
+                timestamp_ms: call.timestamp_ms,
+            },
+        });
+        let span = tracing::Span::current();
+        let evaluation = tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            engine.evaluate(&policy.compiled, &call, &limits, usage)
+        })
+        .await
+        .map_err(|e| AppError::Internal(Box::new(e)))?;
+        let m = &self.inner.metrics;
+        m.evaluation_seconds
+            .observe(evaluation.elapsed.as_secs_f64());
+        m.evaluation_fuel.observe(evaluation.fuel_consumed as f64);
+        Ok(evaluation)
+    }
+
+    async fn record_decision(
+        &self,
+        tenant: &Tenant,
+        req: &ExecuteRequest,
+        decision: Decision,
+        policy: Option<&Arc<ActivePolicy>>,
+        evaluation: Option<&Evaluation>,
+        effects: UsageEffects,
+    ) -> std::result::Result<ExecuteOutcome, AuditError> {
+        let escalation_id =
+            (decision.outcome == Outcome::Escalate).then(|| crate::tenants::new_id("esc_"));
+        let charged = !effects.add.is_empty();
+        let mut record = NewRecord::new(Kind::Decision);
+        record.action = Some(req.action.clone());
+        record.agent_id = Some(req.agent_id.clone());
+        record.arguments = Some(req.arguments.clone());
+        record.session_id = Some(req.session_id.clone());
+        record.client_hint = req.client_hint.clone();
+        record.outcome = Some(decision.outcome.as_str().to_owned());
+        record.reason = Some(decision.reason.clone());
+        record.codes = decision.codes.clone();
+        record.escalation_id = escalation_id.clone();
+        record.policy_id = policy.map(|p| p.meta.policy_id.clone());
+        record.fuel = evaluation.map(|e| e.fuel_consumed);
+        record.latency_us = evaluation.map(|e| e.elapsed.as_micros() as u64);
+        if charged {
+            record.charges = decision
+                .charges
+                .iter()
+                .map(|c| RecordCharge {
+                    amount: c.amount.to_string(),
+                    counter: c.counter.clone(),
+                })
+                .collect();
+        }
+        let started = Instant::now();
+        let appended = self.inner.audit.append(&tenant.id, record, effects).await;
+        self.inner
+            .metrics
+            .audit_append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let appended = appended?;
+        self.inner
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                tenant: tenant.id.clone(),
+                outcome: decision.outcome.as_str().to_owned(),
+            })
+            .inc();
+        tracing::info!(
+            tenant = %tenant.id,
+            agent = %req.agent_id,
+            action = %req.action,
+            outcome = decision.outcome.as_str(),
+            codes = ?decision.codes,
+            latency_us = evaluation.map(|e| e.elapsed.as_micros() as u64),
+            fuel = evaluation.map(|e| e.fuel_consumed),
+            event_id = %appended.body.event_id,
+            "decision"
+        );
+        Ok(ExecuteOutcome {
+            event_id: appended.body.event_id,
+            escalation_id,
+            actor_human_id: None,
+            policy_id: policy.map(|p| p.meta.policy_id.clone()),
+            session_id: req.session_id.clone(),
+            decision,
+        })
+    }
+
+    // ---- tenants and keys ---------------------------------------------------------------
+
+    /// Creates a tenant (operator only).
+    pub fn create_tenant(&self, who: &Principal, name: &str) -> Result<Tenant> {
+        if who.role != Role::Operator {
+            return Err(forbidden("creating tenants needs the operator key"));
+        }
+        Ok(self.inner.tenants.create_tenant(name)?)
+    }
+
+    /// Replaces a tenant's limits (operator only).
+    pub fn set_limits(
+        &self,
+        who: &Principal,
+        tenant_id: &str,
+        limits: impl FnOnce(TenantLimits) -> TenantLimits,
+    ) -> Result<Tenant> {
+        if who.role != Role::Operator {
+            return Err(forbidden("setting limits needs the operator key"));
+        }
+        let tenant = self
+            .inner
+            .tenants
+            .get(tenant_id)
+            .ok_or(AppError::NotFound("tenant"))?;
+        Ok(self.inner.tenants.set_limits(
+            tenant_id,
+            limits(tenant.limits),
+            self.max_memory_mib(),
+        )?)
+    }
+
+    /// Checks that `who` manages `tenant_id`'s keys: the operator, or that tenant's admin.
+    /// Another tenant's admin is told the tenant does not exist.
+    fn manages(&self, who: &Principal, tenant_id: &str) -> Result<()> {
+        match who.role {
+            Role::Operator => Ok(()),
+            Role::Admin if who.tenant_id.as_deref() == Some(tenant_id) => Ok(()),
+            Role::Admin => Err(AppError::NotFound("tenant")),
+            _ => Err(forbidden(
+                "managing keys needs an admin or the operator key",
+            )),
+        }
+    }
+
+    /// Creates a key; returns its record and its secret (shown once). Recorded in the chain.
+    pub async fn create_key(
+        &self,
+        who: &Principal,
+        tenant_id: &str,
+        role: Role,
+        subject: &str,
+        agent_id: Option<&str>,
+    ) -> Result<(KeyRecord, String)> {
+        self.manages(who, tenant_id)?;
+        let (key, secret) = self
+            .inner
+            .tenants
+            .create_key(tenant_id, role, subject, agent_id)?;
+        let mut record = NewRecord::new(Kind::KeyCreated);
+        record.actor = Some(who.subject.clone());
+        record.detail = Some(key_detail(&key));
+        self.inner
+            .audit
+            .append(tenant_id, record, UsageEffects::default())
+            .await?;
+        Ok((key, secret))
+    }
+
+    /// Lists a tenant's keys (never their secrets).
+    pub fn list_keys(&self, who: &Principal, tenant_id: &str) -> Result<Vec<KeyRecord>> {
+        self.manages(who, tenant_id)?;
+        if self.inner.tenants.get(tenant_id).is_none() {
+            return Err(AppError::NotFound("tenant"));
+        }
+        Ok(self.inner.tenants.keys_of(tenant_id)?)
+    }
+
+    /// Revokes a key. Recorded in the chain.
+    pub async fn revoke_key(&self, who: &Principal, key_id: &str) -> Result<KeyRecord> {
+        let key = self.inner.tenants.key(key_id)?;
+        let tenant_id = key.tenant_id.clone().ok_or(AppError::NotFound("key"))?;
+        self.manages(who, &tenant_id).map_err(|e| match e {
+            AppError::NotFound(_) => AppError::NotFound("key"),
+            other => other,
+        })?;
+        let key = self.inner.tenants.revoke_key(key_id)?;
+        let mut record = NewRecord::new(Kind::KeyRevoked);
+        record.actor = Some(who.subject.clone());
+        record.detail = Some(key_detail(&key));
+        self.inner
+            .audit
+            .append(&tenant_id, record, UsageEffects::default())
+            .await?;
+        Ok(key)
+    }
+
+    // ---- policies -----------------------------------------------------------------------
+
+    /// Uploads a policy component for the admin's tenant; activates it if asked.
+    pub async fn upload_policy(
+        &self,
+        who: &Principal,
+        name: &str,
+        bytes: bytes::Bytes,
+        activate: bool,
+    ) -> Result<PolicyMeta> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?.to_owned();
+        let policies = self.inner.policies.clone();
+        let name = name.to_owned();
+        let tenant = tenant_id.clone();
+        let meta = tokio::task::spawn_blocking(move || policies.upload(&tenant, &name, &bytes))
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))??;
+        if activate {
+            self.activate_policy(who, &meta.policy_id).await?;
+        }
+        Ok(meta)
+    }
+
+    /// Makes one of the admin's tenant's policies active. Recorded in the chain.
+    pub async fn activate_policy(&self, who: &Principal, policy_id: &str) -> Result<PolicyMeta> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?.to_owned();
+        let policies = self.inner.policies.clone();
+        let (tenant, id) = (tenant_id.clone(), policy_id.to_owned());
+        let prepared = tokio::task::spawn_blocking(move || policies.prepare(&tenant, &id))
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))??;
+        let _serial = self.inner.activation.lock().await;
+        let previous = self.inner.policies.active(&tenant_id);
+        let mut record = NewRecord::new(Kind::PolicyActivated);
+        record.actor = Some(who.subject.clone());
+        record.policy_id = Some(prepared.meta.policy_id.clone());
+        record.detail = Some(
+            serde_json::json!({
+                "name": prepared.meta.name,
+                "previous_policy_id": previous.map(|p| p.meta.policy_id.clone()),
+            })
+            .to_string(),
+        );
+        self.inner
+            .audit
+            .append(&tenant_id, record, UsageEffects::default())
+            .await?;
+        let meta = prepared.meta.clone();
+        self.inner.policies.activate(&tenant_id, prepared)?;
+        Ok(meta)
+    }
+
+    /// The tenant's policies and the active one's id.
+    pub fn list_policies(&self, who: &Principal) -> Result<(Vec<PolicyMeta>, Option<String>)> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?;
+        let list = self.inner.policies.list(tenant_id)?;
+        let active = self
+            .inner
+            .policies
+            .active(tenant_id)
+            .map(|p| p.meta.policy_id.clone());
+        Ok((list, active))
+    }
+
+    // ---- audit --------------------------------------------------------------------------
+
+    /// The tenant's audit records after `after_seq`, optionally of one session.
+    pub fn audit_records(
+        &self,
+        who: &Principal,
+        session_id: Option<&str>,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Record>> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?;
+        Ok(match session_id {
+            Some(session) => self
+                .inner
+                .audit
+                .session_records(tenant_id, session, after_seq, limit)?,
+            None => self.inner.audit.records(tenant_id, after_seq, limit)?,
+        })
+    }
+
+    /// One audit record of the tenant by event id.
+    pub fn audit_event(&self, who: &Principal, event_id: &str) -> Result<Record> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?;
+        self.inner
+            .audit
+            .event(tenant_id, event_id)?
+            .ok_or(AppError::NotFound("event"))
+    }
+
+    /// A session's counts and events.
+    pub fn session(&self, who: &Principal, session_id: &str) -> Result<SessionSummary> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?;
+        let events = self
+            .inner
+            .audit
+            .session_records(tenant_id, session_id, None, 10_000)?;
+        if events.is_empty() {
+            return Err(AppError::NotFound("session"));
+        }
+        let count = |o: Outcome| {
+            events
+                .iter()
+                .filter(|r| r.body.kind == Kind::Decision.as_str())
+                .filter(|r| r.body.outcome.as_deref() == Some(o.as_str()))
+                .count()
+        };
+        Ok(SessionSummary {
+            allowed: count(Outcome::Allow),
+            blocked: count(Outcome::Block),
+            escalated: count(Outcome::Escalate),
+            events,
+        })
+    }
+}
+
+fn key_detail(key: &KeyRecord) -> String {
+    serde_json::json!({
+        "key_id": key.key_id,
+        "role": key.role.as_str(),
+        "subject": key.subject,
+        "agent_id": key.agent_id,
+    })
+    .to_string()
+}

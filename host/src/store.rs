@@ -1,0 +1,304 @@
+//! The durable store: one sled database in the data directory. This is the only module that
+//! touches sled; the rest of the code sees named [`Table`]s of JSON or raw values, and one
+//! transactional write, [`Store::commit_record`], for an audit record with its indexes and
+//! usage counters.
+//!
+//! Keys are byte strings. Tenant-scoped keys start with the tenant id and a `0x00` separator, so
+//! a prefix scan for one tenant never sees another's rows.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// Storage failures. All are server-side: the API answers them with a 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// sled failed (I/O, corruption).
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value did not decode: the store was written by something else.
+    #[error("corrupt value in {table:?}: {source}")]
+    Corrupt {
+        /// The table.
+        table: Table,
+        /// The decoding error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An index names a row that is not there.
+    #[error("store inconsistent: {0}")]
+    Inconsistent(&'static str),
+    /// A usage counter changed between the policy reading it and the commit.
+    #[error("a usage counter changed since the policy read it")]
+    UsageConflict,
+}
+
+/// Result of a store operation.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// The store's tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// tenant id → tenant record.
+    Tenants,
+    /// key hash → key record.
+    Keys,
+    /// key id → key hash.
+    KeyIds,
+    /// tenant ‖ policy id → policy metadata.
+    Policies,
+    /// policy id → component bytes.
+    Blobs,
+    /// policy id → compiled artifact.
+    Artifacts,
+    /// tenant id → active policy id.
+    Active,
+    /// tenant ‖ seq (big-endian) → audit record.
+    Audit,
+    /// event id → tenant ‖ seq.
+    Events,
+    /// tenant ‖ session ‖ seq → nothing: the session index.
+    Sessions,
+    /// tenant ‖ window bucket ‖ counter → f64 (big-endian bits).
+    Usage,
+}
+
+impl Table {
+    const ALL: [Table; 11] = [
+        Self::Tenants,
+        Self::Keys,
+        Self::KeyIds,
+        Self::Policies,
+        Self::Blobs,
+        Self::Artifacts,
+        Self::Active,
+        Self::Audit,
+        Self::Events,
+        Self::Sessions,
+        Self::Usage,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tenants => "tenants",
+            Self::Keys => "keys",
+            Self::KeyIds => "key_ids",
+            Self::Policies => "policies",
+            Self::Blobs => "blobs",
+            Self::Artifacts => "artifacts",
+            Self::Active => "active",
+            Self::Audit => "audit",
+            Self::Events => "events",
+            Self::Sessions => "sessions",
+            Self::Usage => "usage",
+        }
+    }
+}
+
+/// Joins key parts with the `0x00` separator.
+pub fn key(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// One audit record and everything written with it, atomically.
+pub struct RecordCommit<'a> {
+    /// Key in [`Table::Audit`].
+    pub audit_key: Vec<u8>,
+    /// The record's stored bytes.
+    pub record: Vec<u8>,
+    /// Key in [`Table::Events`] (the event id).
+    pub event_key: &'a [u8],
+    /// Key in [`Table::Sessions`], when the record belongs to a session.
+    pub session_key: Option<Vec<u8>>,
+    /// Usage keys and the values the policy read: the commit fails with
+    /// [`StoreError::UsageConflict`] if any differs now.
+    pub expect_usage: Vec<(Vec<u8>, f64)>,
+    /// Usage keys and the amounts to add.
+    pub add_usage: Vec<(Vec<u8>, f64)>,
+}
+
+/// The sled database and its trees. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    trees: [sled::Tree; 11],
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .cache_capacity(64 << 20)
+            .open()?;
+        let trees = Table::ALL
+            .map(|t| db.open_tree(t.name()))
+            .into_iter()
+            .collect::<std::result::Result<Vec<_>, _>>()?
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one tree per table"));
+        Ok(Self { db, trees })
+    }
+
+    fn tree(&self, table: Table) -> &sled::Tree {
+        &self.trees[table as usize]
+    }
+
+    /// Makes every write so far durable (see ARCHITECTURE.md for what that means with sled).
+    /// Blocking: call from a blocking thread.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Reads and decodes a JSON value.
+    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &[u8]) -> Result<Option<T>> {
+        self.tree(table)
+            .get(key)?
+            .map(|v| decode(table, &v))
+            .transpose()
+    }
+
+    /// Encodes and writes a JSON value.
+    pub fn put<T: Serialize>(&self, table: Table, key: &[u8], value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).expect("store values serialize");
+        self.tree(table).insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// Reads raw bytes.
+    pub fn get_raw(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree(table).get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Writes raw bytes.
+    pub fn put_raw(&self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
+        self.tree(table).insert(key, value)?;
+        Ok(())
+    }
+
+    /// Decodes every JSON value whose key starts with `prefix`, in key order.
+    pub fn scan<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, T)>> {
+        self.tree(table)
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), decode(table, &v)?))
+            })
+            .collect()
+    }
+
+    /// Raw values with keys in `[from, to)`, in key order, at most `limit`.
+    pub fn range_raw(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.tree(table)
+            .range(from..to)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Keys starting with `prefix` and greater than `after`, in order, at most `limit`.
+    pub fn keys_after(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let mut start = after.to_vec();
+        start.push(0);
+        self.tree(table)
+            .range(start..)
+            .keys()
+            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(prefix)))
+            .take(limit)
+            .map(|k| Ok(k?.to_vec()))
+            .collect()
+    }
+
+    /// The last raw value whose key starts with `prefix`.
+    pub fn last_raw(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .tree(table)
+            .scan_prefix(prefix)
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    /// A usage counter's value (0 when never charged).
+    pub fn usage(&self, key: &[u8]) -> Result<f64> {
+        Ok(self
+            .tree(Table::Usage)
+            .get(key)?
+            .map_or(0.0, |v| decode_f64(&v)))
+    }
+
+    /// Writes an audit record, its indexes and its usage charges in one transaction, after
+    /// checking the usage values the policy read are unchanged.
+    pub fn commit_record(&self, c: &RecordCommit<'_>) -> Result<()> {
+        let trees = (
+            self.tree(Table::Audit),
+            self.tree(Table::Events),
+            self.tree(Table::Sessions),
+            self.tree(Table::Usage),
+        );
+        let result = trees.transaction(|(audit, events, sessions, usage)| {
+            for (key, expected) in &c.expect_usage {
+                let now = usage.get(key)?.map_or(0.0, |v| decode_f64(&v));
+                if now != *expected {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+            }
+            for (key, amount) in &c.add_usage {
+                let now = usage.get(key)?.map_or(0.0, |v| decode_f64(&v));
+                usage.insert(key.as_slice(), &(now + amount).to_bits().to_be_bytes())?;
+            }
+            audit.insert(c.audit_key.as_slice(), c.record.as_slice())?;
+            events.insert(c.event_key, c.audit_key.as_slice())?;
+            if let Some(session_key) = &c.session_key {
+                sessions.insert(session_key.as_slice(), &[])?;
+            }
+            Ok(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(())) => Err(StoreError::UsageConflict),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(table: Table, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt { table, source })
+}
+
+fn decode_f64(bytes: &[u8]) -> f64 {
+    bytes
+        .try_into()
+        .map(|b| f64::from_bits(u64::from_be_bytes(b)))
+        .unwrap_or(0.0)
+}
