@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 
 use crate::store::{RecordCommit, Store, StoreError, Table};
-use crate::tenants::{new_id, tenant_key};
+use crate::tenants::{new_id, tenant_key, tenant_prefix};
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -231,10 +231,18 @@ pub struct AuditLog {
 /// Shared flushes: appenders take a ticket after writing, a background task flushes and
 /// publishes the highest ticket the flush covered.
 struct GroupCommit {
+    store: Store,
     requested: AtomicU64,
-    wake: Notify,
+    wake: Arc<Notify>,
     /// (highest ticket covered by a completed flush attempt, whether it succeeded).
     flushed: watch::Sender<(u64, bool)>,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        // Wake the flusher so it sees the log is gone and releases the store.
+        self.wake.notify_one();
+    }
 }
 
 /// Audit key of record `seq` of `tenant`.
@@ -246,24 +254,26 @@ impl AuditLog {
     /// Opens the log and starts its flusher task on the current tokio runtime.
     pub fn start(store: Store) -> Self {
         let (flushed, _) = watch::channel((0, true));
+        let wake = Arc::new(Notify::new());
         let commit = Arc::new(GroupCommit {
+            store: store.clone(),
             requested: AtomicU64::new(0),
-            wake: Notify::new(),
+            wake: wake.clone(),
             flushed,
         });
-        let flusher = commit.clone();
-        let flush_store = store.clone();
-        // Runs for the life of the runtime. A wake-up sent while it flushes is kept by
-        // `Notify` as a permit, so no ticket is missed.
+        let weak = Arc::downgrade(&commit);
+        // Runs until the log is dropped (see `Drop for GroupCommit`). A wake-up sent while it
+        // flushes is kept by `Notify` as a permit, so no ticket is missed.
         tokio::spawn(async move {
-            let commit = flusher;
             loop {
+                let Some(commit) = weak.upgrade() else { break };
                 let target = commit.requested.load(Ordering::SeqCst);
                 if target <= commit.flushed.borrow().0 {
-                    commit.wake.notified().await;
+                    drop(commit);
+                    wake.notified().await;
                     continue;
                 }
-                let store = flush_store.clone();
+                let store = commit.store.clone();
                 let ok = match tokio::task::spawn_blocking(move || store.flush()).await {
                     Ok(Ok(())) => true,
                     Ok(Err(e)) => {
@@ -292,7 +302,7 @@ impl AuditLog {
         }
         let head = match self
             .store
-            .last_raw(Table::Audit, &tenant_key(tenant_id, &[]))?
+            .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
         {
             Some((_, bytes)) => {
                 let last: Record =
@@ -408,7 +418,7 @@ impl AuditLog {
     ) -> Result<Vec<Record>> {
         let from = audit_key(tenant_id, after_seq.map_or(0, |s| s.saturating_add(1)));
         // Just past the tenant's prefix: `tenant ‖ 0x01`.
-        let mut to = tenant_key(tenant_id, &[]);
+        let mut to = tenant_prefix(tenant_id);
         *to.last_mut().expect("separator") = 1;
         self.store
             .range_raw(Table::Audit, &from, &to, limit)?
@@ -455,7 +465,7 @@ impl AuditLog {
         let Some(audit_key) = self.store.get_raw(Table::Events, event_id.as_bytes())? else {
             return Ok(None);
         };
-        if !audit_key.starts_with(&tenant_key(tenant_id, &[])) {
+        if !audit_key.starts_with(&tenant_prefix(tenant_id)) {
             return Ok(None);
         }
         self.store

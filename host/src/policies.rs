@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{CompiledPolicy, Engine, LoadError};
 use crate::store::{Store, StoreError, Table};
-use crate::tenants::tenant_key;
+use crate::tenants::{tenant_key, tenant_prefix};
 
 /// Errors of policy management.
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,7 @@ impl Policies {
     pub fn list(&self, tenant_id: &str) -> Result<Vec<PolicyMeta>> {
         let mut list: Vec<PolicyMeta> = self
             .store
-            .scan(Table::Policies, &tenant_key(tenant_id, &[]))?
+            .scan(Table::Policies, &tenant_prefix(tenant_id))?
             .into_iter()
             .map(|(_, m)| m)
             .collect();

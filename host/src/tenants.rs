@@ -411,6 +411,11 @@ impl Tenants {
     }
 }
 
+/// The prefix of every row of `tenant_id` in tenant-scoped tables: the id and the separator.
+pub fn tenant_prefix(tenant_id: &str) -> Vec<u8> {
+    store::key(&[tenant_id.as_bytes(), b""])
+}
+
 /// Key used to store a tenant's rows in tenant-scoped tables.
 pub fn tenant_key(tenant_id: &str, rest: &[&[u8]]) -> Vec<u8> {
     let mut parts: Vec<&[u8]> = vec![tenant_id.as_bytes()];

@@ -74,3 +74,5 @@ pub fn call(action: &str, arguments: serde_json::Value) -> ToolCall {
         timestamp_ms: 1_700_000_000_000,
     }
 }
+
+pub mod gateway;

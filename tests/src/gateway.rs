@@ -1,0 +1,289 @@
+//! A real gateway on a loopback ephemeral port with a store in a temp dir, driven over HTTP.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use reqwest::{Client, Method, Response};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use writ::server::{Gateway, ServeConfig};
+
+use crate::component;
+
+/// A running gateway.
+pub struct TestGateway {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The operator key.
+    pub operator_key: String,
+    /// The data directory (kept when the gateway was started in a caller's directory).
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    client: Client,
+}
+
+/// A tenant with one key of each role.
+#[derive(Debug, Clone)]
+pub struct TestTenant {
+    /// The tenant id.
+    pub id: String,
+    /// Agent key (any agent id).
+    pub agent: String,
+    /// Reviewer key (subject `reviewer@example.com`).
+    pub reviewer: String,
+    /// Admin key.
+    pub admin: String,
+}
+
+impl TestGateway {
+    /// Starts a gateway with a fresh store in a temp dir.
+    pub async fn start() -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut gw = Self::start_in(temp.path()).await;
+        gw._temp = Some(temp);
+        gw
+    }
+
+    /// Starts a gateway on the store in `dir` (kept after stop, for restart tests).
+    pub async fn start_in(dir: &Path) -> Self {
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
+        config.operator_key = Some("wk_op_test_operator_key".into());
+        Self::start_with(config).await
+    }
+
+    /// Starts a gateway with `config`.
+    pub async fn start_with(config: ServeConfig) -> Self {
+        let data_dir = config.data_dir.clone();
+        let gateway = Gateway::open(config).await.expect("gateway opens");
+        let addr = gateway.local_addr();
+        let operator_key = gateway.operator_key.clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway.serve(async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            operator_key,
+            data_dir,
+            _temp: None,
+            shutdown: Some(tx),
+            task: Some(task),
+            client: Client::new(),
+        }
+    }
+
+    /// Stops gracefully: in-flight requests finish, the store is flushed.
+    pub async fn stop(mut self) {
+        self.shutdown_now().await;
+    }
+
+    async fn shutdown_now(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("serve task").expect("serve ends cleanly");
+        }
+    }
+
+    /// The base URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request with `key` in `X-PROVENANCE-API-KEY` and an optional JSON body.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Response {
+        let mut r = self.client.request(method, self.url(path));
+        if let Some(key) = key {
+            r = r.header("X-PROVENANCE-API-KEY", key);
+        }
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        r.send().await.expect("request sent")
+    }
+
+    /// Like [`Self::request`] but returns the status and the JSON body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let response = self.request(method, path, key, body).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// `POST /v1/gateway/execute` with the Provenance body.
+    pub async fn execute(
+        &self,
+        key: &str,
+        session: &str,
+        action: &str,
+        parameters: Value,
+    ) -> (u16, Value) {
+        self.call(
+            Method::POST,
+            "/v1/gateway/execute",
+            Some(key),
+            Some(json!({
+                "session_id": session,
+                "agent_id": "agent-1",
+                "action": action,
+                "decision": "ALLOW",
+                "parameters": parameters,
+            })),
+        )
+        .await
+    }
+
+    /// Uploads a component as the tenant admin.
+    pub async fn upload(
+        &self,
+        admin: &str,
+        name: &str,
+        bytes: Vec<u8>,
+        activate: bool,
+    ) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(&format!("/v1/policies?name={name}&activate={activate}")))
+            .header("X-PROVENANCE-API-KEY", admin)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload sent");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a tenant with an agent, reviewer and admin key, and `policy` (a guest path)
+    /// active if given.
+    pub async fn tenant(&self, name: &str, policy: Option<&str>) -> TestTenant {
+        let op = Some(self.operator_key.as_str());
+        let (status, t) = self
+            .call(
+                Method::POST,
+                "/v1/admin/tenants",
+                op,
+                Some(json!({"name": name})),
+            )
+            .await;
+        assert_eq!(status, 201, "{t}");
+        let id = t["tenant_id"].as_str().unwrap().to_owned();
+        let key = async |role: &str, subject: &str| {
+            let (status, k) = self
+                .call(
+                    Method::POST,
+                    &format!("/v1/admin/tenants/{id}/keys"),
+                    op,
+                    Some(json!({"role": role, "subject": subject})),
+                )
+                .await;
+            assert_eq!(status, 201, "{k}");
+            k["api_key"].as_str().unwrap().to_owned()
+        };
+        let agent = key("agent", "agent-owner").await;
+        let reviewer = key("reviewer", "reviewer@example.com").await;
+        let admin = key("admin", "admin@example.com").await;
+        if let Some(path) = policy {
+            let (status, body) = self.upload(&admin, "policy", component(path), true).await;
+            assert_eq!(status, 201, "{body}");
+        }
+        TestTenant {
+            id,
+            agent,
+            reviewer,
+            admin,
+        }
+    }
+
+    /// Every audit record of the key's tenant.
+    pub async fn audit(&self, key: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            let path = match after {
+                Some(a) => format!("/v1/audit?limit=1000&after_seq={a}"),
+                None => "/v1/audit?limit=1000".to_owned(),
+            };
+            let (status, page) = self.call(Method::GET, &path, Some(key), None).await;
+            assert_eq!(status, 200, "{page}");
+            out.extend(page["records"].as_array().unwrap().iter().cloned());
+            match page["next_after_seq"].as_u64() {
+                Some(a) => after = Some(a),
+                None => return out,
+            }
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Checks that `records` form a valid chain from seq 0: gapless, linked, and every hash
+/// recomputed from the canonical encoding (keys sorted, no whitespace, `hash` left out).
+pub fn assert_chain_valid(records: &[Value]) {
+    let mut prev = [0u8; 32];
+    for (i, r) in records.iter().enumerate() {
+        assert_eq!(r["seq"].as_u64(), Some(i as u64), "gap at {i}");
+        assert_eq!(
+            r["prev_hash"].as_str().unwrap(),
+            hex::encode(prev),
+            "link at {i}"
+        );
+        let mut body = r.as_object().unwrap().clone();
+        body.remove("hash");
+        let canonical = serde_json::to_vec(&sorted(&Value::Object(body))).unwrap();
+        let mut h = blake3::Hasher::new();
+        h.update(&prev);
+        h.update(&canonical);
+        let hash = h.finalize();
+        assert_eq!(
+            r["hash"].as_str().unwrap(),
+            hash.to_hex().as_str(),
+            "hash at {i}"
+        );
+        prev = *hash.as_bytes();
+    }
+}
+
+/// `value` with every object's keys in lexicographic order, whatever serde_json's map order.
+fn sorted(value: &Value) -> impl serde::Serialize {
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Canonical<'a> {
+        Object(std::collections::BTreeMap<&'a str, Canonical<'a>>),
+        Array(Vec<Canonical<'a>>),
+        Scalar(&'a Value),
+    }
+    fn go(v: &Value) -> Canonical<'_> {
+        match v {
+            Value::Object(m) => {
+                Canonical::Object(m.iter().map(|(k, v)| (k.as_str(), go(v))).collect())
+            }
+            Value::Array(a) => Canonical::Array(a.iter().map(go).collect()),
+            other => Canonical::Scalar(other),
+        }
+    }
+    go(value)
+}
