@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check and test of the workspace on a fresh machine: installs what the tests need
-# (the wasm32-wasip2 target), then lints and tests. Usage: ./scripts/test.sh
+# Runs every check and test of the workspace on a fresh machine. Installs what the tests need
+# (the wasm32-wasip2 target; a Python virtualenv in .venv with the published SDKs the
+# compatibility tests drive), then lints and tests. Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,6 +9,19 @@ cd "$(dirname "$0")/.."
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 rustup target add wasm32-wasip2
 
+# The published Python SDKs, unmodified. provenance-client declares Python 3.13 but runs on 3.11.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check --ignore-requires-python \
+  'provenance-client==0.1.0' 'pytest>=8,<9'
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
