@@ -237,6 +237,14 @@ impl App {
         self.inner.store.flush()
     }
 
+    /// Whether the gateway can serve: the store answers a read.
+    pub fn ready(&self) -> bool {
+        self.inner
+            .store
+            .get_raw(crate::store::Table::Tenants, b"")
+            .is_ok()
+    }
+
     fn max_memory_mib(&self) -> u32 {
         (self.inner.config.engine.max_memory_bytes >> 20) as u32
     }

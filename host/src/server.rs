@@ -93,7 +93,7 @@ impl Gateway {
             Some(key) => (key, false),
             None => operator_key_file(&config.data_dir)?,
         };
-        app.tenants().install_operator_key(&operator_key)?;
+        app.tenants().install_operator_key(&operator_key);
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;

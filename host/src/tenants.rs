@@ -222,11 +222,12 @@ impl Tenants {
         self.keys.read().expect("keys lock").get(&hash).cloned()
     }
 
-    /// Registers the operator key (from the environment or the key file); idempotent.
-    pub fn install_operator_key(&self, secret: &str) -> Result<()> {
+    /// Registers the operator key (from the environment or the key file), replacing any
+    /// other; idempotent.
+    pub fn install_operator_key(&self, secret: &str) {
         let hash = hash_key(secret);
         if self.keys.read().expect("keys lock").contains_key(&hash) {
-            return Ok(());
+            return;
         }
         let record = KeyRecord {
             key_id: "key_operator".into(),
@@ -239,15 +240,9 @@ impl Tenants {
         };
         // The operator key is not persisted: it comes from the environment or its file at
         // every start, so rotating it is replacing that file or variable.
-        self.keys
-            .write()
-            .expect("keys lock")
-            .retain(|_, k| k.role != Role::Operator);
-        self.keys
-            .write()
-            .expect("keys lock")
-            .insert(hash, Arc::new(record));
-        Ok(())
+        let mut keys = self.keys.write().expect("keys lock");
+        keys.retain(|_, k| k.role != Role::Operator);
+        keys.insert(hash, Arc::new(record));
     }
 
     /// Creates a tenant with default limits.

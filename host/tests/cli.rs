@@ -85,3 +85,97 @@ fn policy_test_refuses_a_component_with_a_forbidden_import() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("wasi:sockets/tcp@0.2.0"), "{stderr}");
 }
+
+/// `writ tenant create`, `writ key create` and `writ policy push` against a running gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_commands_drive_a_running_gateway() {
+    let gw = writ_tests::gateway::TestGateway::start().await;
+    let url = gw.url("");
+    let op = gw.operator_key.clone();
+    let run = |args: Vec<String>, key: String| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = writ()
+                .args(&args)
+                .env("WRIT_GATEWAY", &url)
+                .env("WRIT_API_KEY", &key)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{args:?}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+        })
+    };
+    let tenant = run(
+        vec!["tenant".into(), "create".into(), "acme".into()],
+        op.clone(),
+    )
+    .await
+    .unwrap();
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let admin = run(
+        [
+            "key",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--role",
+            "admin",
+            "--subject",
+            "ops@acme.example",
+        ]
+        .map(String::from)
+        .to_vec(),
+        op.clone(),
+    )
+    .await
+    .unwrap();
+    let admin_key = admin["api_key"].as_str().unwrap().to_owned();
+    let agent = run(
+        [
+            "key",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--role",
+            "agent",
+            "--subject",
+            "bot",
+        ]
+        .map(String::from)
+        .to_vec(),
+        admin_key.clone(),
+    )
+    .await
+    .unwrap();
+    let pushed = run(
+        [
+            "policy",
+            "push",
+            artifacts::PAYMENTS_LIMITS,
+            "--name",
+            "payments",
+            "--activate",
+        ]
+        .map(String::from)
+        .to_vec(),
+        admin_key,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pushed["activated"], true);
+    let (status, body) = gw
+        .execute(
+            agent["api_key"].as_str().unwrap(),
+            "s",
+            "payments.initiate",
+            serde_json::json!({"amount": 800, "currency": "GBP"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["codes"], serde_json::json!(["amount_over_limit"]));
+}

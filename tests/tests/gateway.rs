@@ -549,6 +549,22 @@ async fn policy_upload_validates_and_names_the_problem() {
 }
 
 #[tokio::test]
+async fn only_a_tenant_admin_uploads_policies() {
+    let gw = TestGateway::start().await;
+    let t = gw.tenant("acme", None).await;
+    let bytes = writ_tests::component(artifacts::ALLOW_ALL);
+    let op = gw.operator_key.clone();
+    for key in [&t.agent, &t.reviewer, &op] {
+        let (status, body) = gw.upload(key, "p", bytes.clone(), true).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    let (status, body) = gw.upload("wk_live_nope", "p", bytes.clone(), true).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = gw.upload(&t.admin, "p", bytes, true).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
 async fn hostile_policy_is_blocked_through_the_gateway() {
     let gw = TestGateway::start().await;
     let t = gw.tenant("acme", Some(artifacts::HOSTILE)).await;
@@ -821,4 +837,60 @@ async fn operations_endpoints_answer() {
     let (status, body) = gw.call(Method::GET, "/v1/nope", None, None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn operator_key_is_generated_once_into_a_private_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        || writ::server::ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
+    let first = writ::server::Gateway::open(config()).await.unwrap();
+    assert!(first.operator_key_generated);
+    assert!(first.operator_key.starts_with("wk_op_"));
+    let file = dir.path().join("operator.key");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        first.operator_key
+    );
+    let key = first.operator_key.clone();
+    drop(first);
+    let gw = TestGateway::start_with(config()).await;
+    assert_eq!(gw.operator_key, key, "the same key on restart");
+    let (status, _) = gw
+        .call(
+            Method::POST,
+            "/v1/admin/tenants",
+            Some(&key),
+            Some(json!({"name": "t"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // Nothing in the store holds the secret.
+    gw.stop().await;
+    let mut found = false;
+    for entry in walk(dir.path()) {
+        if entry.file_name() != Some(std::ffi::OsStr::new("operator.key")) {
+            let bytes = std::fs::read(&entry).unwrap();
+            found |= bytes.windows(key.len()).any(|w| w == key.as_bytes());
+        }
+    }
+    assert!(!found, "the operator key was written to the store");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

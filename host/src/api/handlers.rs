@@ -324,10 +324,20 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: the store is open and policies are loaded (true once serving).
-#[utoipa::path(get, path = "/readyz", tag = "ops", responses((status = 200, body = Health)))]
-pub async fn readyz() -> Json<Health> {
-    Json(Health { status: "ok" })
+/// Readiness: policies are loaded (they are before the listener serves) and the store answers.
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
+    if state.app.ready() {
+        (StatusCode::OK, Json(Health { status: "ok" }))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "unavailable",
+            }),
+        )
+    }
 }
 
 /// Prometheus metrics (OpenMetrics text).

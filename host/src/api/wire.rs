@@ -296,6 +296,6 @@ pub struct SessionView {
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `ok`.
+    /// `ok`, or `unavailable`.
     pub status: &'static str,
 }
