@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::Semaphore;
 
-use crate::audit::{AuditError, AuditLog, Kind, NewRecord, Record, RecordCharge, UsageEffects};
+use crate::audit::{AuditError, AuditLog, Kind, Record, RecordBody, RecordCharge, UsageEffects};
 use crate::decision::{Decision, Outcome, ToolCall, codes};
 use crate::engine::{Engine, EngineConfig};
 use crate::evaluation::Evaluation;
@@ -388,7 +388,7 @@ impl App {
         let escalation_id =
             (decision.outcome == Outcome::Escalate).then(|| crate::tenants::new_id("esc_"));
         let charged = !effects.add.is_empty();
-        let mut record = NewRecord::new(Kind::Decision);
+        let mut record = RecordBody::new(Kind::Decision);
         record.action = Some(req.action.clone());
         record.agent_id = Some(req.agent_id.clone());
         record.arguments = Some(req.arguments.clone());
@@ -506,7 +506,7 @@ impl App {
             .inner
             .tenants
             .create_key(tenant_id, role, subject, agent_id)?;
-        let mut record = NewRecord::new(Kind::KeyCreated);
+        let mut record = RecordBody::new(Kind::KeyCreated);
         record.actor = Some(who.subject.clone());
         record.detail = Some(key_detail(&key));
         self.inner
@@ -534,7 +534,7 @@ impl App {
             other => other,
         })?;
         let key = self.inner.tenants.revoke_key(key_id)?;
-        let mut record = NewRecord::new(Kind::KeyRevoked);
+        let mut record = RecordBody::new(Kind::KeyRevoked);
         record.actor = Some(who.subject.clone());
         record.detail = Some(key_detail(&key));
         self.inner
@@ -577,7 +577,7 @@ impl App {
             .map_err(|e| AppError::Internal(Box::new(e)))??;
         let _serial = self.inner.activation.lock().await;
         let previous = self.inner.policies.active(&tenant_id);
-        let mut record = NewRecord::new(Kind::PolicyActivated);
+        let mut record = RecordBody::new(Kind::PolicyActivated);
         record.actor = Some(who.subject.clone());
         record.policy_id = Some(prepared.meta.policy_id.clone());
         record.detail = Some(

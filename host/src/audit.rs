@@ -144,49 +144,11 @@ impl RecordBody {
     }
 }
 
-/// A record to append: the fields the caller sets. Seq, event id, time and hashes are filled
-/// in by [`AuditLog::append`].
-#[derive(Debug, Clone)]
-pub struct NewRecord {
-    /// The kind.
-    pub kind: Kind,
-    /// See [`RecordBody`].
-    pub action: Option<String>,
-    /// See [`RecordBody`].
-    pub actor: Option<String>,
-    /// See [`RecordBody`].
-    pub agent_id: Option<String>,
-    /// See [`RecordBody`].
-    pub arguments: Option<String>,
-    /// See [`RecordBody`].
-    pub charges: Vec<RecordCharge>,
-    /// See [`RecordBody`].
-    pub client_hint: Option<String>,
-    /// See [`RecordBody`].
-    pub codes: Vec<String>,
-    /// See [`RecordBody`].
-    pub detail: Option<String>,
-    /// See [`RecordBody`].
-    pub escalation_id: Option<String>,
-    /// See [`RecordBody`].
-    pub fuel: Option<u64>,
-    /// See [`RecordBody`].
-    pub latency_us: Option<u64>,
-    /// See [`RecordBody`].
-    pub outcome: Option<String>,
-    /// See [`RecordBody`].
-    pub policy_id: Option<String>,
-    /// See [`RecordBody`].
-    pub reason: Option<String>,
-    /// See [`RecordBody`].
-    pub session_id: Option<String>,
-}
-
-impl NewRecord {
-    /// An empty record of `kind`.
+impl RecordBody {
+    /// An empty record of `kind` for [`AuditLog::append`], which fills in `seq`, `event_id`,
+    /// `prev_hash`, `tenant_id` and `timestamp_ms`.
     pub fn new(kind: Kind) -> Self {
         Self {
-            kind,
             action: None,
             actor: None,
             agent_id: None,
@@ -196,12 +158,18 @@ impl NewRecord {
             codes: Vec::new(),
             detail: None,
             escalation_id: None,
+            event_id: String::new(),
             fuel: None,
+            kind: kind.as_str().to_owned(),
             latency_us: None,
             outcome: None,
             policy_id: None,
+            prev_hash: String::new(),
             reason: None,
+            seq: 0,
             session_id: None,
+            tenant_id: String::new(),
+            timestamp_ms: 0,
         }
     }
 }
@@ -331,42 +299,29 @@ impl AuditLog {
     pub async fn append(
         &self,
         tenant_id: &str,
-        new: NewRecord,
+        body: RecordBody,
         usage: UsageEffects,
     ) -> Result<Record> {
-        let (record, ticket) = self.write(tenant_id, new, usage)?;
+        let (record, ticket) = self.write(tenant_id, body, usage)?;
         self.wait_durable(ticket).await?;
         Ok(record)
     }
 
     /// The synchronous half of [`AuditLog::append`]: writes the record (not yet durable) and
     /// returns the group-commit ticket to wait for.
-    fn write(&self, tenant_id: &str, new: NewRecord, usage: UsageEffects) -> Result<(Record, u64)> {
+    fn write(
+        &self,
+        tenant_id: &str,
+        mut body: RecordBody,
+        usage: UsageEffects,
+    ) -> Result<(Record, u64)> {
         let head = self.head(tenant_id)?;
         let mut head = head.lock().expect("head lock");
-        let body = RecordBody {
-            action: new.action,
-            actor: new.actor,
-            agent_id: new.agent_id,
-            arguments: new.arguments,
-            charges: new.charges,
-            client_hint: new.client_hint,
-            codes: new.codes,
-            detail: new.detail,
-            escalation_id: new.escalation_id,
-            event_id: new_id("evt_"),
-            fuel: new.fuel,
-            kind: new.kind.as_str().to_owned(),
-            latency_us: new.latency_us,
-            outcome: new.outcome,
-            policy_id: new.policy_id,
-            prev_hash: hex::encode(head.prev_hash),
-            reason: new.reason,
-            seq: head.next_seq,
-            session_id: new.session_id,
-            tenant_id: tenant_id.to_owned(),
-            timestamp_ms: crate::now_ms(),
-        };
+        body.event_id = new_id("evt_");
+        body.prev_hash = hex::encode(head.prev_hash);
+        body.seq = head.next_seq;
+        body.tenant_id = tenant_id.to_owned();
+        body.timestamp_ms = crate::now_ms();
         let hash = body.hash(&head.prev_hash);
         let record = Record {
             body,
