@@ -5,10 +5,14 @@
 //! Tenant isolation: a principal only ever reaches its own tenant's rows. A resource of another
 //! tenant is reported as not found, never as forbidden, so its existence does not leak.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
+
+use crate::checkpoint::{self, Checkpoint, CheckpointSigner};
+use crate::verify::{self, Verification};
 
 use crate::audit::{AuditError, AuditLog, Kind, Record, RecordBody, RecordCharge, UsageEffects};
 use crate::decision::{Decision, Outcome, ToolCall, codes};
@@ -97,6 +101,10 @@ pub struct AppConfig {
     pub max_concurrent_evaluations: usize,
     /// Re-evaluations when the usage counters a policy read change before its charges commit.
     pub usage_retries: usize,
+    /// A chain is checkpointed once it has grown by this many records...
+    pub checkpoint_every_records: u64,
+    /// ...or has grown at all and its last checkpoint is this old.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for AppConfig {
@@ -105,6 +113,8 @@ impl Default for AppConfig {
             engine: EngineConfig::default(),
             max_concurrent_evaluations: 16,
             usage_retries: 3,
+            checkpoint_every_records: 1000,
+            checkpoint_every: Duration::from_secs(60),
         }
     }
 }
@@ -172,6 +182,9 @@ struct AppInner {
     evaluations: Semaphore,
     /// Serializes activations so the audit order matches the order they took effect.
     activation: tokio::sync::Mutex<()>,
+    signer: CheckpointSigner,
+    /// Latest checkpoint per tenant: (size, time ms). A std mutex: never held across an await.
+    checkpoints: Mutex<HashMap<String, (u64, u64)>>,
     config: AppConfig,
 }
 
@@ -196,13 +209,24 @@ fn tenant_role<'a>(who: &'a Principal, roles: &[Role]) -> Result<&'a str> {
 impl App {
     /// Opens the store, loads tenants, keys and active policies, and starts the audit
     /// flusher. Must run inside a tokio runtime.
-    pub fn open(store: Store, config: AppConfig) -> anyhow::Result<Self> {
+    pub fn open(store: Store, config: AppConfig, signer: CheckpointSigner) -> anyhow::Result<Self> {
         let engine = Engine::new(&config.engine)
             .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
         let tenants = Tenants::load(store.clone())?;
         let policies = Policies::load(engine.clone(), store.clone())?;
         let audit = AuditLog::start(store.clone());
-        Ok(Self {
+        let mut checkpoints = HashMap::new();
+        for tenant in tenants.all() {
+            audit.load_head(&tenant.id)?;
+            if let Some(note) =
+                store.get_raw(crate::store::Table::Checkpoints, tenant.id.as_bytes())?
+                && let Ok(cp) =
+                    checkpoint::verify(&String::from_utf8_lossy(&note), &signer.public_key())
+            {
+                checkpoints.insert(tenant.id.clone(), (cp.size, cp.time_ms));
+            }
+        }
+        let app = Self {
             inner: Arc::new(AppInner {
                 evaluations: Semaphore::new(config.max_concurrent_evaluations),
                 engine,
@@ -212,9 +236,82 @@ impl App {
                 audit,
                 metrics: Metrics::default(),
                 activation: tokio::sync::Mutex::new(()),
+                signer,
+                checkpoints: Mutex::new(checkpoints),
                 config,
             }),
-        })
+        };
+        app.start_checkpointer();
+        Ok(app)
+    }
+
+    /// Signs checkpoints in the background as chains grow; stops when the app is dropped.
+    fn start_checkpointer(&self) {
+        let weak: Weak<AppInner> = Arc::downgrade(&self.inner);
+        let tick = self
+            .inner
+            .config
+            .checkpoint_every
+            .min(Duration::from_secs(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(inner) = weak.upgrade() else { break };
+                if let Err(e) = (App { inner }).checkpoint(false).await {
+                    tracing::error!(error = %e, "checkpointing failed");
+                }
+            }
+        });
+    }
+
+    /// Signs and stores a checkpoint for every chain that grew since its last one: all of them
+    /// when `force`, else those due by the configured cadence. Only flushed heads are signed.
+    pub async fn checkpoint(&self, force: bool) -> Result<()> {
+        let now = crate::now_ms();
+        let every_ms = self.inner.config.checkpoint_every.as_millis() as u64;
+        let due: Vec<(String, u64, [u8; 32])> = {
+            let last = self.inner.checkpoints.lock().expect("checkpoints lock");
+            self.inner
+                .audit
+                .heads()
+                .into_iter()
+                .filter(|(tenant, size, _)| {
+                    let (last_size, last_time) = last.get(tenant).copied().unwrap_or((0, 0));
+                    *size > last_size
+                        && (force
+                            || size - last_size >= self.inner.config.checkpoint_every_records
+                            || now.saturating_sub(last_time) >= every_ms)
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            return Ok(());
+        }
+        // The heads were read before this flush, so the flush makes them durable.
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))??;
+        for (tenant_id, size, head_hash) in due {
+            let cp = Checkpoint {
+                tenant_id: tenant_id.clone(),
+                size,
+                head_hash,
+                time_ms: crate::now_ms(),
+            };
+            let note = self.inner.signer.sign(&cp);
+            self.inner.store.put_raw(
+                crate::store::Table::Checkpoints,
+                tenant_id.as_bytes(),
+                note.as_bytes(),
+            )?;
+            self.inner
+                .checkpoints
+                .lock()
+                .expect("checkpoints lock")
+                .insert(tenant_id, (size, cp.time_ms));
+        }
+        Ok(())
     }
 
     /// Tenants and keys.
@@ -635,6 +732,72 @@ impl App {
             .audit
             .event(tenant_id, event_id)?
             .ok_or(AppError::NotFound("event"))
+    }
+
+    /// Verifies the tenant's whole chain, and against its latest signed checkpoint.
+    pub async fn verify(&self, who: &Principal) -> Result<Verification> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?.to_owned();
+        let store = self.inner.store.clone();
+        let note = self.latest_checkpoint(&tenant_id)?;
+        let public = self.inner.signer.public_key();
+        tokio::task::spawn_blocking(move || {
+            let cp = note
+                .as_deref()
+                .and_then(|n| checkpoint::verify(n, &public).ok());
+            verify::verify_chain(&store, &tenant_id, cp.as_ref())
+        })
+        .await
+        .map_err(|e| AppError::Internal(Box::new(e)))?
+        .map_err(Into::into)
+    }
+
+    /// Streams the tenant's records after `after_seq` as JSON Lines, read lazily on a blocking
+    /// thread: the receiver yields one line (with its newline) at a time.
+    pub fn export(
+        &self,
+        who: &Principal,
+        after_seq: Option<u64>,
+    ) -> Result<tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?.to_owned();
+        let store = self.inner.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::task::spawn_blocking(move || {
+            let result = verify::export(&store, &tenant_id, after_seq, |line| {
+                let mut buf = Vec::with_capacity(line.len() + 1);
+                buf.extend_from_slice(line);
+                buf.push(b'\n');
+                tx.blocking_send(Ok(buf.into())).is_ok()
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            }
+        });
+        Ok(rx)
+    }
+
+    fn latest_checkpoint(&self, tenant_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .inner
+            .store
+            .get_raw(crate::store::Table::Checkpoints, tenant_id.as_bytes())?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+
+    /// The tenant's latest signed checkpoint (a signed note).
+    pub fn checkpoint_note(&self, who: &Principal) -> Result<String> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?;
+        self.latest_checkpoint(tenant_id)?
+            .ok_or(AppError::NotFound("checkpoint"))
+    }
+
+    /// The checkpoint verifying key: (note verifier key, base64 Ed25519 public key).
+    pub fn checkpoint_public_key(&self) -> (String, String) {
+        use base64::Engine as _;
+        let public = self.inner.signer.public_key();
+        (
+            checkpoint::verifier_key(&public),
+            base64::engine::general_purpose::STANDARD.encode(public.as_bytes()),
+        )
     }
 
     /// A session's counts and events.

@@ -218,6 +218,13 @@ pub fn audit_key(tenant_id: &str, seq: u64) -> Vec<u8> {
     tenant_key(tenant_id, &[&seq.to_be_bytes()])
 }
 
+/// The key range of a tenant's records from `from_seq` on.
+pub fn audit_range(tenant_id: &str, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut end = tenant_prefix(tenant_id);
+    *end.last_mut().expect("separator") = 1;
+    (audit_key(tenant_id, from_seq), end)
+}
+
 impl AuditLog {
     /// Opens the log and starts its flusher task on the current tokio runtime.
     pub fn start(store: Store) -> Self {
@@ -364,6 +371,30 @@ impl AuditLog {
         }
     }
 
+    /// The chain heads this log knows (every tenant it has appended to or [`AuditLog::load_head`]
+    /// loaded): tenant, size, head hash.
+    pub fn heads(&self) -> Vec<(String, u64, [u8; 32])> {
+        let heads: Vec<(String, Arc<Mutex<Head>>)> = self
+            .heads
+            .lock()
+            .expect("heads lock")
+            .iter()
+            .map(|(t, h)| (t.clone(), h.clone()))
+            .collect();
+        heads
+            .into_iter()
+            .map(|(t, h)| {
+                let h = h.lock().expect("head lock");
+                (t, h.next_seq, h.prev_hash)
+            })
+            .collect()
+    }
+
+    /// Loads a tenant's chain head from the store, so [`AuditLog::heads`] reports it.
+    pub fn load_head(&self, tenant_id: &str) -> Result<()> {
+        self.head(tenant_id).map(drop)
+    }
+
     /// Records of a tenant with `seq > after_seq` (all when `None`), at most `limit`.
     pub fn records(
         &self,
@@ -371,10 +402,7 @@ impl AuditLog {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Record>> {
-        let from = audit_key(tenant_id, after_seq.map_or(0, |s| s.saturating_add(1)));
-        // Just past the tenant's prefix: `tenant ‖ 0x01`.
-        let mut to = tenant_prefix(tenant_id);
-        *to.last_mut().expect("separator") = 1;
+        let (from, to) = audit_range(tenant_id, after_seq.map_or(0, |s| s.saturating_add(1)));
         self.store
             .range_raw(Table::Audit, &from, &to, limit)?
             .into_iter()

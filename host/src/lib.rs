@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 mod bindings;
 pub mod cases;
+pub mod checkpoint;
 pub mod decision;
 pub mod engine;
 pub mod evaluation;
@@ -19,6 +20,7 @@ pub mod server;
 pub mod store;
 pub mod tenants;
 pub mod usage;
+pub mod verify;
 
 pub use decision::{Charge, Decision, Outcome, Target, ToolCall, Window};
 pub use engine::{CompiledPolicy, Engine, EngineConfig, LoadError};

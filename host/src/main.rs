@@ -48,6 +48,43 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Verify or export audit chains from a stopped gateway's store.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash; prints one JSON line per tenant; exits 1 if any chain is broken.
+    Verify {
+        /// The stopped gateway's data directory.
+        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
+        data_dir: PathBuf,
+        /// Only this tenant (default: the checkpoint's tenant, else every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A signed checkpoint the chain must still contain (detects truncation and rewrite).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key (`writ+…`, from GET /v1/audit/public-key); default: the data
+        /// directory's checkpoint.key.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Write a tenant's chain as JSON Lines to standard output.
+    Export {
+        /// The stopped gateway's data directory.
+        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
+        data_dir: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only records with a greater seq.
+        #[arg(long)]
+        after_seq: Option<u64>,
+    },
 }
 
 /// Where the gateway is and which key to use.
@@ -165,6 +202,7 @@ fn main() -> ExitCode {
             },
             verbose,
         ),
+        Command::Audit { command } => audit(command),
         command => tokio::runtime::Runtime::new()
             .context("starting the runtime")
             .and_then(|rt| rt.block_on(run(command))),
@@ -240,7 +278,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Policy {
             command: PolicyCommand::Test { .. },
-        } => unreachable!("handled without a runtime"),
+        }
+        | Command::Audit { .. } => unreachable!("handled without a runtime"),
     }
 }
 
@@ -352,5 +391,113 @@ fn policy_test(
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use writ::checkpoint;
+    use writ::store::Table;
+    match command {
+        AuditCommand::Verify {
+            data_dir,
+            tenant,
+            checkpoint: checkpoint_file,
+            public_key,
+        } => {
+            let store = open_stopped_store(&data_dir)?;
+            let public = match public_key {
+                Some(vkey) => checkpoint::parse_verifier_key(&vkey)?,
+                None => checkpoint::CheckpointSigner::load_or_create(&data_dir)?.public_key(),
+            };
+            let cp = match &checkpoint_file {
+                Some(path) => {
+                    let note = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    match checkpoint::verify(&note, &public) {
+                        Ok(cp) => Some(cp),
+                        Err(e) => {
+                            println!(
+                                "{}",
+                                json!({"ok": false, "problem": "bad_checkpoint", "detail": e.to_string()})
+                            );
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    }
+                }
+                None => None,
+            };
+            let tenants: Vec<String> = match (tenant, &cp) {
+                (Some(t), _) => vec![t],
+                (None, Some(cp)) => vec![cp.tenant_id.clone()],
+                (None, None) => store
+                    .scan::<Value>(Table::Tenants, b"")?
+                    .into_iter()
+                    .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+                    .collect(),
+            };
+            let mut all_ok = true;
+            for tenant_id in tenants {
+                let cp = cp.as_ref().filter(|c| c.tenant_id == tenant_id);
+                let v = writ::verify::verify_chain(&store, &tenant_id, cp)?;
+                all_ok &= v.ok();
+                println!(
+                    "{}",
+                    json!({
+                        "tenant_id": tenant_id,
+                        "ok": v.ok(),
+                        "records": v.records,
+                        "head_seq": v.head.map(|(s, _)| s),
+                        "head_hash": v.head.map(|(_, h)| hex::encode(h)),
+                        "checkpoint_size": cp.map(|c| c.size),
+                        "broken_seq": v.broken.as_ref().map(|b| b.seq),
+                        "problem": v.broken.as_ref().map(|b| b.problem.code()),
+                        "detail": v.broken.as_ref().map(|b| b.detail.clone()),
+                    })
+                );
+            }
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Export {
+            data_dir,
+            tenant,
+            after_seq,
+        } => {
+            let store = open_stopped_store(&data_dir)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut failed = None;
+            writ::verify::export(&store, &tenant, after_seq, |line| {
+                match out.write_all(line).and_then(|()| out.write_all(b"\n")) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_stopped_store(data_dir: &std::path::Path) -> anyhow::Result<writ::store::Store> {
+    anyhow::ensure!(
+        data_dir.join("db").exists(),
+        "no store in {}",
+        data_dir.display()
+    );
+    writ::store::Store::open(data_dir).with_context(|| {
+        format!(
+            "opening the store in {} (is the gateway still running? stop it first)",
+            data_dir.display()
+        )
     })
 }

@@ -88,7 +88,8 @@ impl Gateway {
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
         let store = Store::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-        let app = App::open(store, config.app.clone())?;
+        let signer = crate::checkpoint::CheckpointSigner::load_or_create(&config.data_dir)?;
+        let app = App::open(store, config.app.clone(), signer)?;
         let (operator_key, operator_key_generated) = match config.operator_key {
             Some(key) => (key, false),
             None => operator_key_file(&config.data_dir)?,
@@ -124,6 +125,10 @@ impl Gateway {
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving")?;
+        self.app
+            .checkpoint(true)
+            .await
+            .context("signing the shutdown checkpoints")?;
         let app = self.app;
         tokio::task::spawn_blocking(move || app.flush())
             .await?

@@ -64,10 +64,12 @@ pub enum Table {
     Sessions,
     /// tenant ‖ window bucket ‖ counter → f64 (big-endian bits).
     Usage,
+    /// tenant id → latest signed checkpoint (note text).
+    Checkpoints,
 }
 
 impl Table {
-    const ALL: [Table; 11] = [
+    const ALL: [Table; 12] = [
         Self::Tenants,
         Self::Keys,
         Self::KeyIds,
@@ -79,6 +81,7 @@ impl Table {
         Self::Events,
         Self::Sessions,
         Self::Usage,
+        Self::Checkpoints,
     ];
 
     fn name(self) -> &'static str {
@@ -94,6 +97,7 @@ impl Table {
             Self::Events => "events",
             Self::Sessions => "sessions",
             Self::Usage => "usage",
+            Self::Checkpoints => "checkpoints",
         }
     }
 }
@@ -131,7 +135,7 @@ pub struct RecordCommit<'a> {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: [sled::Tree; 11],
+    trees: [sled::Tree; 12],
 }
 
 impl Store {
@@ -218,6 +222,28 @@ impl Store {
                 Ok((k.to_vec(), v.to_vec()))
             })
             .collect()
+    }
+
+    /// Raw values with keys in `[from, to)`, in key order, read lazily: for scans too large to
+    /// hold in memory.
+    pub fn iter_raw(
+        &self,
+        table: Table,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
+        self.tree(table)
+            .range(from.to_vec()..to.to_vec())
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+    }
+
+    /// Removes a row. Used by maintenance and by tests that tamper with a stopped store.
+    pub fn remove(&self, table: Table, key: &[u8]) -> Result<()> {
+        self.tree(table).remove(key)?;
+        Ok(())
     }
 
     /// Keys starting with `prefix` and greater than `after`, in order, at most `limit`.

@@ -76,3 +76,17 @@ pub fn call(action: &str, arguments: serde_json::Value) -> ToolCall {
 }
 
 pub mod gateway;
+
+/// The Python interpreter with the published SDKs and `blake3` (the `.venv` that
+/// `scripts/test.sh` makes), or `WRIT_PYTHON`.
+pub fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("WRIT_PYTHON") {
+        return p.into();
+    }
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python environment with the SDKs: run ./scripts/test.sh (it creates .venv), or set WRIT_PYTHON"
+    );
+    venv
+}

@@ -1,23 +1,11 @@
 //! The published `provenance-client` Python SDK, unmodified, against a live gateway: the seed
 //! README's patterns (`tests/python/test_provenance_client.py`). The virtualenv is made by
-//! `scripts/test.sh`; set `WRIT_PYTHON` to use another interpreter.
+//! `scripts/test.sh` (see `writ_tests::python`).
 
 use std::path::PathBuf;
 
-use writ_tests::artifacts;
 use writ_tests::gateway::TestGateway;
-
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WRIT_PYTHON") {
-        return p.into();
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python environment with the SDKs: run ./scripts/test.sh (it creates .venv), or set WRIT_PYTHON"
-    );
-    venv
-}
+use writ_tests::{artifacts, python};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provenance_client_seed_patterns_work_unmodified() {

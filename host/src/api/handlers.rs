@@ -285,6 +285,57 @@ pub async fn audit(
     }))
 }
 
+/// Recomputes every hash of the tenant's chain and checks it against the latest signed
+/// checkpoint (admin or reviewer).
+#[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
+    responses((status = 200, body = VerifyView), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn audit_verify(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<VerifyView>, ApiError> {
+    Ok(Json(state.app.verify(&who).await?.into()))
+}
+
+/// Streams the tenant's chain as JSON Lines, one stored record per line (admin or reviewer).
+#[utoipa::path(get, path = "/v1/audit/export", tag = "audit",
+    params(ExportQuery),
+    responses((status = 200, content_type = "application/jsonl", body = String), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn audit_export(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Query(query): Query<ExportQuery>,
+) -> Result<impl IntoResponse, ApiError> {
+    let lines = state.app.export(&who, query.after_seq)?;
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(lines));
+    Ok(([(header::CONTENT_TYPE, "application/jsonl")], body))
+}
+
+/// The tenant's latest signed checkpoint, a C2SP signed note (admin or reviewer).
+#[utoipa::path(get, path = "/v1/audit/checkpoint", tag = "audit",
+    responses((status = 200, content_type = "text/plain", body = String), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn audit_checkpoint(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<impl IntoResponse, ApiError> {
+    let note = state.app.checkpoint_note(&who)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], note))
+}
+
+/// The key that verifies checkpoints. Public: no key needed.
+#[utoipa::path(get, path = "/v1/audit/public-key", tag = "audit",
+    responses((status = 200, body = PublicKeyView)))]
+pub async fn audit_public_key(State(state): State<ApiState>) -> Json<PublicKeyView> {
+    let (verifier_key, public_key) = state.app.checkpoint_public_key();
+    Json(PublicKeyView {
+        verifier_key,
+        public_key,
+        algorithm: "ed25519",
+    })
+}
+
 /// Reads one audit record by event id (admin or reviewer).
 #[utoipa::path(get, path = "/v1/audit/events/{event_id}", tag = "audit",
     params(("event_id" = String, Path)),

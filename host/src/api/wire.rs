@@ -299,3 +299,55 @@ pub struct Health {
     /// `ok`, or `unavailable`.
     pub status: &'static str,
 }
+
+/// `GET /v1/audit/verify`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyView {
+    /// Whether the whole chain verified (and matches the latest checkpoint).
+    pub ok: bool,
+    /// Records verified.
+    pub records: u64,
+    /// Seq of the last verified record.
+    pub head_seq: Option<u64>,
+    /// Hash of the last verified record (hex).
+    pub head_hash: Option<String>,
+    /// The first broken seq, when not ok.
+    pub broken_seq: Option<u64>,
+    /// What broke: `undecodable`, `missing_seq`, `seq_out_of_order`, `prev_hash_mismatch`,
+    /// `hash_mismatch`, `wrong_tenant`, `checkpoint_mismatch` or `truncated`.
+    pub problem: Option<&'static str>,
+    /// Details.
+    pub detail: Option<String>,
+}
+
+impl From<crate::verify::Verification> for VerifyView {
+    fn from(v: crate::verify::Verification) -> Self {
+        Self {
+            ok: v.ok(),
+            records: v.records,
+            head_seq: v.head.map(|(s, _)| s),
+            head_hash: v.head.map(|(_, h)| hex::encode(h)),
+            broken_seq: v.broken.as_ref().map(|b| b.seq),
+            problem: v.broken.as_ref().map(|b| b.problem.code()),
+            detail: v.broken.map(|b| b.detail),
+        }
+    }
+}
+
+/// Query of `GET /v1/audit/export`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ExportQuery {
+    /// Only records with a greater seq.
+    pub after_seq: Option<u64>,
+}
+
+/// `GET /v1/audit/public-key`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicKeyView {
+    /// The signed-note verifier key: `writ+<key id hex>+<base64(0x01 ‖ key)>`.
+    pub verifier_key: String,
+    /// The Ed25519 public key, standard base64.
+    pub public_key: String,
+    /// The signature algorithm.
+    pub algorithm: &'static str,
+}

@@ -1,0 +1,210 @@
+//! Verifying and exporting audit chains. These read the store directly, lazily (a chain of
+//! millions of records is never held in memory), so they serve both the running gateway and
+//! `writ audit verify|export --data-dir` on a stopped gateway's store.
+
+use crate::audit::{Record, audit_range};
+use crate::checkpoint::Checkpoint;
+use crate::store::{Store, StoreError, Table};
+
+/// What broke at the first bad position of a chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Problem {
+    /// The stored bytes are not a record.
+    Undecodable,
+    /// A seq is absent: the next stored record has a higher one.
+    MissingSeq,
+    /// The record stored at this position carries another seq.
+    SeqOutOfOrder,
+    /// `prev_hash` is not the previous record's hash.
+    PrevHashMismatch,
+    /// The recomputed hash differs from `hash`.
+    HashMismatch,
+    /// The record names another tenant.
+    WrongTenant,
+    /// The checkpointed record's hash differs from the checkpoint's head hash.
+    CheckpointMismatch,
+    /// The chain ends before the checkpoint's tree size: its tail was cut off.
+    Truncated,
+}
+
+impl Problem {
+    /// A stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Undecodable => "undecodable",
+            Self::MissingSeq => "missing_seq",
+            Self::SeqOutOfOrder => "seq_out_of_order",
+            Self::PrevHashMismatch => "prev_hash_mismatch",
+            Self::HashMismatch => "hash_mismatch",
+            Self::WrongTenant => "wrong_tenant",
+            Self::CheckpointMismatch => "checkpoint_mismatch",
+            Self::Truncated => "truncated",
+        }
+    }
+}
+
+/// The first break of a chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The seq where it was found.
+    pub seq: u64,
+    /// What broke.
+    pub problem: Problem,
+    /// Details for a human.
+    pub detail: String,
+}
+
+/// The result of verifying one tenant's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Records verified (all of them when `broken` is `None`).
+    pub records: u64,
+    /// The last verified record's seq and hash.
+    pub head: Option<(u64, [u8; 32])>,
+    /// The first break, if any.
+    pub broken: Option<Broken>,
+}
+
+impl Verification {
+    /// Whether the chain verified.
+    pub fn ok(&self) -> bool {
+        self.broken.is_none()
+    }
+}
+
+/// Recomputes every hash of `tenant_id`'s chain in seq order and checks seqs, links and, when
+/// given, a checkpoint (its record must be present with the checkpointed hash).
+pub fn verify_chain(
+    store: &Store,
+    tenant_id: &str,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Verification, StoreError> {
+    let (from, to) = audit_range(tenant_id, 0);
+    let mut expected: u64 = 0;
+    let mut prev = [0u8; 32];
+    let fail = |seq, problem, detail: String, records, prev: [u8; 32]| Verification {
+        records,
+        head: records.checked_sub(1).map(|s| (s, prev)),
+        broken: Some(Broken {
+            seq,
+            problem,
+            detail,
+        }),
+    };
+    for item in store.iter_raw(Table::Audit, &from, &to) {
+        let (key, bytes) = item?;
+        let key_seq = key
+            .get(key.len().saturating_sub(8)..)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(u64::MAX);
+        if key_seq != expected {
+            let detail = format!("expected seq {expected}, the next stored record is {key_seq}");
+            return Ok(fail(expected, Problem::MissingSeq, detail, expected, prev));
+        }
+        let record: Record = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                let detail = format!("stored bytes are not a record: {e}");
+                return Ok(fail(expected, Problem::Undecodable, detail, expected, prev));
+            }
+        };
+        let body = &record.body;
+        if body.seq != expected {
+            let detail = format!("position {expected} holds the record of seq {}", body.seq);
+            return Ok(fail(
+                expected,
+                Problem::SeqOutOfOrder,
+                detail,
+                expected,
+                prev,
+            ));
+        }
+        if body.tenant_id != tenant_id {
+            let detail = format!("record names tenant {}", body.tenant_id);
+            return Ok(fail(expected, Problem::WrongTenant, detail, expected, prev));
+        }
+        if body.prev_hash != hex::encode(prev) {
+            let detail = format!(
+                "prev_hash {} is not the previous hash {}",
+                body.prev_hash,
+                hex::encode(prev)
+            );
+            return Ok(fail(
+                expected,
+                Problem::PrevHashMismatch,
+                detail,
+                expected,
+                prev,
+            ));
+        }
+        let hash = body.hash(&prev);
+        if record.hash != hex::encode(hash) {
+            let detail = format!(
+                "stored hash {}, recomputed {}",
+                record.hash,
+                hex::encode(hash)
+            );
+            return Ok(fail(
+                expected,
+                Problem::HashMismatch,
+                detail,
+                expected,
+                prev,
+            ));
+        }
+        if let Some(cp) = checkpoint
+            && cp.size == expected + 1
+            && cp.head_hash != hash
+        {
+            let detail = format!(
+                "checkpoint of size {} says the head hash is {}, the chain has {}",
+                cp.size,
+                hex::encode(cp.head_hash),
+                hex::encode(hash)
+            );
+            return Ok(fail(
+                expected,
+                Problem::CheckpointMismatch,
+                detail,
+                expected,
+                prev,
+            ));
+        }
+        prev = hash;
+        expected += 1;
+    }
+    if let Some(cp) = checkpoint
+        && cp.size > expected
+    {
+        let detail = format!(
+            "the chain has {expected} records; a signed checkpoint covers {}",
+            cp.size
+        );
+        return Ok(fail(expected, Problem::Truncated, detail, expected, prev));
+    }
+    Ok(Verification {
+        records: expected,
+        head: expected.checked_sub(1).map(|s| (s, prev)),
+        broken: None,
+    })
+}
+
+/// Calls `line` with each stored record of `tenant_id` with `seq > after_seq`, in order, as
+/// its stored JSON (one JSON Lines line, without the newline). Stops early when `line`
+/// returns `false`.
+pub fn export(
+    store: &Store,
+    tenant_id: &str,
+    after_seq: Option<u64>,
+    mut line: impl FnMut(&[u8]) -> bool,
+) -> Result<(), StoreError> {
+    let (from, to) = audit_range(tenant_id, after_seq.map_or(0, |s| s.saturating_add(1)));
+    for item in store.iter_raw(Table::Audit, &from, &to) {
+        let (_, bytes) = item?;
+        if !line(&bytes) {
+            break;
+        }
+    }
+    Ok(())
+}
