@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointSigner};
+use crate::escalations::{self, Escalation, Escalations, Status};
 use crate::verify::{self, Verification};
 
-use crate::audit::{AuditError, AuditLog, Kind, Record, RecordBody, RecordCharge, UsageEffects};
+use crate::audit::{AuditError, AuditLog, Effects, Kind, Record, RecordBody, RecordCharge};
 use crate::decision::{Decision, Outcome, ToolCall, codes};
 use crate::engine::{Engine, EngineConfig};
 use crate::evaluation::Evaluation;
@@ -44,6 +45,14 @@ pub enum AppError {
     /// A policy component was refused.
     #[error("invalid policy: {0}")]
     InvalidPolicy(String),
+    /// The resource is not in a state that allows this (e.g. an escalation already decided).
+    #[error("{message}")]
+    Conflict {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What the state is.
+        message: String,
+    },
     /// Something failed inside the gateway; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -134,6 +143,8 @@ pub struct ExecuteRequest {
     pub arguments: String,
     /// The context, a JSON object as text.
     pub context: String,
+    /// How long to hold an escalated call at most (`?wait=`); `None` is the tenant's hold.
+    pub wait: Option<Duration>,
 }
 
 /// The answer to a tool call.
@@ -182,6 +193,7 @@ struct AppInner {
     evaluations: Semaphore,
     /// Serializes activations so the audit order matches the order they took effect.
     activation: tokio::sync::Mutex<()>,
+    escalations: Escalations,
     signer: CheckpointSigner,
     /// Latest checkpoint per tenant: (size, time ms). A std mutex: never held across an await.
     checkpoints: Mutex<HashMap<String, (u64, u64)>>,
@@ -215,6 +227,7 @@ impl App {
         let tenants = Tenants::load(store.clone())?;
         let policies = Policies::load(engine.clone(), store.clone())?;
         let audit = AuditLog::start(store.clone());
+        let escalations = Escalations::load(store.clone())?;
         let mut checkpoints = HashMap::new();
         for tenant in tenants.all() {
             audit.load_head(&tenant.id)?;
@@ -236,12 +249,14 @@ impl App {
                 audit,
                 metrics: Metrics::default(),
                 activation: tokio::sync::Mutex::new(()),
+                escalations,
                 signer,
                 checkpoints: Mutex::new(checkpoints),
                 config,
             }),
         };
         app.start_checkpointer();
+        app.start_expiry_sweeper();
         Ok(app)
     }
 
@@ -388,7 +403,7 @@ impl App {
                 "the tenant has no active policy; every call is blocked",
             );
             return Ok(self
-                .record_decision(&tenant, &req, decision, None, None, UsageEffects::default())
+                .record_decision(&tenant, &req, decision, None, None, Effects::default())
                 .await?);
         };
 
@@ -399,8 +414,11 @@ impl App {
             let effects = if charging {
                 scope.effects(&evaluation.usage_reads, &evaluation.decision.charges)
             } else {
-                UsageEffects::default()
+                Effects::default()
             };
+            if evaluation.decision.outcome == Outcome::Escalate {
+                return self.escalate(&tenant, &req, &policy, &evaluation).await;
+            }
             let decision = evaluation.decision.clone();
             match self
                 .record_decision(
@@ -430,7 +448,7 @@ impl App {
                 decision,
                 Some(&policy),
                 None,
-                UsageEffects::default(),
+                Effects::default(),
             )
             .await?)
     }
@@ -480,12 +498,30 @@ impl App {
         decision: Decision,
         policy: Option<&Arc<ActivePolicy>>,
         evaluation: Option<&Evaluation>,
-        effects: UsageEffects,
+        effects: Effects,
     ) -> std::result::Result<ExecuteOutcome, AuditError> {
-        let escalation_id =
-            (decision.outcome == Outcome::Escalate).then(|| crate::tenants::new_id("esc_"));
+        let record = RecordBody::new(Kind::Decision);
+        self.record_call(
+            tenant, req, record, decision, policy, evaluation, effects, None,
+        )
+        .await
+    }
+
+    /// Appends a record about a call (a decision, or an opened escalation) and shapes the
+    /// answer from it.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_call(
+        &self,
+        tenant: &Tenant,
+        req: &ExecuteRequest,
+        mut record: RecordBody,
+        decision: Decision,
+        policy: Option<&Arc<ActivePolicy>>,
+        evaluation: Option<&Evaluation>,
+        effects: Effects,
+        escalation_id: Option<String>,
+    ) -> std::result::Result<ExecuteOutcome, AuditError> {
         let charged = !effects.add.is_empty();
-        let mut record = RecordBody::new(Kind::Decision);
         record.action = Some(req.action.clone());
         record.agent_id = Some(req.agent_id.clone());
         record.arguments = Some(req.arguments.clone());
@@ -542,6 +578,388 @@ impl App {
             session_id: req.session_id.clone(),
             decision,
         })
+    }
+
+    // ---- escalations --------------------------------------------------------------------
+
+    /// Opens an escalation for an ESCALATE decision and holds the call until it is resolved,
+    /// the request's `wait` runs out (answer ESCALATE, still pending), or its deadline passes
+    /// (expired, answer BLOCK). At the pending cap, the call is blocked instead.
+    async fn escalate(
+        &self,
+        tenant: &Tenant,
+        req: &ExecuteRequest,
+        policy: &Arc<ActivePolicy>,
+        evaluation: &Evaluation,
+    ) -> Result<ExecuteOutcome> {
+        let decision = evaluation.decision.clone();
+        let pending = self.inner.escalations.pending_count(&tenant.id);
+        if pending >= tenant.limits.max_pending_escalations {
+            let blocked = Decision::block(
+                codes::TOO_MANY_PENDING,
+                format!(
+                    "{pending} escalations are already waiting for a reviewer; this call is blocked"
+                ),
+            );
+            return Ok(self
+                .record_decision(
+                    tenant,
+                    req,
+                    blocked,
+                    Some(policy),
+                    Some(evaluation),
+                    Effects::default(),
+                )
+                .await?);
+        }
+        let now = crate::now_ms();
+        let esc = Escalation {
+            id: crate::tenants::new_id("esc_"),
+            tenant_id: tenant.id.clone(),
+            status: Status::Pending,
+            action: req.action.clone(),
+            arguments: req.arguments.clone(),
+            agent_id: req.agent_id.clone(),
+            session_id: req.session_id.clone(),
+            policy_id: policy.meta.policy_id.clone(),
+            reason: decision.reason.clone(),
+            codes: decision.codes.clone(),
+            charges: decision
+                .charges
+                .iter()
+                .map(|c| (c.counter.clone(), c.amount))
+                .collect(),
+            call_hash: escalations::call_hash(&req.action, &req.arguments, &policy.meta.policy_id),
+            call_timestamp_ms: now,
+            opened_ms: now,
+            deadline_ms: now + tenant.limits.escalation_hold_s * 1000,
+            opened_event_id: crate::tenants::new_id("evt_"),
+            decided_ms: None,
+            decided_by: None,
+            note: None,
+            resolved_event_id: None,
+        };
+        let mut record = RecordBody::new(Kind::EscalationOpened);
+        record.event_id = esc.opened_event_id.clone();
+        record.detail = Some(
+            serde_json::json!({"call_hash": esc.call_hash, "deadline_ms": esc.deadline_ms})
+                .to_string(),
+        );
+        let effects = Effects {
+            escalation: Some(esc.row()),
+            ..Effects::default()
+        };
+        let rx = self.inner.escalations.subscribe(&esc.id);
+        let opened = self
+            .record_call(
+                tenant,
+                req,
+                record,
+                decision,
+                Some(policy),
+                Some(evaluation),
+                effects,
+                Some(esc.id.clone()),
+            )
+            .await?;
+        self.inner.escalations.opened(&esc);
+
+        let until = match req.wait {
+            Some(wait) => (now + wait.as_millis() as u64).min(esc.deadline_ms),
+            None => esc.deadline_ms,
+        };
+        match self.await_resolution(&esc, rx, until).await? {
+            Some(resolved) => Ok(self.outcome_of(&resolved)),
+            None if until >= esc.deadline_ms => {
+                let resolved = self.expire(&tenant.id, &esc.id).await?;
+                Ok(self.outcome_of(&resolved))
+            }
+            None => Ok(opened),
+        }
+    }
+
+    /// Waits until `esc` is resolved or `until_ms` passes.
+    async fn await_resolution(
+        &self,
+        esc: &Escalation,
+        mut rx: tokio::sync::watch::Receiver<Option<Escalation>>,
+        until_ms: u64,
+    ) -> Result<Option<Escalation>> {
+        if let Some(stored) = self.inner.escalations.get(&esc.tenant_id, &esc.id)?
+            && stored.status != Status::Pending
+        {
+            return Ok(Some(stored));
+        }
+        let wait = Duration::from_millis(until_ms.saturating_sub(crate::now_ms()));
+        match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(resolved)) => Ok(resolved.clone()),
+            // Timed out, or the channel was replaced: read what is stored.
+            _ => Ok(self
+                .inner
+                .escalations
+                .get(&esc.tenant_id, &esc.id)?
+                .filter(|e| e.status != Status::Pending)),
+        }
+    }
+
+    /// The answer to a held call, from its escalation.
+    fn outcome_of(&self, esc: &Escalation) -> ExecuteOutcome {
+        let (outcome, reason, codes) = match esc.status {
+            Status::Pending => (Outcome::Escalate, esc.reason.clone(), esc.codes.clone()),
+            Status::Approved => (
+                Outcome::Allow,
+                esc.note
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| esc.reason.clone()),
+                esc.codes.clone(),
+            ),
+            Status::Rejected => (
+                Outcome::Block,
+                esc.note
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "rejected by a reviewer".into()),
+                vec![codes::ESCALATION_REJECTED.to_owned()],
+            ),
+            Status::Expired => (
+                Outcome::Block,
+                "no reviewer decided before the escalation expired".into(),
+                vec![codes::ESCALATION_EXPIRED.to_owned()],
+            ),
+        };
+        ExecuteOutcome {
+            decision: Decision {
+                outcome,
+                reason,
+                codes,
+                charges: Vec::new(),
+            },
+            event_id: esc
+                .resolved_event_id
+                .clone()
+                .unwrap_or_else(|| esc.opened_event_id.clone()),
+            escalation_id: Some(esc.id.clone()),
+            actor_human_id: esc.decided_by.clone(),
+            policy_id: Some(esc.policy_id.clone()),
+            session_id: esc.session_id.clone(),
+        }
+    }
+
+    /// Expires a pending escalation (recorded). If it was decided meanwhile, returns that.
+    async fn expire(&self, tenant_id: &str, id: &str) -> Result<Escalation> {
+        match self
+            .resolve(tenant_id, id, Status::Expired, None, None)
+            .await
+        {
+            Err(AppError::Conflict { .. }) => self
+                .inner
+                .escalations
+                .get(tenant_id, id)?
+                .ok_or(AppError::NotFound("escalation")),
+            other => other,
+        }
+    }
+
+    /// Resolves a pending escalation exactly once: approved, rejected or expired, recorded
+    /// (with its charges, when approved) in the same write as its new state; then wakes the
+    /// held call. A decision on a resolved or expired escalation is a conflict.
+    async fn resolve(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        status: Status,
+        who: Option<&Principal>,
+        note: Option<String>,
+    ) -> Result<Escalation> {
+        let lock = self.inner.escalations.decide_lock(tenant_id);
+        let _serial = lock.lock().await;
+        let esc = self
+            .inner
+            .escalations
+            .get(tenant_id, id)?
+            .ok_or(AppError::NotFound("escalation"))?;
+        if esc.status != Status::Pending {
+            return Err(AppError::Conflict {
+                code: "already_resolved",
+                message: format!("escalation is already {}", esc.status.as_str()),
+            });
+        }
+        let now = crate::now_ms();
+        // A decision that arrives after the deadline expires the escalation instead.
+        let too_late = status != Status::Expired && now >= esc.deadline_ms;
+        let (status, who, note) = if too_late {
+            (Status::Expired, None, None)
+        } else {
+            (status, who, note)
+        };
+        let mut resolved = esc.clone();
+        resolved.status = status;
+        resolved.decided_ms = Some(now);
+        resolved.decided_by = who.map(|w| w.subject.clone());
+        resolved.note = note.clone();
+        resolved.resolved_event_id = Some(crate::tenants::new_id("evt_"));
+        let outcome = self.outcome_of(&resolved);
+
+        let mut record = RecordBody::new(Kind::EscalationResolved);
+        record.event_id = resolved.resolved_event_id.clone().unwrap_or_default();
+        record.action = Some(esc.action.clone());
+        record.agent_id = Some(esc.agent_id.clone());
+        record.session_id = Some(esc.session_id.clone());
+        record.policy_id = Some(esc.policy_id.clone());
+        record.escalation_id = Some(esc.id.clone());
+        record.actor = resolved.decided_by.clone();
+        record.outcome = Some(outcome.decision.outcome.as_str().to_owned());
+        record.reason = Some(outcome.decision.reason.clone());
+        record.codes = outcome.decision.codes.clone();
+        record.detail = Some(
+            serde_json::json!({
+                "status": status.as_str(),
+                "note": note,
+                "held_ms": now.saturating_sub(esc.opened_ms),
+                "call_hash": esc.call_hash,
+            })
+            .to_string(),
+        );
+        let mut effects = Effects {
+            escalation: Some(resolved.row()),
+            ..Effects::default()
+        };
+        if status == Status::Approved && !esc.charges.is_empty() {
+            let charges: Vec<crate::decision::Charge> = esc
+                .charges
+                .iter()
+                .map(|(counter, amount)| crate::decision::Charge {
+                    counter: counter.clone(),
+                    amount: *amount,
+                })
+                .collect();
+            let scope = CallScope {
+                tenant_id: tenant_id.to_owned(),
+                session_id: esc.session_id.clone(),
+                timestamp_ms: esc.call_timestamp_ms,
+            };
+            effects.add = scope.effects(&[], &charges).add;
+            record.charges = charges
+                .iter()
+                .map(|c| RecordCharge {
+                    amount: c.amount.to_string(),
+                    counter: c.counter.clone(),
+                })
+                .collect();
+        }
+        self.inner.audit.append(tenant_id, record, effects).await?;
+        self.inner.escalations.resolved(&resolved);
+        self.inner
+            .metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                tenant: tenant_id.to_owned(),
+                outcome: outcome.decision.outcome.as_str().to_owned(),
+            })
+            .inc();
+        tracing::info!(
+            tenant = %tenant_id,
+            escalation = %id,
+            status = status.as_str(),
+            actor = ?resolved.decided_by,
+            "escalation resolved"
+        );
+        if too_late {
+            return Err(AppError::Conflict {
+                code: "escalation_expired",
+                message: "the escalation expired before this decision".into(),
+            });
+        }
+        Ok(resolved)
+    }
+
+    /// Expires every pending escalation past its deadline; runs in the background.
+    fn start_expiry_sweeper(&self) {
+        let weak: Weak<AppInner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                let Some(inner) = weak.upgrade() else { break };
+                let app = App { inner };
+                for (tenant_id, id) in app.inner.escalations.due(crate::now_ms()) {
+                    if let Err(e) = app.expire(&tenant_id, &id).await {
+                        tracing::error!(error = %e, escalation = %id, "expiring failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// A reviewer's (or tenant admin's) decision on an escalation of its tenant. The
+    /// escalated call's own agent may not decide it.
+    pub async fn decide(
+        &self,
+        who: &Principal,
+        id: &str,
+        approve: bool,
+        note: Option<String>,
+    ) -> Result<Escalation> {
+        let tenant_id = tenant_role(who, &[Role::Reviewer, Role::Admin])?;
+        let esc = self
+            .inner
+            .escalations
+            .get(tenant_id, id)?
+            .ok_or(AppError::NotFound("escalation"))?;
+        if esc.agent_id == who.subject {
+            return Err(forbidden(
+                "a reviewer whose subject is the escalated call's agent cannot decide it",
+            ));
+        }
+        if note.as_ref().is_some_and(|n| n.len() > 4096) {
+            return Err(AppError::Invalid {
+                code: "invalid_request",
+                message: "note must be at most 4096 bytes".into(),
+            });
+        }
+        let status = if approve {
+            Status::Approved
+        } else {
+            Status::Rejected
+        };
+        self.resolve(tenant_id, id, status, Some(who), note).await
+    }
+
+    /// One escalation of the caller's tenant (agents: only their own calls).
+    pub fn escalation(&self, who: &Principal, id: &str) -> Result<Escalation> {
+        let tenant_id = tenant_role(who, &[Role::Reviewer, Role::Admin, Role::Agent])?;
+        let esc = self
+            .inner
+            .escalations
+            .get(tenant_id, id)?
+            .ok_or(AppError::NotFound("escalation"))?;
+        if who.role == Role::Agent && who.agent_id.as_ref().is_some_and(|a| *a != esc.agent_id) {
+            return Err(AppError::NotFound("escalation"));
+        }
+        Ok(esc)
+    }
+
+    /// The tenant's escalations, optionally of one status (reviewer or admin).
+    pub fn escalations(&self, who: &Principal, status: Option<Status>) -> Result<Vec<Escalation>> {
+        let tenant_id = tenant_role(who, &[Role::Reviewer, Role::Admin])?;
+        Ok(self.inner.escalations.list(tenant_id, status)?)
+    }
+
+    /// Waits up to `timeout` for an escalation to be resolved, then returns it as it stands.
+    pub async fn wait_escalation(
+        &self,
+        who: &Principal,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<(Escalation, ExecuteOutcome)> {
+        let esc = self.escalation(who, id)?;
+        let rx = self.inner.escalations.subscribe(&esc.id);
+        let until = (crate::now_ms() + timeout.as_millis() as u64)
+            .min(esc.deadline_ms.max(crate::now_ms()));
+        let resolved = self.await_resolution(&esc, rx, until).await?;
+        let current = resolved.unwrap_or(esc);
+        let outcome = self.outcome_of(&current);
+        Ok((current, outcome))
     }
 
     // ---- tenants and keys ---------------------------------------------------------------
@@ -608,7 +1026,7 @@ impl App {
         record.detail = Some(key_detail(&key));
         self.inner
             .audit
-            .append(tenant_id, record, UsageEffects::default())
+            .append(tenant_id, record, Effects::default())
             .await?;
         Ok((key, secret))
     }
@@ -636,7 +1054,7 @@ impl App {
         record.detail = Some(key_detail(&key));
         self.inner
             .audit
-            .append(&tenant_id, record, UsageEffects::default())
+            .append(&tenant_id, record, Effects::default())
             .await?;
         Ok(key)
     }
@@ -686,7 +1104,7 @@ impl App {
         );
         self.inner
             .audit
-            .append(&tenant_id, record, UsageEffects::default())
+            .append(&tenant_id, record, Effects::default())
             .await?;
         let meta = prepared.meta.clone();
         self.inner.policies.activate(&tenant_id, prepared)?;
@@ -813,7 +1231,10 @@ impl App {
         let count = |o: Outcome| {
             events
                 .iter()
-                .filter(|r| r.body.kind == Kind::Decision.as_str())
+                .filter(|r| {
+                    r.body.kind == Kind::Decision.as_str()
+                        || r.body.kind == Kind::EscalationOpened.as_str()
+                })
                 .filter(|r| r.body.outcome.as_deref() == Some(o.as_str()))
                 .count()
         };

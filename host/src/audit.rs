@@ -46,6 +46,10 @@ pub enum Kind {
     KeyCreated,
     /// A key was revoked.
     KeyRevoked,
+    /// A call was escalated and is held for a human.
+    EscalationOpened,
+    /// A held call was approved, rejected, or expired.
+    EscalationResolved,
 }
 
 impl Kind {
@@ -56,6 +60,8 @@ impl Kind {
             Self::PolicyActivated => "policy_activated",
             Self::KeyCreated => "key_created",
             Self::KeyRevoked => "key_revoked",
+            Self::EscalationOpened => "escalation_opened",
+            Self::EscalationResolved => "escalation_resolved",
         }
     }
 }
@@ -145,8 +151,8 @@ impl RecordBody {
 }
 
 impl RecordBody {
-    /// An empty record of `kind` for [`AuditLog::append`], which fills in `seq`, `event_id`,
-    /// `prev_hash`, `tenant_id` and `timestamp_ms`.
+    /// An empty record of `kind` for [`AuditLog::append`], which fills in `seq`, `prev_hash`,
+    /// `tenant_id`, `timestamp_ms` and, unless the caller chose one, `event_id`.
     pub fn new(kind: Kind) -> Self {
         Self {
             action: None,
@@ -174,13 +180,16 @@ impl RecordBody {
     }
 }
 
-/// Usage counter effects committed atomically with a record.
+/// What is committed atomically with a record besides it: usage counter effects and an
+/// escalation's row.
 #[derive(Debug, Clone, Default)]
-pub struct UsageEffects {
+pub struct Effects {
     /// Counter keys and the values the policy read; a change aborts the append.
     pub expect: Vec<(Vec<u8>, f64)>,
     /// Counter keys and amounts to add.
     pub add: Vec<(Vec<u8>, f64)>,
+    /// An escalation row (key, value) to write in [`Table::Escalations`].
+    pub escalation: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 struct Head {
@@ -307,7 +316,7 @@ impl AuditLog {
         &self,
         tenant_id: &str,
         body: RecordBody,
-        usage: UsageEffects,
+        usage: Effects,
     ) -> Result<Record> {
         let (record, ticket) = self.write(tenant_id, body, usage)?;
         self.wait_durable(ticket).await?;
@@ -320,11 +329,13 @@ impl AuditLog {
         &self,
         tenant_id: &str,
         mut body: RecordBody,
-        usage: UsageEffects,
+        usage: Effects,
     ) -> Result<(Record, u64)> {
         let head = self.head(tenant_id)?;
         let mut head = head.lock().expect("head lock");
-        body.event_id = new_id("evt_");
+        if body.event_id.is_empty() {
+            body.event_id = new_id("evt_");
+        }
         body.prev_hash = hex::encode(head.prev_hash);
         body.seq = head.next_seq;
         body.tenant_id = tenant_id.to_owned();
@@ -347,6 +358,7 @@ impl AuditLog {
             session_key,
             expect_usage: usage.expect,
             add_usage: usage.add,
+            escalation: usage.escalation,
         })?;
         head.next_seq += 1;
         head.prev_hash = hash;

@@ -25,6 +25,12 @@ pub mod codes {
     pub const NO_ACTIVE_POLICY: &str = "no_active_policy";
     /// Concurrent calls kept changing the usage counters this call's policy read.
     pub const USAGE_CONFLICT: &str = "usage_conflict";
+    /// The tenant has as many pending escalations as it may.
+    pub const TOO_MANY_PENDING: &str = "too_many_pending_escalations";
+    /// No human decided an escalated call before its deadline.
+    pub const ESCALATION_EXPIRED: &str = "escalation_expired";
+    /// A reviewer rejected an escalated call.
+    pub const ESCALATION_REJECTED: &str = "escalation_rejected";
 }
 
 /// The downstream HTTP request a tool call resolves to.

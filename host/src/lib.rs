@@ -13,6 +13,7 @@ pub mod cases;
 pub mod checkpoint;
 pub mod decision;
 pub mod engine;
+pub mod escalations;
 pub mod evaluation;
 pub mod metrics;
 pub mod policies;

@@ -66,10 +66,12 @@ pub enum Table {
     Usage,
     /// tenant id → latest signed checkpoint (note text).
     Checkpoints,
+    /// tenant ‖ escalation id → escalation.
+    Escalations,
 }
 
 impl Table {
-    const ALL: [Table; 12] = [
+    const ALL: [Table; 13] = [
         Self::Tenants,
         Self::Keys,
         Self::KeyIds,
@@ -82,6 +84,7 @@ impl Table {
         Self::Sessions,
         Self::Usage,
         Self::Checkpoints,
+        Self::Escalations,
     ];
 
     fn name(self) -> &'static str {
@@ -98,6 +101,7 @@ impl Table {
             Self::Sessions => "sessions",
             Self::Usage => "usage",
             Self::Checkpoints => "checkpoints",
+            Self::Escalations => "escalations",
         }
     }
 }
@@ -129,13 +133,15 @@ pub struct RecordCommit<'a> {
     pub expect_usage: Vec<(Vec<u8>, f64)>,
     /// Usage keys and the amounts to add.
     pub add_usage: Vec<(Vec<u8>, f64)>,
+    /// An escalation row to write in [`Table::Escalations`].
+    pub escalation: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 /// The sled database and its trees. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: [sled::Tree; 12],
+    trees: [sled::Tree; 13],
 }
 
 impl Store {
@@ -283,7 +289,8 @@ impl Store {
             .map_or(0.0, |v| decode_f64(&v)))
     }
 
-    /// Writes an audit record, its indexes and its usage charges in one transaction, after
+    /// Writes an audit record, its indexes, its usage charges and any escalation row in one
+    /// transaction, after
     /// checking the usage values the policy read are unchanged.
     pub fn commit_record(&self, c: &RecordCommit<'_>) -> Result<()> {
         let trees = (
@@ -291,8 +298,9 @@ impl Store {
             self.tree(Table::Events),
             self.tree(Table::Sessions),
             self.tree(Table::Usage),
+            self.tree(Table::Escalations),
         );
-        let result = trees.transaction(|(audit, events, sessions, usage)| {
+        let result = trees.transaction(|(audit, events, sessions, usage, escalations)| {
             for (key, expected) in &c.expect_usage {
                 let now = usage.get(key)?.map_or(0.0, |v| decode_f64(&v));
                 if now != *expected {
@@ -307,6 +315,9 @@ impl Store {
             events.insert(c.event_key, c.audit_key.as_slice())?;
             if let Some(session_key) = &c.session_key {
                 sessions.insert(session_key.as_slice(), &[])?;
+            }
+            if let Some((key, value)) = &c.escalation {
+                escalations.insert(key.as_slice(), value.as_slice())?;
             }
             Ok(())
         });

@@ -75,6 +75,13 @@ pub struct TenantLimits {
     pub deadline_ms: u64,
     /// How long an escalated call is held for a human, in seconds.
     pub escalation_hold_s: u64,
+    /// Escalations that may be pending at once; beyond, new ones are blocked.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_escalations: usize,
+}
+
+fn default_max_pending() -> usize {
+    10_000
 }
 
 impl Default for TenantLimits {
@@ -85,6 +92,7 @@ impl Default for TenantLimits {
             memory_mib: (l.memory_bytes >> 20) as u32,
             deadline_ms: l.deadline.as_millis() as u64,
             escalation_hold_s: 60,
+            max_pending_escalations: default_max_pending(),
         }
     }
 }

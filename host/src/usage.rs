@@ -5,7 +5,7 @@
 //! session, its UTC minute, hour and day (buckets of the call's timestamp), and all time. A read
 //! is one row lookup.
 
-use crate::audit::UsageEffects;
+use crate::audit::Effects;
 use crate::decision::{Charge, Window};
 use crate::evaluation::{UsageRead, UsageSource, UsageUnavailable};
 use crate::store::Store;
@@ -36,8 +36,8 @@ impl CallScope {
     }
 
     /// The effects of committing a decision: the reads to re-check, the charges to add.
-    pub fn effects(&self, reads: &[UsageRead], charges: &[Charge]) -> UsageEffects {
-        UsageEffects {
+    pub fn effects(&self, reads: &[UsageRead], charges: &[Charge]) -> Effects {
+        Effects {
             expect: reads
                 .iter()
                 .map(|r| (self.key(&r.counter, r.window), r.value))
@@ -50,6 +50,7 @@ impl CallScope {
                         .map(|w| (self.key(&c.counter, w), c.amount))
                 })
                 .collect(),
+            escalation: None,
         }
     }
 }

@@ -148,7 +148,7 @@ async fn every_acknowledged_decision_survives_sigkill() {
                         "parameters": {"amount": 10 + i % 700, "currency": "GBP"},
                     });
                     let sent = client
-                        .post(format!("{url}/v1/gateway/execute"))
+                        .post(format!("{url}/v1/gateway/execute?wait=0"))
                         .header("X-PROVENANCE-API-KEY", &key)
                         .timeout(Duration::from_secs(10))
                         .json(&body)

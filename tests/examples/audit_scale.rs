@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use writ::audit::{AuditLog, Kind, RecordBody, UsageEffects};
+use writ::audit::{AuditLog, Effects, Kind, RecordBody};
 use writ::store::Store;
 
 #[tokio::main]
@@ -33,7 +33,7 @@ async fn main() {
                 r.reason = Some("Payment within approved parameters".into());
                 r.fuel = Some(13_000);
                 r.latency_us = Some(10);
-                log.append(tenant, r, UsageEffects::default()).await.unwrap();
+                log.append(tenant, r, Effects::default()).await.unwrap();
             }
         }));
     }
@@ -60,7 +60,10 @@ async fn main() {
     assert_eq!(lines, n);
 
     println!("records: {n}");
-    println!("append (64 concurrent writers, durable): {append:?} ({:.0} records/s)", n as f64 / append.as_secs_f64());
+    println!(
+        "append (64 concurrent writers, durable): {append:?} ({:.0} records/s)",
+        n as f64 / append.as_secs_f64()
+    );
     println!("verify: {verify:?}");
     println!("export: {export:?} ({bytes} bytes)");
 }

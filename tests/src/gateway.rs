@@ -127,7 +127,8 @@ impl TestGateway {
         (status, value)
     }
 
-    /// `POST /v1/gateway/execute` with the Provenance body.
+    /// `POST /v1/gateway/execute?wait=0` with the Provenance body: an escalated call is
+    /// answered ESCALATE at once.
     pub async fn execute(
         &self,
         key: &str,
@@ -135,9 +136,27 @@ impl TestGateway {
         action: &str,
         parameters: Value,
     ) -> (u16, Value) {
+        self.execute_waiting(key, session, action, parameters, Some(0))
+            .await
+    }
+
+    /// `POST /v1/gateway/execute`, holding an escalated call up to `wait` seconds (the tenant's
+    /// hold when `None`).
+    pub async fn execute_waiting(
+        &self,
+        key: &str,
+        session: &str,
+        action: &str,
+        parameters: Value,
+        wait: Option<u64>,
+    ) -> (u16, Value) {
+        let path = match wait {
+            Some(w) => format!("/v1/gateway/execute?wait={w}"),
+            None => "/v1/gateway/execute".to_owned(),
+        };
         self.call(
             Method::POST,
-            "/v1/gateway/execute",
+            &path,
             Some(key),
             Some(json!({
                 "session_id": session,

@@ -55,6 +55,7 @@ impl ApiError {
                 AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
                 AppError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
                 AppError::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
+                AppError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
                 AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }

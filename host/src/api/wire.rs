@@ -30,6 +30,13 @@ pub struct ExecuteBody {
     pub context: Option<Value>,
 }
 
+/// Query of `POST /v1/gateway/execute`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ExecuteQuery {
+    /// Hold an escalated call at most this many seconds (0: answer ESCALATE at once).
+    pub wait: Option<u64>,
+}
+
 /// The decision on a tool call.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExecuteResponse {
@@ -350,4 +357,118 @@ pub struct PublicKeyView {
     pub public_key: String,
     /// The signature algorithm.
     pub algorithm: &'static str,
+}
+
+/// Query of `GET /v1/escalations`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct EscalationQuery {
+    /// `pending`, `approved`, `rejected` or `expired`.
+    pub status: Option<String>,
+}
+
+/// Query of `GET /v1/escalations/{id}/wait`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// Seconds to wait at most (default 30, at most 300).
+    pub timeout: Option<u64>,
+}
+
+/// `POST /v1/escalations/{id}/approve|reject`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    /// The reviewer's note: the held call's reason.
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// `POST /v1/escalations/{id}/decide` (Provenance form). Other fields, such as Provenance's
+/// `approver_id`, are ignored: the approver is always the key's subject.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct DecideBody {
+    /// `APPROVE` or `REJECT`.
+    pub decision: String,
+    /// The reviewer's note.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// An escalation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EscalationView {
+    /// `esc_…`.
+    pub escalation_id: String,
+    /// `pending`, `approved`, `rejected` or `expired`.
+    pub status: &'static str,
+    /// The call's action.
+    pub action: String,
+    /// The call's arguments.
+    #[schema(value_type = Object)]
+    pub parameters: Value,
+    /// The agent.
+    pub agent_id: String,
+    /// The session.
+    pub session_id: String,
+    /// The policy that escalated.
+    pub policy_id: String,
+    /// The policy's reason.
+    pub reason: String,
+    /// The policy's codes.
+    pub codes: Vec<String>,
+    /// blake3 of (action, arguments, policy id): what an approval covers.
+    pub call_hash: String,
+    /// Opened, ms since the epoch.
+    pub opened_ms: u64,
+    /// Expires, ms since the epoch.
+    pub deadline_ms: u64,
+    /// Decided, ms since the epoch.
+    pub decided_ms: Option<u64>,
+    /// The reviewer (key subject).
+    pub decided_by: Option<String>,
+    /// The reviewer's note.
+    pub note: Option<String>,
+    /// The `escalation_opened` record.
+    pub opened_event_id: String,
+    /// The `escalation_resolved` record.
+    pub resolved_event_id: Option<String>,
+}
+
+impl From<crate::escalations::Escalation> for EscalationView {
+    fn from(e: crate::escalations::Escalation) -> Self {
+        Self {
+            status: e.status.as_str(),
+            parameters: serde_json::from_str(&e.arguments).unwrap_or(Value::Null),
+            escalation_id: e.id,
+            action: e.action,
+            agent_id: e.agent_id,
+            session_id: e.session_id,
+            policy_id: e.policy_id,
+            reason: e.reason,
+            codes: e.codes,
+            call_hash: e.call_hash,
+            opened_ms: e.opened_ms,
+            deadline_ms: e.deadline_ms,
+            decided_ms: e.decided_ms,
+            decided_by: e.decided_by,
+            note: e.note,
+            opened_event_id: e.opened_event_id,
+            resolved_event_id: e.resolved_event_id,
+        }
+    }
+}
+
+/// A list of escalations.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EscalationList {
+    /// Oldest first.
+    pub escalations: Vec<EscalationView>,
+}
+
+/// `GET /v1/escalations/{id}/wait`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WaitResponse {
+    /// The escalation's status.
+    pub status: &'static str,
+    /// The held call's answer as it stands (ESCALATE while pending).
+    pub result: ExecuteResponse,
 }
