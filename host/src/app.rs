@@ -954,10 +954,15 @@ impl App {
     ) -> Result<(Escalation, ExecuteOutcome)> {
         let esc = self.escalation(who, id)?;
         let rx = self.inner.escalations.subscribe(&esc.id);
-        let until = (crate::now_ms() + timeout.as_millis() as u64)
-            .min(esc.deadline_ms.max(crate::now_ms()));
-        let resolved = self.await_resolution(&esc, rx, until).await?;
-        let current = resolved.unwrap_or(esc);
+        let until = (crate::now_ms() + timeout.as_millis() as u64).min(esc.deadline_ms);
+        let current = match self.await_resolution(&esc, rx, until).await? {
+            Some(resolved) => resolved,
+            // Past its deadline (e.g. just after a restart, before the sweeper ran).
+            None if crate::now_ms() >= esc.deadline_ms => {
+                self.expire(&esc.tenant_id, &esc.id).await?
+            }
+            None => esc,
+        };
         let outcome = self.outcome_of(&current);
         Ok((current, outcome))
     }

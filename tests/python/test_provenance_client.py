@@ -18,6 +18,7 @@ from provenance_client.services import GatewayError, PolicyBlockedError
 URL = os.environ["WRIT_URL"]
 AGENT_KEY = os.environ["WRIT_AGENT_KEY"]
 ADMIN_KEY = os.environ["WRIT_ADMIN_KEY"]
+REVIEWER_KEY = os.environ["WRIT_REVIEWER_KEY"]
 
 # Every event id the SDK handed back, checked against the audit log at the end.
 EVENT_IDS: list[str] = []
@@ -153,6 +154,68 @@ def test_fail_open_allows_with_a_warning_when_the_gateway_is_down():
         )
     assert result.allowed
     assert any("failing open" in str(w.message) for w in caught)
+
+
+async def decide_first_pending(verb: str, note: str) -> str:
+    """A reviewer: waits for the held call to appear, then decides it through the API."""
+    headers = {"X-PROVENANCE-API-KEY": REVIEWER_KEY}
+    async with httpx.AsyncClient(base_url=URL, headers=headers) as client:
+        for _ in range(400):
+            pending = (await client.get("/v1/escalations/pending")).json()["escalations"]
+            if pending:
+                escalation_id = pending[0]["escalation_id"]
+                r = await client.post(f"/v1/escalations/{escalation_id}/{verb}", json={"note": note})
+                assert r.status_code == 200, r.text
+                return escalation_id
+            await asyncio.sleep(0.05)
+    raise AssertionError("no escalation appeared")
+
+
+def test_escalation_approved_while_async_execute_is_held():
+    holder = {}
+
+    async def initiate_large_payment():
+        holder["result"] = await gateway().async_execute(
+            "payments.initiate",
+            {"amount": 800, "currency": "GBP", "recipient_id": "rec_xyz789"},
+            decision=Decision.ESCALATE,
+        )
+
+    async def main():
+        _, escalation_id = await asyncio.gather(
+            initiate_large_payment(), decide_first_pending("approve", "Verified with CFO")
+        )
+        return escalation_id
+
+    escalation_id = asyncio.run(main())
+    r = holder["result"]
+    assert r.decision == Decision.ALLOW
+    assert r.actor_human_id == "reviewer@example.com"
+    assert r.escalation_id == escalation_id
+    assert r.reason == "Verified with CFO"
+    EVENT_IDS.append(r.event_id)
+
+
+def test_escalation_rejected_raises_policy_blocked_with_the_note():
+    holder = {}
+
+    async def initiate_jpy_payment():
+        try:
+            holder["result"] = await gateway().async_execute(
+                "payments.initiate",
+                {"amount": 100, "currency": "JPY", "recipient_id": "rec_jpy001"},
+                decision=Decision.ESCALATE,
+            )
+        except PolicyBlockedError as e:
+            holder["result"] = e
+
+    async def main():
+        await asyncio.gather(initiate_jpy_payment(), decide_first_pending("reject", "JPY not authorised"))
+
+    asyncio.run(main())
+    assert isinstance(holder["result"], PolicyBlockedError)
+    assert holder["result"].reason == "JPY not authorised"
+    EVENT_IDS.append(holder["result"].event_id)
 
 
 def test_zz_every_event_id_the_sdk_received_is_in_the_audit_log():

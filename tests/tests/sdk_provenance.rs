@@ -18,6 +18,7 @@ async fn provenance_client_seed_patterns_work_unmodified() {
         .env("WRIT_URL", gw.url(""))
         .env("WRIT_AGENT_KEY", &t.agent)
         .env("WRIT_ADMIN_KEY", &t.admin)
+        .env("WRIT_REVIEWER_KEY", &t.reviewer)
         .output()
         .await
         .expect("run pytest");
@@ -27,5 +28,5 @@ async fn provenance_client_seed_patterns_work_unmodified() {
         "pytest failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("9 passed"), "{stdout}");
+    assert!(stdout.contains("11 passed"), "{stdout}");
 }

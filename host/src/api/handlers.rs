@@ -122,6 +122,9 @@ pub async fn patch_tenant(
         l.memory_mib = body.memory_mib.unwrap_or(l.memory_mib);
         l.deadline_ms = body.deadline_ms.unwrap_or(l.deadline_ms);
         l.escalation_hold_s = body.escalation_hold_s.unwrap_or(l.escalation_hold_s);
+        l.max_pending_escalations = body
+            .max_pending_escalations
+            .unwrap_or(l.max_pending_escalations);
         l
     })?;
     Ok(Json(tenant.into()))

@@ -92,6 +92,8 @@ pub struct LimitsView {
     pub deadline_ms: u64,
     /// Escalation hold, seconds.
     pub escalation_hold_s: u64,
+    /// Escalations that may be pending at once.
+    pub max_pending_escalations: usize,
 }
 
 impl From<TenantLimits> for LimitsView {
@@ -101,6 +103,7 @@ impl From<TenantLimits> for LimitsView {
             memory_mib: l.memory_mib,
             deadline_ms: l.deadline_ms,
             escalation_hold_s: l.escalation_hold_s,
+            max_pending_escalations: l.max_pending_escalations,
         }
     }
 }
@@ -138,6 +141,8 @@ pub struct PatchTenantBody {
     pub deadline_ms: Option<u64>,
     /// Escalation hold, seconds.
     pub escalation_hold_s: Option<u64>,
+    /// Escalations that may be pending at once.
+    pub max_pending_escalations: Option<usize>,
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/keys`.

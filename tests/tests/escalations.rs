@@ -1,0 +1,598 @@
+//! Escalations over HTTP against a live gateway: held calls approved, rejected, expired,
+//! disconnected, restarted and raced; the reviewer API and its rules.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use writ_tests::artifacts;
+use writ_tests::gateway::{TestGateway, TestTenant, assert_chain_valid};
+
+const OVER_LIMIT: fn() -> Value =
+    || json!({"amount": 800, "currency": "GBP", "recipient_id": "rec_xyz789"});
+
+/// Polls until the tenant has `n` pending escalations; returns their ids, oldest first.
+async fn pending(gw: &TestGateway, reviewer: &str, n: usize) -> Vec<String> {
+    let started = Instant::now();
+    loop {
+        let (status, list) = gw
+            .call(Method::GET, "/v1/escalations/pending", Some(reviewer), None)
+            .await;
+        assert_eq!(status, 200, "{list}");
+        let ids: Vec<String> = list["escalations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["escalation_id"].as_str().unwrap().to_owned())
+            .collect();
+        if ids.len() >= n {
+            return ids;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "only {} pending",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn decide(gw: &TestGateway, key: &str, id: &str, verb: &str, note: &str) -> (u16, Value) {
+    gw.call(
+        Method::POST,
+        &format!("/v1/escalations/{id}/{verb}"),
+        Some(key),
+        Some(json!({"note": note})),
+    )
+    .await
+}
+
+async fn held(
+    gw: &Arc<TestGateway>,
+    t: &TestTenant,
+    params: Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (gw, key) = (gw.clone(), t.agent.clone());
+    tokio::spawn(async move {
+        gw.execute_waiting(&key, "sess-h", "payments.initiate", params, None)
+            .await
+    })
+}
+
+#[tokio::test]
+async fn approved_call_is_allowed_with_the_reviewer_as_actor() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let call = held(&gw, &t, OVER_LIMIT()).await;
+    let id = pending(&gw, &t.reviewer, 1).await.remove(0);
+    let (status, esc) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{id}"),
+            Some(&t.reviewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(esc["status"], "pending");
+    assert_eq!(esc["action"], "payments.initiate");
+    assert_eq!(esc["parameters"]["amount"], 800);
+    assert_eq!(esc["codes"], json!(["amount_over_limit"]));
+    assert_eq!(esc["agent_id"], "agent-1");
+    assert_eq!(esc["call_hash"].as_str().unwrap().len(), 64);
+
+    let (status, decided) = decide(&gw, &t.reviewer, &id, "approve", "Verified with CFO").await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["status"], "approved");
+    let (status, body) = call.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["decision"], "ALLOW");
+    assert_eq!(body["reason"], "Verified with CFO");
+    assert_eq!(body["actor_human_id"], "reviewer@example.com");
+    assert_eq!(body["escalation_id"], id.as_str());
+    let records = gw.audit(&t.admin).await;
+    assert_chain_valid(&records);
+    let resolved: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "escalation_resolved")
+        .collect();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0]["actor"], "reviewer@example.com");
+    assert_eq!(resolved[0]["event_id"], body["event_id"]);
+    let detail: Value = serde_json::from_str(resolved[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["note"], "Verified with CFO");
+    assert!(detail["held_ms"].as_u64().is_some());
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "escalation_opened" && r["escalation_id"] == id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn rejected_call_is_blocked_with_the_note() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let call = held(
+        &gw,
+        &t,
+        json!({"amount": 100, "currency": "JPY", "recipient_id": "rec_jpy001"}),
+    )
+    .await;
+    let id = pending(&gw, &t.reviewer, 1).await.remove(0);
+    let (status, _) = decide(&gw, &t.admin, &id, "reject", "JPY not authorised").await;
+    assert_eq!(status, 200, "a tenant admin may decide too");
+    let (_, body) = call.await.unwrap();
+    assert_eq!(body["decision"], "BLOCK");
+    assert_eq!(body["reason"], "JPY not authorised");
+    assert_eq!(body["codes"], json!(["escalation_rejected"]));
+    let (_, list) = gw
+        .call(
+            Method::GET,
+            "/v1/escalations?status=rejected",
+            Some(&t.reviewer),
+            None,
+        )
+        .await;
+    assert_eq!(list["escalations"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn unanswered_escalation_expires_and_later_decisions_conflict() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let op = gw.operator_key.clone();
+    gw.call(
+        Method::PATCH,
+        &format!("/v1/admin/tenants/{}", t.id),
+        Some(&op),
+        Some(json!({"escalation_hold_s": 1})),
+    )
+    .await;
+    let started = Instant::now();
+    let (_, body) = gw
+        .execute_waiting(&t.agent, "s", "payments.initiate", OVER_LIMIT(), None)
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "held for the hold"
+    );
+    assert_eq!(body["decision"], "BLOCK");
+    assert_eq!(body["codes"], json!(["escalation_expired"]));
+    let id = body["escalation_id"].as_str().unwrap();
+    let (status, error) = decide(&gw, &t.reviewer, id, "approve", "too late").await;
+    assert_eq!(status, 409, "{error}");
+    // An escalation nobody waits for expires too, through the sweeper.
+    let (_, early) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    assert_eq!(early["decision"], "ESCALATE");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let eid = early["escalation_id"].as_str().unwrap();
+    let (_, esc) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{eid}"),
+            Some(&t.reviewer),
+            None,
+        )
+        .await;
+    assert_eq!(esc["status"], "expired");
+    let records = gw.audit(&t.admin).await;
+    let expired = records
+        .iter()
+        .filter(|r| {
+            r["kind"] == "escalation_resolved" && r["codes"] == json!(["escalation_expired"])
+        })
+        .count();
+    assert_eq!(expired, 2);
+}
+
+#[tokio::test]
+async fn wait_zero_answers_at_once_and_the_wait_endpoint_fetches_the_outcome() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let started = Instant::now();
+    let (_, body) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(body["decision"], "ESCALATE");
+    let id = body["escalation_id"].as_str().unwrap().to_owned();
+    let waiter = {
+        let (gw, key, id) = (gw.clone(), t.agent.clone(), id.clone());
+        tokio::spawn(async move {
+            gw.call(
+                Method::GET,
+                &format!("/v1/escalations/{id}/wait?timeout=20"),
+                Some(&key),
+                None,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    decide(&gw, &t.reviewer, &id, "approve", "").await;
+    let (status, answer) = waiter.await.unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "approved");
+    assert_eq!(answer["result"]["decision"], "ALLOW");
+    assert_eq!(
+        answer["result"]["reason"], body["reason"],
+        "no note: the policy's reason"
+    );
+    // A pending one answers ESCALATE when the timeout runs out.
+    let (_, other) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    let oid = other["escalation_id"].as_str().unwrap();
+    let (_, answer) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{oid}/wait?timeout=0"),
+            Some(&t.agent),
+            None,
+        )
+        .await;
+    assert_eq!(answer["status"], "pending");
+    assert_eq!(answer["result"]["decision"], "ESCALATE");
+}
+
+#[tokio::test]
+async fn only_reviewers_of_the_tenant_who_are_not_the_agent_decide() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let other = gw.tenant("other", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (_, body) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    let id = body["escalation_id"].as_str().unwrap();
+    let (_, self_reviewer) = gw
+        .call(
+            Method::POST,
+            &format!("/v1/admin/tenants/{}/keys", t.id),
+            Some(&t.admin),
+            Some(json!({"role": "reviewer", "subject": "agent-1"})),
+        )
+        .await;
+    let self_reviewer = self_reviewer["api_key"].as_str().unwrap();
+    for (key, status) in [
+        (t.agent.as_str(), 403),
+        (other.reviewer.as_str(), 404),
+        (other.admin.as_str(), 404),
+        (self_reviewer, 403),
+    ] {
+        let (got, error) = decide(&gw, key, id, "approve", "").await;
+        assert_eq!(got, status, "{error}");
+    }
+    let (status, _) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{id}"),
+            Some(&other.reviewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = gw
+        .call(Method::GET, "/v1/escalations", Some(&t.agent), None)
+        .await;
+    assert_eq!(status, 403);
+    // The Provenance form: the approver is the key's subject, whatever the body claims.
+    let (status, decided) = gw
+        .call(
+            Method::POST,
+            &format!("/v1/escalations/{id}/decide"),
+            Some(&t.reviewer),
+            Some(json!({"decision": "APPROVE", "reason": "ok", "approver_id": "someone-else"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{decided}");
+    assert_eq!(decided["decided_by"], "reviewer@example.com");
+    let (status, _) = gw
+        .call(
+            Method::POST,
+            &format!("/v1/escalations/{id}/decide"),
+            Some(&t.reviewer),
+            Some(json!({"decision": "MAYBE"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn concurrent_decisions_resolve_exactly_once() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let mut calls = Vec::new();
+    for _ in 0..20 {
+        calls.push(held(&gw, &t, OVER_LIMIT()).await);
+    }
+    let ids = pending(&gw, &t.reviewer, 20).await;
+    let mut races = Vec::new();
+    for id in ids {
+        for verb in ["approve", "reject", "approve", "reject"] {
+            let (gw, key, id) = (gw.clone(), t.reviewer.clone(), id.clone());
+            races.push(tokio::spawn(async move {
+                let (status, _) = decide(&gw, &key, &id, verb, verb).await;
+                (id, verb, status)
+            }));
+        }
+    }
+    let mut winners = std::collections::HashMap::new();
+    for race in races {
+        let (id, verb, status) = race.await.unwrap();
+        match status {
+            200 => assert!(winners.insert(id, verb).is_none(), "two winners"),
+            409 => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 20);
+    for call in calls {
+        let (_, body) = call.await.unwrap();
+        let verb = winners[body["escalation_id"].as_str().unwrap()];
+        let expected = if verb == "approve" { "ALLOW" } else { "BLOCK" };
+        assert_eq!(body["decision"], expected);
+        assert_eq!(body["reason"], verb);
+    }
+    let records = gw.audit(&t.admin).await;
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| r["kind"] == "escalation_resolved")
+            .count(),
+        20
+    );
+    assert_chain_valid(&records);
+}
+
+#[tokio::test]
+async fn approval_records_the_charges_then_and_not_before() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::SPEND_CAP)).await;
+    // 900 + 4200 today is over the 5000 day cap: escalated, charge pending.
+    let (_, first) = gw
+        .execute(
+            &t.agent,
+            "s1",
+            "payments.initiate",
+            json!({"amount": 900, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(first["decision"], "ALLOW");
+    for s in 2..6 {
+        gw.execute(
+            &t.agent,
+            &format!("s{s}"),
+            "payments.initiate",
+            json!({"amount": 1000, "currency": "EUR"}),
+        )
+        .await;
+    }
+    let (_, big) = gw
+        .execute(
+            &t.agent,
+            "s9",
+            "payments.initiate",
+            json!({"amount": 200, "currency": "EUR"}),
+        )
+        .await;
+    assert_eq!(big["decision"], "ESCALATE", "{big}");
+    let charged = |records: &[Value]| -> f64 {
+        records
+            .iter()
+            .flat_map(|r| r["charges"].as_array().unwrap().clone())
+            .map(|c| c["amount"].as_str().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        charged(&gw.audit(&t.admin).await),
+        4900.0,
+        "nothing charged while pending"
+    );
+    let id = big["escalation_id"].as_str().unwrap();
+    decide(&gw, &t.reviewer, id, "approve", "one-off").await;
+    assert_eq!(
+        charged(&gw.audit(&t.admin).await),
+        5100.0,
+        "charged on approval"
+    );
+}
+
+#[tokio::test]
+async fn pending_cap_blocks_new_escalations() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let op = gw.operator_key.clone();
+    let (status, patched) = gw
+        .call(
+            Method::PATCH,
+            &format!("/v1/admin/tenants/{}", t.id),
+            Some(&op),
+            Some(json!({"max_pending_escalations": 2})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["limits"]["max_pending_escalations"], 2);
+    for _ in 0..2 {
+        let (_, b) = gw
+            .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+            .await;
+        assert_eq!(b["decision"], "ESCALATE");
+    }
+    let (_, b) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    assert_eq!(b["decision"], "BLOCK");
+    assert_eq!(b["codes"], json!(["too_many_pending_escalations"]));
+    let (_, rec) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/audit/events/{}", b["event_id"].as_str().unwrap()),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(rec["codes"], json!(["too_many_pending_escalations"]));
+    // Deciding one frees a slot.
+    let id = pending(&gw, &t.reviewer, 2).await.remove(0);
+    decide(&gw, &t.reviewer, &id, "reject", "no").await;
+    let (_, b) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    assert_eq!(b["decision"], "ESCALATE");
+}
+
+#[tokio::test]
+async fn disconnected_client_does_not_cancel_the_escalation() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let sent = impatient
+        .post(gw.url("/v1/gateway/execute"))
+        .header("X-PROVENANCE-API-KEY", &t.agent)
+        .json(&json!({"session_id": "s", "agent_id": "agent-1", "action": "payments.initiate", "parameters": OVER_LIMIT()}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "the client gave up");
+    let id = pending(&gw, &t.reviewer, 1).await.remove(0);
+    let (status, _) = decide(&gw, &t.reviewer, &id, "approve", "fine").await;
+    assert_eq!(status, 200);
+    let (_, answer) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{id}/wait?timeout=5"),
+            Some(&t.agent),
+            None,
+        )
+        .await;
+    assert_eq!(answer["result"]["decision"], "ALLOW");
+    assert_eq!(answer["result"]["actor_human_id"], "reviewer@example.com");
+}
+
+#[tokio::test]
+async fn pending_escalations_survive_a_restart_and_overdue_ones_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_in(dir.path()).await;
+    let short = gw.tenant("short", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let long = gw.tenant("long", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let op = gw.operator_key.clone();
+    gw.call(
+        Method::PATCH,
+        &format!("/v1/admin/tenants/{}", short.id),
+        Some(&op),
+        Some(json!({"escalation_hold_s": 1})),
+    )
+    .await;
+    let (_, a) = gw
+        .execute(&short.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    let (_, b) = gw
+        .execute(&long.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    gw.stop().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let gw = TestGateway::start_in(dir.path()).await;
+    let a_id = a["escalation_id"].as_str().unwrap();
+    let b_id = b["escalation_id"].as_str().unwrap();
+    let (_, answer) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{a_id}/wait?timeout=5"),
+            Some(&short.agent),
+            None,
+        )
+        .await;
+    assert_eq!(answer["status"], "expired", "{answer}");
+    assert_eq!(answer["result"]["codes"], json!(["escalation_expired"]));
+    let (_, esc) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{b_id}"),
+            Some(&long.reviewer),
+            None,
+        )
+        .await;
+    assert_eq!(esc["status"], "pending");
+    let (status, _) = decide(&gw, &long.reviewer, b_id, "approve", "after restart").await;
+    assert_eq!(status, 200);
+    let (_, answer) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{b_id}/wait?timeout=5"),
+            Some(&long.agent),
+            None,
+        )
+        .await;
+    assert_eq!(answer["result"]["decision"], "ALLOW");
+    assert_eq!(answer["result"]["reason"], "after restart");
+    let records = gw.audit(&short.admin).await;
+    assert_chain_valid(&records);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "escalation_resolved"
+                && r["codes"] == json!(["escalation_expired"]))
+    );
+}
+
+/// 1,000 calls held at once, resolved by a reviewer loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_held_calls_each_get_their_outcome() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let n = 1000;
+    let mut calls = Vec::new();
+    for i in 0..n {
+        let (gw, key) = (gw.clone(), t.agent.clone());
+        calls.push(tokio::spawn(async move {
+            gw.execute_waiting(
+                &key,
+                &format!("load-{i}"),
+                "payments.initiate",
+                json!({"amount": 600 + i, "currency": "GBP"}),
+                None,
+            )
+            .await
+        }));
+    }
+    let ids = pending(&gw, &t.reviewer, n).await;
+    eprintln!("gateway RSS with {n} calls held: {} KiB", rss_kib());
+    for id in &ids {
+        let (_, esc) = gw
+            .call(
+                Method::GET,
+                &format!("/v1/escalations/{id}"),
+                Some(&t.reviewer),
+                None,
+            )
+            .await;
+        let amount = esc["parameters"]["amount"].as_u64().unwrap();
+        let verb = if amount % 2 == 0 { "approve" } else { "reject" };
+        let (status, _) = decide(&gw, &t.reviewer, id, verb, &format!("{verb} {amount}")).await;
+        assert_eq!(status, 200);
+    }
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200);
+        let reason = body["reason"].as_str().unwrap();
+        let amount: u64 = reason.split(' ').nth(1).unwrap().parse().unwrap();
+        let expected = if amount % 2 == 0 { "ALLOW" } else { "BLOCK" };
+        assert_eq!(body["decision"], expected, "{body}");
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
