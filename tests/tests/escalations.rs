@@ -574,7 +574,11 @@ async fn a_thousand_held_calls_each_get_their_outcome() {
             )
             .await;
         let amount = esc["parameters"]["amount"].as_u64().unwrap();
-        let verb = if amount % 2 == 0 { "approve" } else { "reject" };
+        let verb = if amount.is_multiple_of(2) {
+            "approve"
+        } else {
+            "reject"
+        };
         let (status, _) = decide(&gw, &t.reviewer, id, verb, &format!("{verb} {amount}")).await;
         assert_eq!(status, 200);
     }
@@ -583,7 +587,11 @@ async fn a_thousand_held_calls_each_get_their_outcome() {
         assert_eq!(status, 200);
         let reason = body["reason"].as_str().unwrap();
         let amount: u64 = reason.split(' ').nth(1).unwrap().parse().unwrap();
-        let expected = if amount % 2 == 0 { "ALLOW" } else { "BLOCK" };
+        let expected = if amount.is_multiple_of(2) {
+            "ALLOW"
+        } else {
+            "BLOCK"
+        };
         assert_eq!(body["decision"], expected, "{body}");
     }
 }
