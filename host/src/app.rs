@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointSigner};
 use crate::escalations::{self, Escalation, Escalations, Status};
+use crate::notify::{Notification, Notifier};
 use crate::verify::{self, Verification};
 
 use crate::audit::{AuditError, AuditLog, Effects, Kind, Record, RecordBody, RecordCharge};
@@ -194,6 +195,7 @@ struct AppInner {
     /// Serializes activations so the audit order matches the order they took effect.
     activation: tokio::sync::Mutex<()>,
     escalations: Escalations,
+    notifier: Notifier,
     signer: CheckpointSigner,
     /// Latest checkpoint per tenant: (size, time ms). A std mutex: never held across an await.
     checkpoints: Mutex<HashMap<String, (u64, u64)>>,
@@ -250,6 +252,7 @@ impl App {
                 metrics: Metrics::default(),
                 activation: tokio::sync::Mutex::new(()),
                 escalations,
+                notifier: Notifier::start(),
                 signer,
                 checkpoints: Mutex::new(checkpoints),
                 config,
@@ -663,6 +666,7 @@ impl App {
             )
             .await?;
         self.inner.escalations.opened(&esc);
+        self.notify(tenant, "escalation_opened", &esc);
 
         let until = match req.wait {
             Some(wait) => (now + wait.as_millis() as u64).min(esc.deadline_ms),
@@ -850,6 +854,9 @@ impl App {
         }
         self.inner.audit.append(tenant_id, record, effects).await?;
         self.inner.escalations.resolved(&resolved);
+        if let Some(tenant) = self.inner.tenants.get(tenant_id) {
+            self.notify(&tenant, "escalation_resolved", &resolved);
+        }
         self.inner
             .metrics
             .decisions
@@ -872,6 +879,53 @@ impl App {
             });
         }
         Ok(resolved)
+    }
+
+    /// Queues a webhook event about `esc` for the tenant's URLs; never waits.
+    fn notify(&self, tenant: &Tenant, kind: &'static str, esc: &Escalation) {
+        let Some(secret) = tenant.webhook_secret.clone() else {
+            return;
+        };
+        let body = serde_json::json!({
+            "type": kind,
+            "tenant_id": tenant.id,
+            "escalation_id": esc.id,
+            "status": esc.status.as_str(),
+            "action": esc.action,
+            "agent_id": esc.agent_id,
+            "session_id": esc.session_id,
+            "reason": esc.reason,
+            "codes": esc.codes,
+            "call_hash": esc.call_hash,
+            "opened_ms": esc.opened_ms,
+            "deadline_ms": esc.deadline_ms,
+            "decided_by": esc.decided_by,
+            "note": esc.note,
+            "event_id": esc.resolved_event_id.as_ref().unwrap_or(&esc.opened_event_id),
+        });
+        self.inner.notifier.send(Notification {
+            urls: tenant.webhook_urls.clone(),
+            secret,
+            kind,
+            body,
+        });
+    }
+
+    /// Sets the admin's tenant's webhook URLs; returns the new signing secret (shown once).
+    pub fn set_webhooks(&self, who: &Principal, urls: Vec<String>) -> Result<String> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?;
+        Ok(self.inner.tenants.set_webhooks(tenant_id, urls)?)
+    }
+
+    /// The admin's tenant's webhook URLs.
+    pub fn webhooks(&self, who: &Principal) -> Result<Vec<String>> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?;
+        Ok(self
+            .inner
+            .tenants
+            .get(tenant_id)
+            .ok_or(AppError::NotFound("tenant"))?
+            .webhook_urls)
     }
 
     /// Expires every pending escalation past its deadline; runs in the background.

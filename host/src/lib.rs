@@ -16,6 +16,7 @@ pub mod engine;
 pub mod escalations;
 pub mod evaluation;
 pub mod metrics;
+pub mod notify;
 pub mod policies;
 pub mod server;
 pub mod store;

@@ -150,6 +150,12 @@ pub struct Tenant {
     pub created_ms: u64,
     /// Limits.
     pub limits: TenantLimits,
+    /// Webhook URLs notified of escalations.
+    #[serde(default)]
+    pub webhook_urls: Vec<String>,
+    /// HMAC-SHA256 key signing webhook bodies (an HMAC key must be kept to sign with).
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
 }
 
 /// A key as stored (never the secret).
@@ -264,6 +270,8 @@ impl Tenants {
             name: name.to_owned(),
             created_ms: crate::now_ms(),
             limits: TenantLimits::default(),
+            webhook_urls: Vec::new(),
+            webhook_secret: None,
         };
         self.store
             .put(Table::Tenants, tenant.id.as_bytes(), &tenant)?;
@@ -314,6 +322,35 @@ impl Tenants {
             .put(Table::Tenants, tenant_id.as_bytes(), &updated)?;
         *tenant = updated.clone();
         Ok(updated)
+    }
+
+    /// Replaces a tenant's webhook URLs and issues a new signing secret, returned once.
+    pub fn set_webhooks(&self, tenant_id: &str, urls: Vec<String>) -> Result<String> {
+        if urls.len() > 10 {
+            return Err(TenantError::Invalid("at most 10 webhook URLs".into()));
+        }
+        for url in &urls {
+            let ok = url.len() <= 2048
+                && reqwest::Url::parse(url)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return Err(TenantError::Invalid(format!(
+                    "`{url}` is not an http(s) URL of at most 2048 bytes"
+                )));
+            }
+        }
+        let secret = format!("whsec_{}", random_hex(24));
+        let mut tenants = self.tenants.write().expect("tenants lock");
+        let tenant = tenants
+            .get_mut(tenant_id)
+            .ok_or(TenantError::TenantNotFound)?;
+        let mut updated = tenant.clone();
+        updated.webhook_urls = urls;
+        updated.webhook_secret = Some(secret.clone());
+        self.store
+            .put(Table::Tenants, tenant_id.as_bytes(), &updated)?;
+        *tenant = updated;
+        Ok(secret)
     }
 
     /// Creates a key for a tenant; returns the record and the secret, shown once.

@@ -604,3 +604,134 @@ fn rss_kib() -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// A webhook receiver on loopback: records what it gets; fails the first `fail_first`
+/// deliveries with a 500, or hangs when `hang`.
+async fn receiver(
+    fail_first: usize,
+    hang: bool,
+) -> (
+    String,
+    Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>,
+) {
+    use axum::http::{HeaderMap, StatusCode};
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post({
+            let got = got.clone();
+            move |headers: HeaderMap, body: axum::body::Bytes| {
+                let (got, seen) = (got.clone(), seen.clone());
+                async move {
+                    if hang {
+                        tokio::time::sleep(Duration::from_secs(30)).await;
+                    }
+                    if seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < fail_first {
+                        return StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    let header = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    got.lock().unwrap().push((
+                        header("x-writ-event"),
+                        header("x-writ-signature"),
+                        body.to_vec(),
+                    ));
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_and_never_slow_a_decision() {
+    use hmac::{Hmac, Mac};
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (good, good_got) = receiver(0, false).await;
+    let (flaky, flaky_got) = receiver(2, false).await;
+    let (hanging, _) = receiver(0, true).await;
+    let (status, _) = gw
+        .call(
+            Method::PUT,
+            "/v1/webhooks",
+            Some(&t.agent),
+            Some(json!({"urls": [good]})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = gw
+        .call(
+            Method::PUT,
+            "/v1/webhooks",
+            Some(&t.admin),
+            Some(json!({"urls": ["ftp://x"]})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, set) = gw
+        .call(
+            Method::PUT,
+            "/v1/webhooks",
+            Some(&t.admin),
+            Some(json!({"urls": [good, flaky, hanging]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    let secret = set["secret"].as_str().unwrap().to_owned();
+    let (_, listed) = gw
+        .call(Method::GET, "/v1/webhooks", Some(&t.admin), None)
+        .await;
+    assert!(listed.get("secret").is_none(), "the secret is shown once");
+
+    let started = Instant::now();
+    let (_, body) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a hanging webhook slowed the decision"
+    );
+    let id = body["escalation_id"].as_str().unwrap().to_owned();
+    decide(&gw, &t.reviewer, &id, "approve", "ok").await;
+
+    for got in [&good_got, &flaky_got] {
+        let started = Instant::now();
+        while got.lock().unwrap().len() < 2 {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "events not delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let events = got.lock().unwrap().clone();
+        let kinds: std::collections::HashSet<&str> =
+            events.iter().map(|(k, _, _)| k.as_str()).collect();
+        assert!(kinds.contains("escalation_opened") && kinds.contains("escalation_resolved"));
+        for (kind, signature, body) in &events {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(body);
+            assert_eq!(
+                signature,
+                &format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+            );
+            let event: Value = serde_json::from_slice(body).unwrap();
+            assert_eq!(event["type"], kind.as_str());
+            assert_eq!(event["escalation_id"], id.as_str());
+            if kind == "escalation_resolved" {
+                assert_eq!(event["status"], "approved");
+                assert_eq!(event["decided_by"], "reviewer@example.com");
+            }
+        }
+    }
+}

@@ -547,3 +547,35 @@ pub async fn decide_escalation(
     };
     decide(&state, &who, &id, approve, body.reason).await
 }
+
+/// Sets the tenant's webhook URLs for escalation events and issues a new signing secret,
+/// shown once (tenant admin).
+#[utoipa::path(put, path = "/v1/webhooks", tag = "escalations",
+    request_body = WebhooksBody,
+    responses((status = 200, body = WebhooksView), (status = 400), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn set_webhooks(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    AppJson(body): AppJson<WebhooksBody>,
+) -> Result<Json<WebhooksView>, ApiError> {
+    let secret = state.app.set_webhooks(&who, body.urls.clone())?;
+    Ok(Json(WebhooksView {
+        urls: body.urls,
+        secret: Some(secret),
+    }))
+}
+
+/// The tenant's webhook URLs (tenant admin).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "escalations",
+    responses((status = 200, body = WebhooksView), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn get_webhooks(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<WebhooksView>, ApiError> {
+    Ok(Json(WebhooksView {
+        urls: state.app.webhooks(&who)?,
+        secret: None,
+    }))
+}

@@ -97,6 +97,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::approve_escalation))
         .routes(routes!(handlers::reject_escalation))
         .routes(routes!(handlers::decide_escalation))
+        .routes(routes!(handlers::set_webhooks, handlers::get_webhooks))
         .routes(routes!(handlers::healthz))
         .routes(routes!(handlers::readyz))
         .routes(routes!(handlers::metrics))

@@ -477,3 +477,22 @@ pub struct WaitResponse {
     /// The held call's answer as it stands (ESCALATE while pending).
     pub result: ExecuteResponse,
 }
+
+/// `PUT /v1/webhooks`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksBody {
+    /// URLs to POST escalation events to (at most 10).
+    pub urls: Vec<String>,
+}
+
+/// The tenant's webhooks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhooksView {
+    /// The URLs.
+    pub urls: Vec<String>,
+    /// The signing secret: returned once, when set. Each event carries
+    /// `X-Writ-Signature: sha256=<hex HMAC-SHA256 of the body under this secret>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}

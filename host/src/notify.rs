@@ -1,0 +1,116 @@
+//! Webhook notifications of escalations: each tenant may register URLs; on
+//! `escalation_opened` and `escalation_resolved` the gateway POSTs a JSON event, signed with
+//! HMAC-SHA256 of the body under the tenant's webhook secret (`X-Writ-Signature:
+//! sha256=<hex>`), retried with exponential backoff.
+//!
+//! Delivery never slows a decision: events go on a bounded queue (full: dropped and logged)
+//! and are sent by background tasks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+use tokio::sync::{Semaphore, mpsc};
+
+/// Attempts per delivery (the first and the retries).
+pub const ATTEMPTS: u32 = 5;
+/// Delay before the first retry; doubled for each next one.
+pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+
+/// An event to deliver to a tenant's webhooks.
+#[derive(Debug, Clone)]
+pub struct Notification {
+    /// Where to send it.
+    pub urls: Vec<String>,
+    /// The tenant's webhook secret.
+    pub secret: String,
+    /// `escalation_opened` or `escalation_resolved`.
+    pub kind: &'static str,
+    /// The JSON body.
+    pub body: Value,
+}
+
+/// The signature header value of `body` under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The sending side of the delivery queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Notifier {
+    queue: mpsc::Sender<Notification>,
+}
+
+impl Notifier {
+    /// Starts the delivery task on the current runtime.
+    pub fn start() -> Self {
+        let (queue, mut rx) = mpsc::channel::<Notification>(10_000);
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client");
+        let in_flight = Arc::new(Semaphore::new(64));
+        tokio::spawn(async move {
+            while let Some(n) = rx.recv().await {
+                let bytes = serde_json::to_vec(&n.body).expect("events serialize");
+                let signature = signature(&n.secret, &bytes);
+                for url in n.urls {
+                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (client, bytes, signature) =
+                        (client.clone(), bytes.clone(), signature.clone());
+                    tokio::spawn(async move {
+                        deliver(&client, &url, n.kind, bytes, &signature).await;
+                        drop(permit);
+                    });
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues an event; never waits. A full queue drops it (logged).
+    pub fn send(&self, notification: Notification) {
+        if notification.urls.is_empty() {
+            return;
+        }
+        if let Err(e) = self.queue.try_send(notification) {
+            tracing::warn!(error = %e, "webhook queue full; event dropped");
+        }
+    }
+}
+
+async fn deliver(client: &reqwest::Client, url: &str, kind: &str, body: Vec<u8>, signature: &str) {
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=ATTEMPTS {
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-writ-event", kind)
+            .header("x-writ-signature", signature)
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => tracing::warn!(url, attempt, status = %r.status(), "webhook refused"),
+            Err(e) => tracing::warn!(url, attempt, error = %e, "webhook unreachable"),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    tracing::error!(
+        url,
+        kind,
+        "webhook delivery failed after {ATTEMPTS} attempts"
+    );
+}
