@@ -448,6 +448,56 @@ async fn every_route_checks_role_and_tenant() {
                 (&op, 403),
             ],
         ),
+        (
+            Method::GET,
+            "/v1/audit/verify".into(),
+            None,
+            vec![
+                (&a.agent, 403),
+                (&a.reviewer, 200),
+                (&a.admin, 200),
+                (&op, 403),
+            ],
+        ),
+        (
+            Method::GET,
+            "/v1/audit/export".into(),
+            None,
+            vec![
+                (&a.agent, 403),
+                (&a.reviewer, 200),
+                (&a.admin, 200),
+                (&op, 403),
+            ],
+        ),
+        (
+            Method::GET,
+            "/v1/escalations".into(),
+            None,
+            vec![
+                (&a.agent, 403),
+                (&a.reviewer, 200),
+                (&a.admin, 200),
+                (&op, 403),
+            ],
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks".into(),
+            None,
+            vec![
+                (&a.agent, 403),
+                (&a.reviewer, 403),
+                (&a.admin, 200),
+                (&op, 403),
+            ],
+        ),
+        (
+            Method::GET,
+            "/v1/audit/public-key".into(),
+            None,
+            vec![(&a.agent, 200), (&op, 200)],
+        ),
     ];
     for (method, path, body, expectations) in table {
         for (key, expected) in expectations {
