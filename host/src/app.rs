@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::catalog::{Catalog, CatalogError, ToolEntry};
 use crate::checkpoint::{self, Checkpoint, CheckpointSigner};
 use crate::escalations::{self, Escalation, Escalations, Status};
 use crate::notify::{Notification, Notifier};
+use crate::vault::{Vault, VaultError};
 use crate::verify::{self, Verification};
 
 use crate::audit::{AuditError, AuditLog, Effects, Kind, Record, RecordBody, RecordCharge};
@@ -84,6 +86,30 @@ impl From<TenantError> for AppError {
                 message,
             },
             TenantError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CatalogError> for AppError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Invalid(_) | CatalogError::Unresolvable(_) => Self::Invalid {
+                code: "invalid_request",
+                message: e.to_string(),
+            },
+            CatalogError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<VaultError> for AppError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Invalid(_) => Self::Invalid {
+                code: "invalid_request",
+                message: e.to_string(),
+            },
+            other => Self::Internal(Box::new(other)),
         }
     }
 }
@@ -195,6 +221,8 @@ struct AppInner {
     /// Serializes activations so the audit order matches the order they took effect.
     activation: tokio::sync::Mutex<()>,
     escalations: Escalations,
+    catalog: Catalog,
+    vault: Vault,
     notifier: Notifier,
     signer: CheckpointSigner,
     /// Latest checkpoint per tenant: (size, time ms). A std mutex: never held across an await.
@@ -223,13 +251,20 @@ fn tenant_role<'a>(who: &'a Principal, roles: &[Role]) -> Result<&'a str> {
 impl App {
     /// Opens the store, loads tenants, keys and active policies, and starts the audit
     /// flusher. Must run inside a tokio runtime.
-    pub fn open(store: Store, config: AppConfig, signer: CheckpointSigner) -> anyhow::Result<Self> {
+    pub fn open(
+        store: Store,
+        config: AppConfig,
+        signer: CheckpointSigner,
+        master_key: &[u8; 32],
+    ) -> anyhow::Result<Self> {
         let engine = Engine::new(&config.engine)
             .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
         let tenants = Tenants::load(store.clone())?;
         let policies = Policies::load(engine.clone(), store.clone())?;
         let audit = AuditLog::start(store.clone());
         let escalations = Escalations::load(store.clone())?;
+        let catalog = Catalog::new(store.clone());
+        let vault = Vault::new(store.clone(), master_key);
         let mut checkpoints = HashMap::new();
         for tenant in tenants.all() {
             audit.load_head(&tenant.id)?;
@@ -252,6 +287,8 @@ impl App {
                 metrics: Metrics::default(),
                 activation: tokio::sync::Mutex::new(()),
                 escalations,
+                catalog,
+                vault,
                 notifier: Notifier::start(),
                 signer,
                 checkpoints: Mutex::new(checkpoints),
@@ -1019,6 +1056,43 @@ impl App {
         };
         let outcome = self.outcome_of(&current);
         Ok((current, outcome))
+    }
+
+    // ---- tool catalog and credentials -------------------------------------------------
+
+    /// Adds or replaces a tool in the admin's tenant's catalog.
+    pub fn put_tool(&self, who: &Principal, entry: ToolEntry) -> Result<ToolEntry> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?;
+        self.inner.catalog.put(tenant_id, &entry)?;
+        Ok(entry)
+    }
+
+    /// The tenant's catalog (admin or reviewer).
+    pub fn tools(&self, who: &Principal) -> Result<Vec<ToolEntry>> {
+        let tenant_id = tenant_role(who, &[Role::Admin, Role::Reviewer])?;
+        Ok(self.inner.catalog.list(tenant_id)?)
+    }
+
+    /// Stores (sealed) a credential of the admin's tenant. Its value is never returned.
+    pub fn put_credential(&self, who: &Principal, name: &str, secret: &str) -> Result<()> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?;
+        Ok(self.inner.vault.put(tenant_id, name, secret)?)
+    }
+
+    /// The names of the admin's tenant's credentials.
+    pub fn credential_names(&self, who: &Principal) -> Result<Vec<String>> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?;
+        Ok(self.inner.vault.names(tenant_id)?)
+    }
+
+    /// Removes a credential of the admin's tenant.
+    pub fn delete_credential(&self, who: &Principal, name: &str) -> Result<()> {
+        let tenant_id = tenant_role(who, &[Role::Admin])?;
+        if self.inner.vault.delete(tenant_id, name)? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound("credential"))
+        }
     }
 
     // ---- tenants and keys ---------------------------------------------------------------

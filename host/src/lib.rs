@@ -10,6 +10,7 @@ pub mod app;
 pub mod audit;
 mod bindings;
 pub mod cases;
+pub mod catalog;
 pub mod checkpoint;
 pub mod decision;
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod server;
 pub mod store;
 pub mod tenants;
 pub mod usage;
+pub mod vault;
 pub mod verify;
 
 pub use decision::{Charge, Decision, Outcome, Target, ToolCall, Window};

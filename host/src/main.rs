@@ -292,6 +292,9 @@ async fn serve(
     config.operator_key = std::env::var("WRIT_OPERATOR_KEY")
         .ok()
         .filter(|k| !k.is_empty());
+    config.master_key = std::env::var("WRIT_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     let gateway = Gateway::open(config).await?;
     let addr = gateway.local_addr();
     if gateway.operator_key_generated {

@@ -22,6 +22,9 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// The operator key; when `None`, read from (or created in) `<data_dir>/operator.key`.
     pub operator_key: Option<String>,
+    /// The vault's master key (64 hex digits); when `None`, read from (or created in)
+    /// `<data_dir>/master.key`.
+    pub master_key: Option<String>,
     /// Gateway settings.
     pub app: AppConfig,
     /// Request body limits.
@@ -35,6 +38,7 @@ impl ServeConfig {
             listen,
             data_dir,
             operator_key: None,
+            master_key: None,
             app: AppConfig::default(),
             limits: BodyLimits::default(),
         }
@@ -89,7 +93,8 @@ impl Gateway {
         let store = Store::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let signer = crate::checkpoint::CheckpointSigner::load_or_create(&config.data_dir)?;
-        let app = App::open(store, config.app.clone(), signer)?;
+        let master_key = crate::vault::master_key(&config.data_dir, config.master_key.as_deref())?;
+        let app = App::open(store, config.app.clone(), signer, &master_key)?;
         let (operator_key, operator_key_generated) = match config.operator_key {
             Some(key) => (key, false),
             None => operator_key_file(&config.data_dir)?,

@@ -68,10 +68,14 @@ pub enum Table {
     Checkpoints,
     /// tenant ‖ escalation id → escalation.
     Escalations,
+    /// tenant ‖ credential name → nonce ‖ XChaCha20-Poly1305 sealed secret.
+    Credentials,
+    /// tenant ‖ service ‖ tool name → catalog entry.
+    Catalog,
 }
 
 impl Table {
-    const ALL: [Table; 13] = [
+    const ALL: [Table; 15] = [
         Self::Tenants,
         Self::Keys,
         Self::KeyIds,
@@ -85,6 +89,8 @@ impl Table {
         Self::Usage,
         Self::Checkpoints,
         Self::Escalations,
+        Self::Credentials,
+        Self::Catalog,
     ];
 
     fn name(self) -> &'static str {
@@ -102,6 +108,8 @@ impl Table {
             Self::Usage => "usage",
             Self::Checkpoints => "checkpoints",
             Self::Escalations => "escalations",
+            Self::Credentials => "credentials",
+            Self::Catalog => "catalog",
         }
     }
 }
@@ -141,7 +149,7 @@ pub struct RecordCommit<'a> {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: [sled::Tree; 13],
+    trees: [sled::Tree; 15],
 }
 
 impl Store {
@@ -209,6 +217,15 @@ impl Store {
                 let (k, v) = kv?;
                 Ok((k.to_vec(), decode(table, &v)?))
             })
+            .collect()
+    }
+
+    /// Every key starting with `prefix`, in order.
+    pub fn scan_keys(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        self.tree(table)
+            .scan_prefix(prefix)
+            .keys()
+            .map(|k| Ok(k?.to_vec()))
             .collect()
     }
 

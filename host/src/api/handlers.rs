@@ -579,3 +579,89 @@ pub async fn get_webhooks(
         secret: None,
     }))
 }
+
+/// Adds or replaces a tool in the tenant's catalog (tenant admin).
+#[utoipa::path(put, path = "/v1/catalog/{service}/{tool_name}", tag = "catalog",
+    params(("service" = String, Path), ("tool_name" = String, Path)),
+    request_body = ToolBody,
+    responses((status = 200, body = ToolView), (status = 400), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn put_tool(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path((service, tool_name)): Path<(String, String)>,
+    AppJson(body): AppJson<ToolBody>,
+) -> Result<Json<ToolView>, ApiError> {
+    let entry = crate::catalog::ToolEntry {
+        service,
+        tool_name,
+        method: body.method.to_ascii_uppercase(),
+        url: body.url,
+        query: body.query,
+        body: body.body,
+        headers: body.headers,
+        credential: body.credential.map(|c| crate::catalog::CredentialUse {
+            name: c.name,
+            header: c.header,
+            format: c.format,
+        }),
+        destructive: body.destructive,
+    };
+    Ok(Json(state.app.put_tool(&who, entry)?.into()))
+}
+
+/// The tenant's tool catalog (tenant admin or reviewer).
+#[utoipa::path(get, path = "/v1/catalog", tag = "catalog",
+    responses((status = 200, body = ToolList), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn list_tools(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<ToolList>, ApiError> {
+    Ok(Json(ToolList {
+        tools: state.app.tools(&who)?.into_iter().map(Into::into).collect(),
+    }))
+}
+
+/// Stores a credential, encrypted at rest; it is never returned (tenant admin).
+#[utoipa::path(put, path = "/v1/credentials/{name}", tag = "catalog",
+    params(("name" = String, Path)),
+    request_body = CredentialBody,
+    responses((status = 204), (status = 400), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn put_credential(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    AppJson(body): AppJson<CredentialBody>,
+) -> Result<StatusCode, ApiError> {
+    state.app.put_credential(&who, &name, &body.secret)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's credential names, never their values (tenant admin).
+#[utoipa::path(get, path = "/v1/credentials", tag = "catalog",
+    responses((status = 200, body = CredentialList), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn list_credentials(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<CredentialList>, ApiError> {
+    Ok(Json(CredentialList {
+        names: state.app.credential_names(&who)?,
+    }))
+}
+
+/// Removes a credential (tenant admin).
+#[utoipa::path(delete, path = "/v1/credentials/{name}", tag = "catalog",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn delete_credential(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.app.delete_credential(&who, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}

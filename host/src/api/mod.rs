@@ -98,6 +98,13 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::reject_escalation))
         .routes(routes!(handlers::decide_escalation))
         .routes(routes!(handlers::set_webhooks, handlers::get_webhooks))
+        .routes(routes!(handlers::put_tool))
+        .routes(routes!(handlers::list_tools))
+        .routes(routes!(
+            handlers::put_credential,
+            handlers::delete_credential
+        ))
+        .routes(routes!(handlers::list_credentials))
         .routes(routes!(handlers::healthz))
         .routes(routes!(handlers::readyz))
         .routes(routes!(handlers::metrics))

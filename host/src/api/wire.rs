@@ -496,3 +496,105 @@ pub struct WebhooksView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }
+
+/// How a credential is injected into a tool's requests.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialUseBody {
+    /// The credential's name in the vault.
+    pub name: String,
+    /// The header, e.g. `Authorization`.
+    pub header: String,
+    /// The header value with `{secret}` where the secret goes, e.g. `Bearer {secret}`.
+    pub format: String,
+}
+
+/// `PUT /v1/catalog/{service}/{tool_name}`: how the tool resolves to a downstream request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolBody {
+    /// `GET`, `POST`, `PUT`, `PATCH` or `DELETE`.
+    pub method: String,
+    /// URL template; `{argument}` is replaced by the percent-encoded argument.
+    pub url: String,
+    /// Arguments sent as query parameters.
+    #[serde(default)]
+    pub query: Vec<String>,
+    /// Arguments sent as fields of a JSON body.
+    #[serde(default)]
+    pub body: Vec<String>,
+    /// Extra headers.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The credential to inject.
+    #[serde(default)]
+    pub credential: Option<CredentialUseBody>,
+    /// Irreversible even if the method is not DELETE (e.g. a POST that moves money).
+    #[serde(default)]
+    pub destructive: bool,
+}
+
+/// A catalog entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolView {
+    /// The service.
+    pub service: String,
+    /// The tool.
+    pub tool_name: String,
+    /// HTTP method.
+    pub method: String,
+    /// URL template.
+    pub url: String,
+    /// Query arguments.
+    pub query: Vec<String>,
+    /// Body arguments.
+    pub body: Vec<String>,
+    /// Extra headers.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The credential injected (its name, never its value).
+    pub credential: Option<CredentialUseBody>,
+    /// Marked destructive.
+    pub destructive: bool,
+}
+
+impl From<crate::catalog::ToolEntry> for ToolView {
+    fn from(e: crate::catalog::ToolEntry) -> Self {
+        Self {
+            service: e.service,
+            tool_name: e.tool_name,
+            method: e.method,
+            url: e.url,
+            query: e.query,
+            body: e.body,
+            headers: e.headers,
+            credential: e.credential.map(|c| CredentialUseBody {
+                name: c.name,
+                header: c.header,
+                format: c.format,
+            }),
+            destructive: e.destructive,
+        }
+    }
+}
+
+/// The tenant's catalog.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ToolList {
+    /// Every tool.
+    pub tools: Vec<ToolView>,
+}
+
+/// `PUT /v1/credentials/{name}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialBody {
+    /// The secret: stored encrypted, never returned.
+    pub secret: String,
+}
+
+/// The tenant's credential names.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialList {
+    /// Names only; values are never returned.
+    pub names: Vec<String>,
+}

@@ -1,0 +1,267 @@
+//! The credential vault: tenants' downstream secrets, encrypted at rest with
+//! XChaCha20-Poly1305 under the gateway's master key.
+//!
+//! The master key comes from `WRIT_MASTER_KEY` (64 hex digits) or `<data-dir>/master.key`
+//! (created, mode 0600, on first start). Each secret is sealed with a fresh random 24-byte
+//! nonce and the tenant and credential name as associated data, so a sealed value moved to
+//! another tenant or name does not open. No route returns a secret; they are only opened to be
+//! injected into a downstream request.
+
+use std::path::Path;
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use zeroize::Zeroizing;
+
+use crate::store::{Store, StoreError, Table};
+use crate::tenants::{tenant_key, tenant_prefix};
+
+/// Errors of the vault.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    /// The master key is missing or malformed.
+    #[error("master key: {0}")]
+    MasterKey(String),
+    /// The credential name or secret is unusable.
+    #[error("{0}")]
+    Invalid(&'static str),
+    /// A sealed value did not open: wrong master key, or it was altered or moved.
+    #[error("credential `{0}` could not be decrypted")]
+    Unsealable(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The master key: from the environment's hex, else the data dir's file (created if absent).
+pub fn master_key(
+    data_dir: &Path,
+    from_env: Option<&str>,
+) -> Result<Zeroizing<[u8; 32]>, VaultError> {
+    let parse = |hex_key: &str| {
+        let mut key = Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(hex_key.trim(), key.as_mut())
+            .map_err(|e| VaultError::MasterKey(format!("expected 64 hex digits: {e}")))?;
+        Ok(key)
+    };
+    if let Some(hex_key) = from_env {
+        return parse(hex_key);
+    }
+    let path = data_dir.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = Zeroizing::new([0u8; 32]);
+            rand::rng().fill_bytes(key.as_mut());
+            let hex_key = Zeroizing::new(hex::encode(key.as_ref()));
+            crate::server::write_private(&path, hex_key.as_bytes())
+                .map_err(|e| VaultError::MasterKey(format!("{e:#}")))?;
+            Ok(key)
+        }
+        Err(e) => Err(VaultError::MasterKey(format!("{}: {e}", path.display()))),
+    }
+}
+
+/// Sealed credentials in the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Vault {
+    store: Store,
+    cipher: XChaCha20Poly1305,
+}
+
+fn aad(tenant_id: &str, name: &str) -> Vec<u8> {
+    crate::store::key(&[tenant_id.as_bytes(), name.as_bytes()])
+}
+
+fn valid_credential_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl Vault {
+    /// A vault over `store` sealed with `master_key`.
+    pub fn new(store: Store, master_key: &[u8; 32]) -> Self {
+        Self {
+            store,
+            cipher: XChaCha20Poly1305::new(master_key.into()),
+        }
+    }
+
+    /// Seals and stores a tenant's credential, replacing any of the same name.
+    pub fn put(&self, tenant_id: &str, name: &str, secret: &str) -> Result<(), VaultError> {
+        if !valid_credential_name(name) {
+            return Err(VaultError::Invalid(
+                "credential name must be 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        if secret.is_empty() || secret.len() > 16 << 10 || secret.contains(['\r', '\n']) {
+            return Err(VaultError::Invalid(
+                "secret must be 1 byte to 16 KiB with no line breaks",
+            ));
+        }
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.as_bytes(),
+                    aad: &aad(tenant_id, name),
+                },
+            )
+            .map_err(|_| VaultError::Unsealable(name.to_owned()))?;
+        let mut value = nonce.to_vec();
+        value.extend_from_slice(&sealed);
+        self.store.put_raw(
+            Table::Credentials,
+            &tenant_key(tenant_id, &[name.as_bytes()]),
+            &value,
+        )?;
+        Ok(())
+    }
+
+    /// Opens a tenant's credential, to inject it into a downstream request.
+    pub fn open(
+        &self,
+        tenant_id: &str,
+        name: &str,
+    ) -> Result<Option<Zeroizing<String>>, VaultError> {
+        let Some(value) = self.store.get_raw(
+            Table::Credentials,
+            &tenant_key(tenant_id, &[name.as_bytes()]),
+        )?
+        else {
+            return Ok(None);
+        };
+        if value.len() < 24 {
+            return Err(VaultError::Unsealable(name.to_owned()));
+        }
+        let (nonce, sealed) = value.split_at(24);
+        let plain = self
+            .cipher
+            .decrypt(
+                XNonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad(tenant_id, name),
+                },
+            )
+            .map_err(|_| VaultError::Unsealable(name.to_owned()))?;
+        String::from_utf8(plain)
+            .map(|s| Some(Zeroizing::new(s)))
+            .map_err(|_| VaultError::Unsealable(name.to_owned()))
+    }
+
+    /// The names of a tenant's credentials (never their values).
+    pub fn names(&self, tenant_id: &str) -> Result<Vec<String>, VaultError> {
+        let prefix = tenant_prefix(tenant_id);
+        Ok(self
+            .store
+            .scan_keys(Table::Credentials, &prefix)?
+            .into_iter()
+            .map(|k| String::from_utf8_lossy(&k[prefix.len()..]).into_owned())
+            .collect())
+    }
+
+    /// Removes a tenant's credential; `false` if there was none.
+    pub fn delete(&self, tenant_id: &str, name: &str) -> Result<bool, VaultError> {
+        let key = tenant_key(tenant_id, &[name.as_bytes()]);
+        let existed = self.store.get_raw(Table::Credentials, &key)?.is_some();
+        self.store.remove(Table::Credentials, &key)?;
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vault(dir: &Path, key: [u8; 32]) -> Vault {
+        Vault::new(Store::open(dir).unwrap(), &key)
+    }
+
+    #[test]
+    fn secrets_round_trip_and_are_not_stored_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path(), [1; 32]);
+        v.put("ten_a", "github", "ghp_supersecret").unwrap();
+        assert_eq!(
+            v.open("ten_a", "github").unwrap().unwrap().as_str(),
+            "ghp_supersecret"
+        );
+        assert_eq!(v.names("ten_a").unwrap(), ["github"]);
+        assert!(
+            v.open("ten_b", "github").unwrap().is_none(),
+            "tenants are apart"
+        );
+        v.store.flush().unwrap();
+        drop(v);
+        for entry in walk(dir.path()) {
+            let bytes = std::fs::read(entry).unwrap();
+            assert!(!bytes.windows(11).any(|w| w == b"supersecret"));
+        }
+    }
+
+    #[test]
+    fn sealed_value_moved_or_opened_with_another_key_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path(), [1; 32]);
+        v.put("ten_a", "github", "s3cret").unwrap();
+        let sealed = v
+            .store
+            .get_raw(Table::Credentials, &tenant_key("ten_a", &[b"github"]))
+            .unwrap()
+            .unwrap();
+        v.store
+            .put_raw(
+                Table::Credentials,
+                &tenant_key("ten_b", &[b"github"]),
+                &sealed,
+            )
+            .unwrap();
+        assert!(matches!(
+            v.open("ten_b", "github"),
+            Err(VaultError::Unsealable(_))
+        ));
+        let other = Vault::new(v.store.clone(), &[2; 32]);
+        assert!(matches!(
+            other.open("ten_a", "github"),
+            Err(VaultError::Unsealable(_))
+        ));
+        assert!(v.delete("ten_a", "github").unwrap());
+        assert!(v.open("ten_a", "github").unwrap().is_none());
+    }
+
+    #[test]
+    fn master_key_file_is_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let first = master_key(dir.path(), None).unwrap();
+        let mode = std::fs::metadata(dir.path().join("master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(*master_key(dir.path(), None).unwrap(), *first);
+        let env = hex::encode([7u8; 32]);
+        assert_eq!(*master_key(dir.path(), Some(&env)).unwrap(), [7u8; 32]);
+        assert!(master_key(dir.path(), Some("nope")).is_err());
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
+    }
+}

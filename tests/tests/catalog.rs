@@ -1,0 +1,170 @@
+//! The tool catalog and the credential vault through the admin API: validation, roles, tenant
+//! isolation, and secrets never returned nor stored in clear.
+
+use reqwest::Method;
+use serde_json::json;
+use writ_tests::artifacts;
+use writ_tests::gateway::TestGateway;
+
+const SECRET: &str = "ghp_VERYSECRETtoken1234567890";
+
+fn tool() -> serde_json::Value {
+    json!({
+        "method": "delete",
+        "url": "https://api.github.com/repos/{owner}/{repo}",
+        "headers": {"Accept": "application/vnd.github+json"},
+        "credential": {"name": "github", "header": "Authorization", "format": "Bearer {secret}"},
+    })
+}
+
+#[tokio::test]
+async fn admins_manage_the_catalog_and_reviewers_read_it() {
+    let gw = TestGateway::start().await;
+    let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
+    let other = gw.tenant("other", None).await;
+    let path = "/v1/catalog/github/github.repos.delete";
+    for key in [&t.agent, &t.reviewer] {
+        let (status, _) = gw.call(Method::PUT, path, Some(key), Some(tool())).await;
+        assert_eq!(status, 403);
+    }
+    let (status, entry) = gw
+        .call(Method::PUT, path, Some(&t.admin), Some(tool()))
+        .await;
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["method"], "DELETE");
+    assert_eq!(entry["credential"]["name"], "github");
+    for bad in [
+        json!({"method": "TRACE", "url": "https://x.example"}),
+        json!({"method": "GET", "url": "file:///etc/passwd"}),
+        json!({"method": "GET", "url": "https://x.example", "headers": {"X": "a\r\nB: c"}}),
+        json!({"method": "GET", "url": "https://x.example", "credential": {"name": "c", "header": "Authorization", "format": "no placeholder"}}),
+        json!({"method": "GET", "url": "https://x.example", "surprise": true}),
+    ] {
+        let (status, body) = gw
+            .call(Method::PUT, path, Some(&t.admin), Some(bad.clone()))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, list) = gw
+        .call(Method::GET, "/v1/catalog", Some(&t.reviewer), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(list["tools"].as_array().unwrap().len(), 1);
+    let (_, theirs) = gw
+        .call(Method::GET, "/v1/catalog", Some(&other.admin), None)
+        .await;
+    assert_eq!(theirs["tools"], json!([]), "catalogs are per tenant");
+}
+
+#[tokio::test]
+async fn credentials_are_write_only_and_encrypted_at_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_in(dir.path()).await;
+    let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
+    let other = gw.tenant("other", None).await;
+    let (status, _) = gw
+        .call(
+            Method::PUT,
+            "/v1/credentials/github",
+            Some(&t.reviewer),
+            Some(json!({"secret": SECRET})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, body) = gw
+        .call(
+            Method::PUT,
+            "/v1/credentials/github",
+            Some(&t.admin),
+            Some(json!({"secret": SECRET})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = gw
+        .call(
+            Method::PUT,
+            "/v1/credentials/bad name",
+            Some(&t.admin),
+            Some(json!({"secret": "x"})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    gw.call(
+        Method::PUT,
+        "/v1/catalog/github/github.repos.delete",
+        Some(&t.admin),
+        Some(tool()),
+    )
+    .await;
+
+    let (_, names) = gw
+        .call(Method::GET, "/v1/credentials", Some(&t.admin), None)
+        .await;
+    assert_eq!(names["names"], json!(["github"]));
+    let (_, theirs) = gw
+        .call(Method::GET, "/v1/credentials", Some(&other.admin), None)
+        .await;
+    assert_eq!(theirs["names"], json!([]));
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/credentials/github",
+            Some(&other.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "another tenant's credential is not there");
+
+    // The secret appears in no response and in no audit export.
+    let mut seen = String::new();
+    for path in ["/v1/credentials", "/v1/catalog", "/v1/audit/export"] {
+        seen += &gw
+            .request(Method::GET, path, Some(&t.admin), None)
+            .await
+            .text()
+            .await
+            .unwrap();
+    }
+    assert!(!seen.contains(SECRET));
+    gw.stop().await;
+    for file in walk(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "the secret is in clear in {}",
+            file.display()
+        );
+    }
+    let gw = TestGateway::start_in(dir.path()).await;
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/credentials/github",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/credentials/github",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
