@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::catalog::{Catalog, CatalogError, ToolEntry};
+use crate::catalog::{Catalog, CatalogError, ResolvedRequest, ToolEntry};
 use crate::checkpoint::{self, Checkpoint, CheckpointSigner};
 use crate::escalations::{self, Escalation, Escalations, Status};
+use crate::jobs::{Job, Jobs};
 use crate::notify::{Notification, Notifier};
 use crate::vault::{Vault, VaultError};
 use crate::verify::{self, Verification};
@@ -172,6 +173,8 @@ pub struct ExecuteRequest {
     pub context: String,
     /// How long to hold an escalated call at most (`?wait=`); `None` is the tenant's hold.
     pub wait: Option<Duration>,
+    /// The downstream request the call resolves to, from the tenant's catalog.
+    pub target: Option<ResolvedRequest>,
 }
 
 /// The answer to a tool call.
@@ -189,6 +192,8 @@ pub struct ExecuteOutcome {
     pub policy_id: Option<String>,
     /// The session.
     pub session_id: String,
+    /// The downstream job an allowed catalog call became.
+    pub job_id: Option<String>,
 }
 
 /// A session's decisions.
@@ -223,6 +228,7 @@ struct AppInner {
     escalations: Escalations,
     catalog: Catalog,
     vault: Vault,
+    jobs: Jobs,
     notifier: Notifier,
     signer: CheckpointSigner,
     /// Latest checkpoint per tenant: (size, time ms). A std mutex: never held across an await.
@@ -265,6 +271,7 @@ impl App {
         let escalations = Escalations::load(store.clone())?;
         let catalog = Catalog::new(store.clone());
         let vault = Vault::new(store.clone(), master_key);
+        let (jobs, interrupted) = Jobs::load(store.clone(), vault.clone())?;
         let mut checkpoints = HashMap::new();
         for tenant in tenants.all() {
             audit.load_head(&tenant.id)?;
@@ -289,6 +296,7 @@ impl App {
                 escalations,
                 catalog,
                 vault,
+                jobs,
                 notifier: Notifier::start(),
                 signer,
                 checkpoints: Mutex::new(checkpoints),
@@ -297,6 +305,10 @@ impl App {
         };
         app.start_checkpointer();
         app.start_expiry_sweeper();
+        for job in interrupted {
+            let app = app.clone();
+            tokio::spawn(async move { app.record_job(&job).await });
+        }
         Ok(app)
     }
 
@@ -433,7 +445,12 @@ impl App {
             agent_id: req.agent_id.clone(),
             session_id: req.session_id.clone(),
             tenant_id: tenant.id.clone(),
-            target: None,
+            target: req.target.as_ref().map(|r| crate::decision::Target {
+                service: req.action.split('.').next().unwrap_or_default().to_owned(),
+                method: r.method.clone(),
+                url: r.url.clone(),
+                destructive: r.destructive,
+            }),
             timestamp_ms,
         };
 
@@ -456,10 +473,25 @@ impl App {
             } else {
                 Effects::default()
             };
-            if evaluation.decision.outcome == Outcome::Escalate {
-                return self.escalate(&tenant, &req, &policy, &evaluation).await;
+            let mut decision = evaluation.decision.clone();
+            let irreversible = req
+                .target
+                .as_ref()
+                .is_some_and(|t| t.method == "DELETE" || t.destructive);
+            if decision.outcome == Outcome::Allow && irreversible && tenant.limits.irreversible_gate
+            {
+                decision.outcome = Outcome::Escalate;
+                decision.codes.push(codes::IRREVERSIBLE_ACTION.to_owned());
+                decision.reason = format!(
+                    "{} (irreversible: the gateway holds it for a human)",
+                    decision.reason
+                );
             }
-            let decision = evaluation.decision.clone();
+            if decision.outcome == Outcome::Escalate {
+                return self
+                    .escalate(&tenant, &req, &policy, &evaluation, decision)
+                    .await;
+            }
             match self
                 .record_decision(
                     &tenant,
@@ -474,7 +506,15 @@ impl App {
                 Err(AuditError::Store(StoreError::UsageConflict)) => {
                     tracing::debug!(tenant = %tenant.id, "usage changed during evaluation; re-evaluating");
                 }
-                other => return Ok(other?),
+                Ok(mut outcome) => {
+                    if let (Outcome::Allow, Some(target)) = (outcome.decision.outcome, &req.target)
+                    {
+                        outcome.job_id =
+                            Some(self.start_job(&tenant.id, target.clone(), &outcome.event_id)?);
+                    }
+                    return Ok(outcome);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         let decision = Decision::block(
@@ -616,6 +656,7 @@ impl App {
             actor_human_id: None,
             policy_id: policy.map(|p| p.meta.policy_id.clone()),
             session_id: req.session_id.clone(),
+            job_id: None,
             decision,
         })
     }
@@ -631,8 +672,8 @@ impl App {
         req: &ExecuteRequest,
         policy: &Arc<ActivePolicy>,
         evaluation: &Evaluation,
+        decision: Decision,
     ) -> Result<ExecuteOutcome> {
-        let decision = evaluation.decision.clone();
         let pending = self.inner.escalations.pending_count(&tenant.id);
         if pending >= tenant.limits.max_pending_escalations {
             let blocked = Decision::block(
@@ -784,6 +825,7 @@ impl App {
             actor_human_id: esc.decided_by.clone(),
             policy_id: Some(esc.policy_id.clone()),
             session_id: esc.session_id.clone(),
+            job_id: None,
         }
     }
 
@@ -1056,6 +1098,85 @@ impl App {
         };
         let outcome = self.outcome_of(&current);
         Ok((current, outcome))
+    }
+
+    // ---- downstream jobs ----------------------------------------------------------------
+
+    /// Persists a job for an allowed call and runs it in the background; returns its id.
+    fn start_job(
+        &self,
+        tenant_id: &str,
+        request: ResolvedRequest,
+        event_id: &str,
+    ) -> Result<String> {
+        let job = self.inner.jobs.create(tenant_id, request, event_id)?;
+        let id = job.id.clone();
+        let app = self.clone();
+        tokio::spawn(async move {
+            match app.inner.jobs.run(job).await {
+                Ok(done) => app.record_job(&done).await,
+                Err(e) => tracing::error!(error = %e, "job bookkeeping failed"),
+            }
+        });
+        Ok(id)
+    }
+
+    /// Records a finished job in the chain: status, duration and response size, never the
+    /// body or the credential.
+    async fn record_job(&self, job: &Job) {
+        let mut record = RecordBody::new(Kind::JobFinished);
+        record.detail = Some(
+            serde_json::json!({
+                "job_id": job.id,
+                "status": job.status,
+                "error": job.error,
+                "method": job.request.method,
+                "url": job.request.url,
+                "http_status": job.execution.as_ref().map(|e| e.status),
+                "duration_ms": job.execution.as_ref().map(|e| e.duration_ms),
+                "response_bytes": job.execution.as_ref().map(|e| e.body.len()),
+                "decision_event_id": job.decision_event_id,
+            })
+            .to_string(),
+        );
+        if let Err(e) = self
+            .inner
+            .audit
+            .append(&job.tenant_id, record, Effects::default())
+            .await
+        {
+            tracing::error!(error = %e, job = %job.id, "recording a finished job failed");
+        }
+    }
+
+    /// A job of the caller's tenant (agent, reviewer or admin).
+    pub fn job(&self, who: &Principal, id: &str) -> Result<Job> {
+        let tenant_id = tenant_role(who, &[Role::Agent, Role::Reviewer, Role::Admin])?;
+        self.inner
+            .jobs
+            .get(tenant_id, id)?
+            .ok_or(AppError::NotFound("job"))
+    }
+
+    /// Resolves a Tenet tool call against the caller's tenant's catalog: its downstream request,
+    /// `None` when the tenant has no catalog for the service, `unknown_tool` when it has one
+    /// that lacks the tool.
+    pub fn resolve_tool(
+        &self,
+        who: &Principal,
+        service: &str,
+        tool_name: &str,
+        arguments: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<ResolvedRequest>> {
+        let tenant_id = tenant_role(who, &[Role::Agent])?;
+        match self.inner.catalog.get(tenant_id, service, tool_name)? {
+            Some(entry) => Ok(Some(entry.resolve(arguments)?)),
+            None if self.inner.catalog.has_service(tenant_id, service)? => Err(AppError::Invalid {
+                code: "unknown_tool",
+                message: format!("the catalog of `{service}` has no tool `{tool_name}`"),
+            }),
+            None => Ok(None),
+        }
     }
 
     // ---- tool catalog and credentials -------------------------------------------------

@@ -50,6 +50,8 @@ pub enum Kind {
     EscalationOpened,
     /// A held call was approved, rejected, or expired.
     EscalationResolved,
+    /// A downstream job finished (completed or failed).
+    JobFinished,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
             Self::KeyRevoked => "key_revoked",
             Self::EscalationOpened => "escalation_opened",
             Self::EscalationResolved => "escalation_resolved",
+            Self::JobFinished => "job_finished",
         }
     }
 }

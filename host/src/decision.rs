@@ -31,6 +31,8 @@ pub mod codes {
     pub const ESCALATION_EXPIRED: &str = "escalation_expired";
     /// A reviewer rejected an escalated call.
     pub const ESCALATION_REJECTED: &str = "escalation_rejected";
+    /// The host escalated an allowed irreversible call (DELETE, or destructive in the catalog).
+    pub const IRREVERSIBLE_ACTION: &str = "irreversible_action";
 }
 
 /// The downstream HTTP request a tool call resolves to.

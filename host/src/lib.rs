@@ -16,6 +16,7 @@ pub mod decision;
 pub mod engine;
 pub mod escalations;
 pub mod evaluation;
+pub mod jobs;
 pub mod metrics;
 pub mod notify;
 pub mod policies;

@@ -72,10 +72,12 @@ pub enum Table {
     Credentials,
     /// tenant ‖ service ‖ tool name → catalog entry.
     Catalog,
+    /// tenant ‖ job id → downstream job.
+    Jobs,
 }
 
 impl Table {
-    const ALL: [Table; 15] = [
+    const ALL: [Table; 16] = [
         Self::Tenants,
         Self::Keys,
         Self::KeyIds,
@@ -91,6 +93,7 @@ impl Table {
         Self::Escalations,
         Self::Credentials,
         Self::Catalog,
+        Self::Jobs,
     ];
 
     fn name(self) -> &'static str {
@@ -110,6 +113,7 @@ impl Table {
             Self::Escalations => "escalations",
             Self::Credentials => "credentials",
             Self::Catalog => "catalog",
+            Self::Jobs => "jobs",
         }
     }
 }
@@ -149,7 +153,7 @@ pub struct RecordCommit<'a> {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: [sled::Tree; 15],
+    trees: [sled::Tree; 16],
 }
 
 impl Store {

@@ -78,6 +78,13 @@ pub struct TenantLimits {
     /// Escalations that may be pending at once; beyond, new ones are blocked.
     #[serde(default = "default_max_pending")]
     pub max_pending_escalations: usize,
+    /// Escalate an ALLOW whose resolved method is DELETE or whose catalog entry is destructive.
+    #[serde(default = "default_true")]
+    pub irreversible_gate: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_pending() -> usize {
@@ -93,6 +100,7 @@ impl Default for TenantLimits {
             deadline_ms: l.deadline.as_millis() as u64,
             escalation_hold_s: 60,
             max_pending_escalations: default_max_pending(),
+            irreversible_gate: true,
         }
     }
 }

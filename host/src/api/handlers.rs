@@ -85,6 +85,7 @@ pub async fn execute(
                 arguments: body.parameters.to_string(),
                 context,
                 wait: query.wait.map(std::time::Duration::from_secs),
+                target: None,
             },
         )
         .await?;
@@ -664,4 +665,117 @@ pub async fn delete_credential(
 ) -> Result<StatusCode, ApiError> {
     state.app.delete_credential(&who, &name)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Authorizes and runs a logical tool call (Tenet wire format): the policy decides with the
+/// catalog's resolved target; an allowed call with a catalog entry becomes a job (202 + jobId),
+/// an escalated one is answered at once (202 + reviewId), a blocked one 403.
+#[utoipa::path(post, path = "/v1/execute", tag = "execute",
+    request_body = TenetBody,
+    responses(
+        (status = 200, description = "ALLOW with nothing to run", body = Object),
+        (status = 202, description = "ALLOW with a jobId, or ESCALATE with a reviewId", body = Object),
+        (status = 400, description = "Malformed, or `unknown_tool`"),
+        (status = 401), (status = 403, description = "BLOCK, or not an agent key"),
+    ),
+    security(("api_key" = [])))]
+pub async fn tenet_execute(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    AppJson(body): AppJson<TenetBody>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    check_name("service", &body.service)?;
+    check_name("toolCall.toolName", &body.tool_call.tool_name)?;
+    let arguments = match body.tool_call.arguments {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`toolCall.arguments` must be a JSON object",
+            ));
+        }
+    };
+    let context = match body.context {
+        None | Some(serde_json::Value::Null) => serde_json::Map::new(),
+        Some(serde_json::Value::Object(m)) => m,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "`context` must be a JSON object",
+            ));
+        }
+    };
+    let agent_id = body
+        .agent
+        .and_then(|a| a.agent_id)
+        .unwrap_or_else(|| "default".to_owned());
+    check_name("agent.agentId", &agent_id)?;
+    let session_id = context
+        .get("sessionId")
+        .and_then(|v| v.as_str())
+        .map_or_else(|| format!("tenet:{agent_id}"), str::to_owned);
+    check_name("context.sessionId", &session_id)?;
+    let target =
+        state
+            .app
+            .resolve_tool(&who, &body.service, &body.tool_call.tool_name, &arguments)?;
+    let outcome = state
+        .app
+        .execute(
+            &who,
+            ExecuteRequest {
+                session_id,
+                agent_id,
+                action: body.tool_call.tool_name,
+                client_hint: None,
+                arguments: serde_json::Value::Object(arguments).to_string(),
+                context: serde_json::Value::Object(context).to_string(),
+                wait: Some(std::time::Duration::ZERO),
+                target,
+            },
+        )
+        .await?;
+    let status = match (outcome.decision.outcome, &outcome.job_id) {
+        (crate::Outcome::Allow, Some(_)) | (crate::Outcome::Escalate, _) => StatusCode::ACCEPTED,
+        (crate::Outcome::Allow, None) => StatusCode::OK,
+        (crate::Outcome::Block, _) => StatusCode::FORBIDDEN,
+    };
+    let mut answer = serde_json::json!({
+        "decision": outcome.decision.outcome.as_str(),
+        "decisionId": outcome.event_id,
+        "reasonCodes": outcome.decision.codes,
+        "reason": outcome.decision.reason,
+    });
+    if let Some(job) = outcome.job_id {
+        answer["jobId"] = job.into();
+    }
+    if outcome.decision.outcome == crate::Outcome::Escalate {
+        answer["reviewId"] = outcome.escalation_id.into();
+    }
+    Ok((status, Json(answer)))
+}
+
+/// A downstream job's state and, once done, what the downstream answered.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "execute",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn get_job(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let job = state.app.job(&who, &id)?;
+    Ok(Json(serde_json::json!({
+        "id": job.id,
+        "status": job.status,
+        "execution": job.execution.map(|e| serde_json::json!({
+            "status": e.status,
+            "headers": e.headers,
+            "body": e.body,
+            "durationMs": e.duration_ms,
+        })),
+        "executionError": job.error,
+    })))
 }

@@ -77,6 +77,8 @@ impl utoipa::Modify for KeyScheme {
 fn routes() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(handlers::execute))
+        .routes(routes!(handlers::tenet_execute))
+        .routes(routes!(handlers::get_job))
         .routes(routes!(handlers::create_tenant))
         .routes(routes!(handlers::patch_tenant))
         .routes(routes!(handlers::create_key, handlers::list_keys))

@@ -598,3 +598,41 @@ pub struct CredentialList {
     /// Names only; values are never returned.
     pub names: Vec<String>,
 }
+
+/// `POST /v1/execute`: the Tenet SDK's request. (`requestId` is accepted and not yet used:
+/// idempotency is still to come.)
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TenetBody {
+    /// The downstream service, e.g. `github`.
+    pub service: String,
+    /// The logical tool call.
+    #[serde(rename = "toolCall")]
+    pub tool_call: TenetToolCall,
+    /// The agent.
+    #[serde(default)]
+    pub agent: Option<TenetAgent>,
+    /// Caller context (a JSON object); `sessionId` in it names the session.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub context: Option<Value>,
+}
+
+/// The tool call of a Tenet request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TenetToolCall {
+    /// The tool, e.g. `github.repos.delete`.
+    #[serde(rename = "toolName")]
+    pub tool_name: String,
+    /// Its arguments (a JSON object).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub arguments: Option<Value>,
+}
+
+/// The agent of a Tenet request.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct TenetAgent {
+    /// The agent id (default `default`).
+    #[serde(rename = "agentId", default)]
+    pub agent_id: Option<String>,
+}

@@ -1,0 +1,210 @@
+//! The Tenet contract: `POST /v1/execute` resolves a logical tool call through the tenant's
+//! catalog, governs it, injects the stored credential and runs it as a job against a
+//! downstream service on loopback that records what it received.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use writ_tests::artifacts;
+use writ_tests::gateway::{TestGateway, TestTenant};
+
+const SECRET: &str = "ghp_DOWNSTREAMsecret0987654321";
+
+type Seen = Arc<Mutex<Vec<(String, String, String, String)>>>;
+
+/// A downstream that records (method, path and query, Authorization, body) and answers JSON.
+async fn downstream() -> (String, Seen) {
+    let seen: Seen = Arc::default();
+    let app = axum::Router::new().fallback({
+        let seen = seen.clone();
+        move |req: axum::extract::Request| {
+            let seen = seen.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                let auth = parts
+                    .headers
+                    .get("authorization")
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default();
+                seen.lock().unwrap().push((
+                    parts.method.to_string(),
+                    parts.uri.to_string(),
+                    auth,
+                    String::from_utf8_lossy(&body).into_owned(),
+                ));
+                axum::Json(json!({"ok": true, "path": parts.uri.path()}))
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, seen)
+}
+
+async fn setup(gw: &TestGateway, policy: &str, base: &str) -> TestTenant {
+    let t = gw.tenant("acme", Some(policy)).await;
+    let (status, _) = gw
+        .call(
+            Method::PUT,
+            "/v1/credentials/github",
+            Some(&t.admin),
+            Some(json!({"secret": SECRET})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let credential =
+        json!({"name": "github", "header": "Authorization", "format": "Bearer {secret}"});
+    for (tool, method) in [
+        ("github.repos.get", "GET"),
+        ("github.repos.delete", "DELETE"),
+    ] {
+        let (status, body) = gw
+            .call(
+                Method::PUT,
+                &format!("/v1/catalog/github/{tool}"),
+                Some(&t.admin),
+                Some(json!({"method": method, "url": format!("{base}/repos/{{owner}}/{{repo}}"), "query": ["ref"], "credential": credential})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    t
+}
+
+async fn tenet(gw: &TestGateway, key: &str, tool: &str, args: Value) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/execute"))
+        .bearer_auth(key)
+        .json(&json!({"requestId": "r1", "service": "github", "toolCall": {"toolName": tool, "arguments": args},
+                      "agent": {"agentId": "bot"}, "context": {"env": "production"}}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+async fn finished_job(gw: &TestGateway, key: &str, id: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, job) = gw
+            .call(Method::GET, &format!("/v1/jobs/{id}"), Some(key), None)
+            .await;
+        assert_eq!(status, 200, "{job}");
+        if job["status"] == "completed" || job["status"] == "failed" {
+            return job;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "job never finished: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn allowed_call_runs_downstream_with_the_injected_credential() {
+    let gw = TestGateway::start().await;
+    let (base, seen) = downstream().await;
+    let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
+    let (status, answer) = tenet(
+        &gw,
+        &t.agent,
+        "github.repos.get",
+        json!({"owner": "acme corp", "repo": "old", "ref": "main"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["decision"], "ALLOW");
+    let job = finished_job(&gw, &t.agent, answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["execution"]["status"], 200);
+    let body: Value = serde_json::from_str(job["execution"]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["ok"], true);
+    assert!(job["execution"]["durationMs"].is_u64());
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    let (method, uri, auth, _) = &seen[0];
+    assert_eq!(method, "GET");
+    assert_eq!(uri, "/repos/acme%20corp/old?ref=main");
+    assert_eq!(auth, &format!("Bearer {SECRET}"));
+    // The chain records the job (never the secret or the body).
+    let export = gw
+        .request(Method::GET, "/v1/audit/export", Some(&t.admin), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(export.contains("job_finished"));
+    assert!(!export.contains(SECRET));
+    assert!(!job.to_string().contains(SECRET));
+}
+
+#[tokio::test]
+async fn delete_is_escalated_by_the_gate_and_never_reaches_downstream() {
+    let gw = TestGateway::start().await;
+    let (base, seen) = downstream().await;
+    let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
+    let (status, answer) = tenet(
+        &gw,
+        &t.agent,
+        "github.repos.delete",
+        json!({"owner": "acme", "repo": "old"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["decision"], "ESCALATE");
+    assert!(answer["reviewId"].as_str().unwrap().starts_with("esc_"));
+    assert!(
+        answer["reasonCodes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("irreversible_action"))
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn blocked_unknown_and_uncatalogued_calls() {
+    let gw = TestGateway::start().await;
+    let (base, seen) = downstream().await;
+    let t = setup(&gw, artifacts::PAYMENTS_LIMITS, &base).await;
+    let (status, answer) = tenet(
+        &gw,
+        &t.agent,
+        "github.repos.get",
+        json!({"owner": "a", "repo": "b"}),
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert_eq!(answer["decision"], "BLOCK");
+    assert_eq!(answer["reasonCodes"], json!(["action_not_allowed"]));
+    let (status, answer) = tenet(&gw, &t.agent, "github.repos.rename", json!({})).await;
+    assert_eq!(status, 400);
+    assert_eq!(answer["error"]["code"], "unknown_tool");
+    let (status, answer) = tenet(&gw, &t.agent, "github.repos.get", json!({"owner": "a"})).await;
+    assert_eq!(status, 400, "a missing URL argument: {answer}");
+    // A service without a catalog: decided, nothing to run.
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/execute"))
+        .bearer_auth(&t.agent)
+        .json(&json!({"service": "mail", "toolCall": {"toolName": "email.send", "arguments": {"to": "x"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["decision"], "ALLOW");
+    assert!(answer.get("jobId").is_none());
+    let (status, _) = tenet(&gw, "wk_live_wrong", "github.repos.get", json!({})).await;
+    assert_eq!(status, 401);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a blocked call reached the downstream"
+    );
+}
