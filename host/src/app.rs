@@ -710,7 +710,12 @@ impl App {
                 .iter()
                 .map(|c| (c.counter.clone(), c.amount))
                 .collect(),
-            call_hash: escalations::call_hash(&req.action, &req.arguments, &policy.meta.policy_id),
+            call_hash: escalations::call_hash(
+                &req.action,
+                &req.arguments,
+                &policy.meta.policy_id,
+                req.target.as_ref(),
+            ),
             call_timestamp_ms: now,
             opened_ms: now,
             deadline_ms: now + tenant.limits.escalation_hold_s * 1000,
@@ -719,6 +724,8 @@ impl App {
             decided_by: None,
             note: None,
             resolved_event_id: None,
+            request: req.target.clone(),
+            job_id: None,
         };
         let mut record = RecordBody::new(Kind::EscalationOpened);
         record.event_id = esc.opened_event_id.clone();
@@ -825,7 +832,7 @@ impl App {
             actor_human_id: esc.decided_by.clone(),
             policy_id: Some(esc.policy_id.clone()),
             session_id: esc.session_id.clone(),
-            job_id: None,
+            job_id: esc.job_id.clone(),
         }
     }
 
@@ -882,6 +889,17 @@ impl App {
         resolved.decided_by = who.map(|w| w.subject.clone());
         resolved.note = note.clone();
         resolved.resolved_event_id = Some(crate::tenants::new_id("evt_"));
+        // An approved call with a downstream request runs exactly what the reviewer saw, once:
+        // the job is created here, under the decision lock, and started after the record.
+        let job = match (&esc.request, status) {
+            (Some(request), Status::Approved) => Some(self.inner.jobs.create(
+                tenant_id,
+                request.clone(),
+                resolved.resolved_event_id.as_deref().unwrap_or_default(),
+            )?),
+            _ => None,
+        };
+        resolved.job_id = job.as_ref().map(|j| j.id.clone());
         let outcome = self.outcome_of(&resolved);
 
         let mut record = RecordBody::new(Kind::EscalationResolved);
@@ -932,6 +950,9 @@ impl App {
                 .collect();
         }
         self.inner.audit.append(tenant_id, record, effects).await?;
+        if let Some(job) = job {
+            self.run_job(job);
+        }
         self.inner.escalations.resolved(&resolved);
         if let Some(tenant) = self.inner.tenants.get(tenant_id) {
             self.notify(&tenant, "escalation_resolved", &resolved);
@@ -1111,6 +1132,12 @@ impl App {
     ) -> Result<String> {
         let job = self.inner.jobs.create(tenant_id, request, event_id)?;
         let id = job.id.clone();
+        self.run_job(job);
+        Ok(id)
+    }
+
+    /// Runs a persisted job in the background and records it when it finishes.
+    fn run_job(&self, job: Job) {
         let app = self.clone();
         tokio::spawn(async move {
             match app.inner.jobs.run(job).await {
@@ -1118,7 +1145,6 @@ impl App {
                 Err(e) => tracing::error!(error = %e, "job bookkeeping failed"),
             }
         });
-        Ok(id)
     }
 
     /// Records a finished job in the chain: status, duration and response size, never the

@@ -159,12 +159,15 @@ impl ToolEntry {
         }
         let mut parsed = reqwest::Url::parse(&url)
             .map_err(|e| CatalogError::Unresolvable(format!("url: {e}")))?;
-        if !self.query.is_empty() {
+        let present: Vec<&String> = self
+            .query
+            .iter()
+            .filter(|q| arguments.contains_key(*q))
+            .collect();
+        if !present.is_empty() {
             let mut pairs = parsed.query_pairs_mut();
-            for q in &self.query {
-                if arguments.contains_key(q) {
-                    pairs.append_pair(q, &text(q)?);
-                }
+            for q in present {
+                pairs.append_pair(q, &text(q)?);
             }
         }
         let body = (!self.body.is_empty()).then(|| {
@@ -287,6 +290,14 @@ mod tests {
             )
             .unwrap();
         assert_eq!(r.body.as_deref(), Some(r#"{"amount":50,"currency":"gbp"}"#));
+    }
+
+    #[test]
+    fn absent_query_arguments_leave_no_query() {
+        let r = entry()
+            .resolve(json!({"owner": "a", "repo": "b"}).as_object().unwrap())
+            .unwrap();
+        assert_eq!(r.url, "https://api.github.com/repos/a/b");
     }
 
     #[test]

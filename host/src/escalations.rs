@@ -89,6 +89,13 @@ pub struct Escalation {
     pub note: Option<String>,
     /// The `escalation_resolved` record.
     pub resolved_event_id: Option<String>,
+    /// The downstream request resolved when the call was escalated: what an approval runs
+    /// (only the credential is injected fresh).
+    #[serde(default)]
+    pub request: Option<crate::catalog::ResolvedRequest>,
+    /// The job an approval started.
+    #[serde(default)]
+    pub job_id: Option<String>,
 }
 
 impl Escalation {
@@ -107,12 +114,18 @@ impl Escalation {
 }
 
 /// The hash an approval is bound to: blake3 over the canonical JSON of the call's action,
-/// arguments and policy id.
-pub fn call_hash(action: &str, arguments: &str, policy_id: &str) -> String {
+/// arguments, policy id and, when it has one, the resolved downstream request.
+pub fn call_hash(
+    action: &str,
+    arguments: &str,
+    policy_id: &str,
+    request: Option<&crate::catalog::ResolvedRequest>,
+) -> String {
     let canonical = serde_json::json!({
         "action": action,
         "arguments": arguments,
         "policy_id": policy_id,
+        "request": request,
     });
     blake3::hash(canonical.to_string().as_bytes())
         .to_hex()

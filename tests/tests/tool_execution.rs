@@ -208,3 +208,86 @@ async fn blocked_unknown_and_uncatalogued_calls() {
         "a blocked call reached the downstream"
     );
 }
+
+#[tokio::test]
+async fn approved_escalation_runs_what_the_reviewer_saw_exactly_once() {
+    let gw = TestGateway::start().await;
+    let (base, seen) = downstream().await;
+    let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
+    let (_, answer) = tenet(
+        &gw,
+        &t.agent,
+        "github.repos.delete",
+        json!({"owner": "acme", "repo": "old"}),
+    )
+    .await;
+    let review = answer["reviewId"].as_str().unwrap().to_owned();
+    let (_, esc) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{review}"),
+            Some(&t.reviewer),
+            None,
+        )
+        .await;
+    assert_eq!(esc["request"]["method"], "DELETE");
+    assert_eq!(esc["request"]["url"], format!("{base}/repos/acme/old"));
+    // The catalog changes after the escalation: the approval still runs what was reviewed.
+    let (other_base, other_seen) = downstream().await;
+    gw.call(
+        Method::PUT,
+        "/v1/catalog/github/github.repos.delete",
+        Some(&t.admin),
+        Some(json!({"method": "DELETE", "url": format!("{other_base}/elsewhere/{{repo}}")})),
+    )
+    .await;
+    let (status, decided) = gw
+        .call(
+            Method::POST,
+            &format!("/v1/escalations/{review}/approve"),
+            Some(&t.reviewer),
+            Some(json!({"note": "ok"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{decided}");
+    let job = finished_job(&gw, &t.agent, decided["job_id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let (status, _) = gw
+        .call(
+            Method::POST,
+            &format!("/v1/escalations/{review}/approve"),
+            Some(&t.reviewer),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 409, "a second approval runs nothing");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "exactly once");
+    assert_eq!(seen[0].0, "DELETE");
+    assert_eq!(seen[0].1, "/repos/acme/old");
+    assert_eq!(
+        seen[0].2,
+        format!("Bearer {SECRET}"),
+        "the credential is injected at run time"
+    );
+    assert!(other_seen.lock().unwrap().is_empty());
+    // A rejected one never reaches the downstream.
+    let (_, answer) = tenet(
+        &gw,
+        &t.agent,
+        "github.repos.delete",
+        json!({"owner": "acme", "repo": "keep"}),
+    )
+    .await;
+    let review = answer["reviewId"].as_str().unwrap();
+    gw.call(
+        Method::POST,
+        &format!("/v1/escalations/{review}/reject"),
+        Some(&t.reviewer),
+        Some(json!({"note": "no"})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(seen.len(), 1);
+}

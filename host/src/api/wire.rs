@@ -436,6 +436,23 @@ pub struct EscalationView {
     pub opened_event_id: String,
     /// The `escalation_resolved` record.
     pub resolved_event_id: Option<String>,
+    /// The downstream request an approval runs (method and URL; credentials are never shown).
+    pub request: Option<RequestView>,
+    /// The job an approval started.
+    pub job_id: Option<String>,
+}
+
+/// A resolved downstream request as a reviewer sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RequestView {
+    /// HTTP method.
+    pub method: String,
+    /// URL.
+    pub url: String,
+    /// JSON body.
+    pub body: Option<String>,
+    /// Marked destructive.
+    pub destructive: bool,
 }
 
 impl From<crate::escalations::Escalation> for EscalationView {
@@ -458,6 +475,13 @@ impl From<crate::escalations::Escalation> for EscalationView {
             note: e.note,
             opened_event_id: e.opened_event_id,
             resolved_event_id: e.resolved_event_id,
+            request: e.request.map(|r| RequestView {
+                method: r.method,
+                url: r.url,
+                body: r.body,
+                destructive: r.destructive,
+            }),
+            job_id: e.job_id,
         }
     }
 }
