@@ -26,7 +26,9 @@ use crate::evaluation::Evaluation;
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policies::{ActivePolicy, Policies, PolicyError, PolicyMeta};
 use crate::store::{Store, StoreError};
-use crate::tenants::{KeyRecord, Principal, Role, Tenant, TenantError, TenantLimits, Tenants};
+use crate::tenants::{
+    KeyRecord, Principal, Role, Tenant, TenantError, TenantLimits, Tenants, tenant_key,
+};
 use crate::usage::{CallScope, StoreUsage};
 
 /// Errors of the gateway's operations; the API maps each to a status and code once.
@@ -57,6 +59,9 @@ pub enum AppError {
         /// What the state is.
         message: String,
     },
+    /// The request conflicts with an earlier one (e.g. an idempotency key reused).
+    #[error("{0}")]
+    Unprocessable(String),
     /// Something failed inside the gateway; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -127,6 +132,15 @@ impl From<PolicyError> for AppError {
             PolicyError::Store(e) => e.into(),
         }
     }
+}
+
+/// The first answer to an idempotency key.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct IdempotentAnswer {
+    fingerprint: String,
+    status: u16,
+    body: String,
+    created_ms: u64,
 }
 
 /// Gateway settings.
@@ -226,6 +240,8 @@ struct AppInner {
     /// Serializes activations so the audit order matches the order they took effect.
     activation: tokio::sync::Mutex<()>,
     escalations: Escalations,
+    /// Per (tenant, idempotency key) locks, so concurrent repeats wait for the first.
+    idempotency: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
     catalog: Catalog,
     vault: Vault,
     jobs: Jobs,
@@ -294,6 +310,7 @@ impl App {
                 metrics: Metrics::default(),
                 activation: tokio::sync::Mutex::new(()),
                 escalations,
+                idempotency: Mutex::default(),
                 catalog,
                 vault,
                 jobs,
@@ -1203,6 +1220,80 @@ impl App {
             }),
             None => Ok(None),
         }
+    }
+
+    // ---- idempotency --------------------------------------------------------------------
+
+    /// Runs `run` at most once per (tenant, `key`) within 24 hours: a repeat with the same
+    /// `fingerprint` gets the stored answer without running again; with another fingerprint,
+    /// a conflict (422). Concurrent repeats wait for the first. The answer is opaque here:
+    /// (status, body).
+    pub async fn idempotent<F>(
+        &self,
+        who: &Principal,
+        key: &str,
+        fingerprint: &str,
+        run: F,
+    ) -> Result<(u16, String)>
+    where
+        F: std::future::Future<Output = Result<(u16, String)>>,
+    {
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        let tenant_id = tenant_role(who, &[Role::Agent])?.to_owned();
+        if !crate::valid_name(key) {
+            return Err(AppError::Invalid {
+                code: "invalid_request",
+                message: "Idempotency-Key must be 1 to 256 printable characters".into(),
+            });
+        }
+        let map_key = (tenant_id.clone(), key.to_owned());
+        let lock = self
+            .inner
+            .idempotency
+            .lock()
+            .expect("idempotency lock")
+            .entry(map_key.clone())
+            .or_default()
+            .clone();
+        let answer = {
+            let _first = lock.lock().await;
+            let row = tenant_key(&tenant_id, &[key.as_bytes()]);
+            let stored: Option<IdempotentAnswer> = self
+                .inner
+                .store
+                .get(crate::store::Table::Idempotency, &row)?;
+            match stored {
+                Some(s) if crate::now_ms().saturating_sub(s.created_ms) < DAY_MS => {
+                    if s.fingerprint != fingerprint {
+                        return Err(AppError::Unprocessable(
+                            "this Idempotency-Key was used with a different request".into(),
+                        ));
+                    }
+                    Ok((s.status, s.body))
+                }
+                _ => {
+                    let (status, body) = run.await?;
+                    let answer = IdempotentAnswer {
+                        fingerprint: fingerprint.to_owned(),
+                        status,
+                        body: body.clone(),
+                        created_ms: crate::now_ms(),
+                    };
+                    self.inner
+                        .store
+                        .put(crate::store::Table::Idempotency, &row, &answer)?;
+                    Ok((status, body))
+                }
+            }
+        };
+        let mut locks = self.inner.idempotency.lock().expect("idempotency lock");
+        if locks
+            .get(&map_key)
+            .is_some_and(|l| Arc::strong_count(l) <= 2)
+        {
+            locks.remove(&map_key);
+        }
+        answer
     }
 
     // ---- tool catalog and credentials -------------------------------------------------

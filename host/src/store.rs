@@ -74,10 +74,12 @@ pub enum Table {
     Catalog,
     /// tenant ‖ job id → downstream job.
     Jobs,
+    /// tenant ‖ idempotency key → the first response to it.
+    Idempotency,
 }
 
 impl Table {
-    const ALL: [Table; 16] = [
+    const ALL: [Table; 17] = [
         Self::Tenants,
         Self::Keys,
         Self::KeyIds,
@@ -94,6 +96,7 @@ impl Table {
         Self::Credentials,
         Self::Catalog,
         Self::Jobs,
+        Self::Idempotency,
     ];
 
     fn name(self) -> &'static str {
@@ -114,6 +117,7 @@ impl Table {
             Self::Credentials => "credentials",
             Self::Catalog => "catalog",
             Self::Jobs => "jobs",
+            Self::Idempotency => "idempotency",
         }
     }
 }
@@ -153,7 +157,7 @@ pub struct RecordCommit<'a> {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-    trees: [sled::Tree; 16],
+    trees: [sled::Tree; 17],
 }
 
 impl Store {

@@ -291,3 +291,60 @@ async fn approved_escalation_runs_what_the_reviewer_saw_exactly_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(seen.len(), 1);
 }
+
+#[tokio::test]
+async fn an_idempotency_key_runs_once_however_often_it_is_sent() {
+    let gw = Arc::new(TestGateway::start().await);
+    let (base, seen) = downstream().await;
+    let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
+    let body = json!({"requestId": "req-42", "service": "github",
+                      "toolCall": {"toolName": "github.repos.get", "arguments": {"owner": "acme", "repo": "r"}},
+                      "agent": {"agentId": "bot"}});
+    let mut sends = Vec::new();
+    for _ in 0..10 {
+        let (gw, key, body) = (gw.clone(), t.agent.clone(), body.clone());
+        sends.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(gw.url("/v1/execute"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", "req-42")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }));
+    }
+    let mut answers = Vec::new();
+    for s in sends {
+        answers.push(s.await.unwrap());
+    }
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "every repeat gets the first answer"
+    );
+    assert_eq!(answers[0].0, 202);
+    finished_job(&gw, &t.agent, answers[0].1["jobId"].as_str().unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(seen.lock().unwrap().len(), 1, "the downstream ran once");
+    let records = gw.audit(&t.admin).await;
+    assert_eq!(
+        records.iter().filter(|r| r["kind"] == "decision").count(),
+        1,
+        "one evaluation, one record"
+    );
+    // The same key with another body is refused.
+    let mut other = body.clone();
+    other["toolCall"]["arguments"]["repo"] = json!("other");
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/execute"))
+        .bearer_auth(&t.agent)
+        .header("Idempotency-Key", "req-42")
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let error: Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "idempotency_key_reused");
+}

@@ -56,6 +56,9 @@ impl ApiError {
                 AppError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
                 AppError::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
                 AppError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+                AppError::Unprocessable(_) => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+                }
                 AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }

@@ -682,8 +682,62 @@ pub async fn delete_credential(
 pub async fn tenet_execute(
     State(state): State<ApiState>,
     Auth(who): Auth,
+    headers: axum::http::HeaderMap,
     AppJson(body): AppJson<TenetBody>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<
+    (
+        StatusCode,
+        [(axum::http::HeaderName, &'static str); 1],
+        String,
+    ),
+    ApiError,
+> {
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (status, json) = match key {
+        Some(key) => {
+            let fingerprint = blake3::hash(
+                serde_json::json!([
+                    body.service,
+                    body.tool_call.tool_name,
+                    body.tool_call.arguments,
+                    body.agent.as_ref().and_then(|a| a.agent_id.clone()),
+                    body.context,
+                ])
+                .to_string()
+                .as_bytes(),
+            )
+            .to_hex()
+            .to_string();
+            let app = state.app.clone();
+            let run = async {
+                match tenet_decide(&state, &who, body).await {
+                    Ok((status, json)) => Ok((status.as_u16(), json.to_string())),
+                    Err(ApiError::App(e)) => Err(e),
+                    Err(other) => Err(crate::app::AppError::Invalid {
+                        code: "invalid_request",
+                        message: other.to_string(),
+                    }),
+                }
+            };
+            let (status, json) = app.idempotent(&who, &key, &fingerprint, run).await?;
+            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), json)
+        }
+        None => {
+            let (status, json) = tenet_decide(&state, &who, body).await?;
+            (status, json.to_string())
+        }
+    };
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], json))
+}
+
+async fn tenet_decide(
+    state: &ApiState,
+    who: &crate::tenants::Principal,
+    body: TenetBody,
+) -> Result<(StatusCode, serde_json::Value), ApiError> {
     check_name("service", &body.service)?;
     check_name("toolCall.toolName", &body.tool_call.tool_name)?;
     let arguments = match body.tool_call.arguments {
@@ -723,7 +777,7 @@ pub async fn tenet_execute(
     let outcome = state
         .app
         .execute(
-            &who,
+            who,
             ExecuteRequest {
                 session_id,
                 agent_id,
@@ -753,7 +807,7 @@ pub async fn tenet_execute(
     if outcome.decision.outcome == crate::Outcome::Escalate {
         answer["reviewId"] = outcome.escalation_id.into();
     }
-    Ok((status, Json(answer)))
+    Ok((status, answer))
 }
 
 /// A downstream job's state and, once done, what the downstream answered.
