@@ -134,6 +134,9 @@ impl From<PolicyError> for AppError {
     }
 }
 
+/// A lock serializing the requests of one idempotency key.
+type KeyLock = Arc<tokio::sync::Mutex<()>>;
+
 /// The first answer to an idempotency key.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct IdempotentAnswer {
@@ -241,7 +244,7 @@ struct AppInner {
     activation: tokio::sync::Mutex<()>,
     escalations: Escalations,
     /// Per (tenant, idempotency key) locks, so concurrent repeats wait for the first.
-    idempotency: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    idempotency: Mutex<HashMap<(String, String), KeyLock>>,
     catalog: Catalog,
     vault: Vault,
     jobs: Jobs,

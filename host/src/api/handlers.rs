@@ -773,7 +773,7 @@ async fn tenet_decide(
     let target =
         state
             .app
-            .resolve_tool(&who, &body.service, &body.tool_call.tool_name, &arguments)?;
+            .resolve_tool(who, &body.service, &body.tool_call.tool_name, &arguments)?;
     let outcome = state
         .app
         .execute(
