@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check --ignore-requires-python \
-  'provenance-client==0.1.0' 'pytest>=8,<9' 'blake3>=1,<2'
+  'provenance-client==0.1.0' 'tenet-python==0.1.0' 'pytest>=8,<9' 'blake3>=1,<2'
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -1,0 +1,116 @@
+//! The published `tenet-python` SDK, unmodified, against a live gateway: the seed's quickstart
+//! (`tests/python/test_tenet_python.py`), with a downstream service on loopback.
+
+use std::sync::{Arc, Mutex};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use writ_tests::gateway::TestGateway;
+use writ_tests::{artifacts, python};
+
+/// A downstream that echoes what it received and lists it at `/seen`.
+async fn downstream() -> String {
+    let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/seen",
+            axum::routing::get({
+                let seen = seen.clone();
+                move || {
+                    let seen = seen.clone();
+                    async move { axum::Json(Value::Array(seen.lock().unwrap().clone())) }
+                }
+            }),
+        )
+        .fallback({
+            let seen = seen.clone();
+            move |req: axum::extract::Request| {
+                let seen = seen.clone();
+                async move {
+                    let (parts, body) = req.into_parts();
+                    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                    let received: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    seen.lock()
+                        .unwrap()
+                        .push(json!({"path": parts.uri.path(), "auth": parts.headers.get("authorization").map(|v| v.to_str().unwrap())}));
+                    axum::Json(json!({"received": received}))
+                }
+            }
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenet_python_quickstart_works_unmodified() {
+    let gw = TestGateway::start().await;
+    let base = downstream().await;
+    let t = gw.tenant("sdk", Some(artifacts::PAYMENTS_LIMITS)).await;
+    gw.call(
+        Method::PUT,
+        "/v1/credentials/mailer",
+        Some(&t.admin),
+        Some(json!({"secret": "mail-secret"})),
+    )
+    .await;
+    let tools = [
+        (
+            "mail",
+            "email.send",
+            "POST",
+            format!("{base}/send"),
+            json!(["to", "template"]),
+            true,
+        ),
+        (
+            "github",
+            "github.repos.delete",
+            "DELETE",
+            format!("{base}/repos/{{owner}}/{{repo}}"),
+            json!([]),
+            false,
+        ),
+        (
+            "payments",
+            "payments.initiate",
+            "POST",
+            format!("{base}/pay"),
+            json!(["amount", "currency"]),
+            false,
+        ),
+    ];
+    for (service, tool, method, url, body, credential) in tools {
+        let mut entry = json!({"method": method, "url": url, "body": body});
+        if credential {
+            entry["credential"] =
+                json!({"name": "mailer", "header": "Authorization", "format": "Bearer {secret}"});
+        }
+        let (status, answer) = gw
+            .call(
+                Method::PUT,
+                &format!("/v1/catalog/{service}/{tool}"),
+                Some(&t.admin),
+                Some(entry),
+            )
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/test_tenet_python.py");
+    let out = tokio::process::Command::new(python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
+        .env("TENET_API_URL", gw.url(""))
+        .env("TENET_API_KEY", &t.agent)
+        .env("WRIT_DOWNSTREAM_SEEN", format!("{base}/seen"))
+        .output()
+        .await
+        .expect("run pytest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "pytest failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("6 passed"), "{stdout}");
+}
