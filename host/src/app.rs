@@ -529,8 +529,10 @@ impl App {
                 Ok(mut outcome) => {
                     if let (Outcome::Allow, Some(target)) = (outcome.decision.outcome, &req.target)
                     {
-                        outcome.job_id =
-                            Some(self.start_job(&tenant.id, target.clone(), &outcome.event_id)?);
+                        outcome.job_id = Some(
+                            self.start_job(&tenant.id, target.clone(), &outcome.event_id)
+                                .await?,
+                        );
                     }
                     return Ok(outcome);
                 }
@@ -1143,14 +1145,19 @@ impl App {
 
     // ---- downstream jobs ----------------------------------------------------------------
 
-    /// Persists a job for an allowed call and runs it in the background; returns its id.
-    fn start_job(
+    /// Persists a job for an allowed call durably (the caller is about to be given its id),
+    /// then runs it in the background; returns its id.
+    async fn start_job(
         &self,
         tenant_id: &str,
         request: ResolvedRequest,
         event_id: &str,
     ) -> Result<String> {
         let job = self.inner.jobs.create(tenant_id, request, event_id)?;
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))??;
         let id = job.id.clone();
         self.run_job(job);
         Ok(id)

@@ -233,3 +233,121 @@ async fn every_acknowledged_decision_survives_sigkill() {
     gw.child.kill().unwrap();
     gw.child.wait().unwrap();
 }
+
+/// A job interrupted by a restart is marked failed (`interrupted`) and recorded, never re-run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_job_is_failed_not_re_run() {
+    let hits = Arc::new(Mutex::new(0usize));
+    let app = axum::Router::new().fallback({
+        let hits = hits.clone();
+        move || {
+            let hits = hits.clone();
+            async move {
+                *hits.lock().unwrap() += 1;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                "late"
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let downstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut gw = spawn(dir.path());
+    wait_ready(&client, &gw.url).await;
+    let tenant = post(
+        &client,
+        &format!("{}/v1/admin/tenants", gw.url),
+        OPERATOR,
+        json!({"name": "jobs"}),
+    )
+    .await;
+    let keys_url = format!(
+        "{}/v1/admin/tenants/{}/keys",
+        gw.url,
+        tenant["tenant_id"].as_str().unwrap()
+    );
+    let admin = post(
+        &client,
+        &keys_url,
+        OPERATOR,
+        json!({"role": "admin", "subject": "ops"}),
+    )
+    .await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = post(
+        &client,
+        &keys_url,
+        OPERATOR,
+        json!({"role": "agent", "subject": "bot"}),
+    )
+    .await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let upload = client
+        .post(format!("{}/v1/policies?name=p&activate=true", gw.url))
+        .header("X-PROVENANCE-API-KEY", &admin)
+        .body(writ_tests::component(artifacts::ALLOW_ALL))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 201);
+    let put = client
+        .put(format!("{}/v1/catalog/pay/pay.send", gw.url))
+        .header("X-PROVENANCE-API-KEY", &admin)
+        .json(&json!({"method": "POST", "url": format!("{downstream}/send")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let answer: Value = client
+        .post(format!("{}/v1/execute", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"service": "pay", "toolCall": {"toolName": "pay.send", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = answer["jobId"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    while *hits.lock().unwrap() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the job never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+
+    gw = spawn(dir.path());
+    wait_ready(&client, &gw.url).await;
+    let state: Value = client
+        .get(format!("{}/v1/jobs/{job}", gw.url))
+        .bearer_auth(&agent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["status"], "failed", "{state}");
+    assert_eq!(state["executionError"], "interrupted");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(*hits.lock().unwrap(), 1, "the payment was not sent twice");
+    let records = all_records(&client, &gw.url, &admin).await;
+    assert!(
+        records.iter().any(|r| r["kind"] == "job_finished"
+            && r["detail"].as_str().unwrap().contains("interrupted")),
+        "the interruption is recorded"
+    );
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+}
