@@ -20,6 +20,10 @@ struct Gateway {
 }
 
 fn spawn(dir: &std::path::Path) -> Gateway {
+    spawn_logging(dir, Stdio::null())
+}
+
+fn spawn_logging(dir: &std::path::Path, stderr: Stdio) -> Gateway {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -34,9 +38,9 @@ fn spawn(dir: &std::path::Path) -> Gateway {
         ])
         .arg(dir)
         .env("WRIT_OPERATOR_KEY", OPERATOR)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     Gateway {
@@ -350,4 +354,135 @@ async fn interrupted_job_is_failed_not_re_run() {
     );
     gw.child.kill().unwrap();
     gw.child.wait().unwrap();
+}
+
+/// A downstream credential appears in no response, no log line (at debug level) and no audit
+/// export, even as it is injected into a downstream request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_reach_logs_responses_or_the_audit() {
+    const SECRET: &str = "sk_live_NEVERLOGTHIS_4242";
+    let app = axum::Router::new().fallback(|| async { "ok" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let downstream = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("gateway.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let client = reqwest::Client::new();
+    let mut gw = spawn_logging(&dir.path().join("data"), Stdio::from(log));
+    wait_ready(&client, &gw.url).await;
+    let tenant = post(
+        &client,
+        &format!("{}/v1/admin/tenants", gw.url),
+        OPERATOR,
+        json!({"name": "s"}),
+    )
+    .await;
+    let keys_url = format!(
+        "{}/v1/admin/tenants/{}/keys",
+        gw.url,
+        tenant["tenant_id"].as_str().unwrap()
+    );
+    let admin = post(
+        &client,
+        &keys_url,
+        OPERATOR,
+        json!({"role": "admin", "subject": "ops"}),
+    )
+    .await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let agent = post(
+        &client,
+        &keys_url,
+        OPERATOR,
+        json!({"role": "agent", "subject": "bot"}),
+    )
+    .await["api_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut responses = String::new();
+    let mut send = async |r: reqwest::RequestBuilder| {
+        let text = r
+            .header("X-PROVENANCE-API-KEY", &admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        responses.push_str(&text);
+    };
+    send(
+        client
+            .post(format!("{}/v1/policies?name=p&activate=true", gw.url))
+            .body(writ_tests::component(artifacts::ALLOW_ALL)),
+    )
+    .await;
+    send(
+        client
+            .put(format!("{}/v1/credentials/stripe", gw.url))
+            .json(&json!({"secret": SECRET})),
+    )
+    .await;
+    send(
+        client
+            .put(format!("{}/v1/catalog/stripe/stripe.charges.list", gw.url))
+            .json(&json!({
+        "method": "GET", "url": format!("{downstream}/charges"),
+        "credential": {"name": "stripe", "header": "Authorization", "format": "Bearer {secret}"}})),
+    )
+    .await;
+    send(client.get(format!("{}/v1/credentials", gw.url))).await;
+    send(client.get(format!("{}/v1/catalog", gw.url))).await;
+    let answer: Value = client
+        .post(format!("{}/v1/execute", gw.url))
+        .bearer_auth(&agent)
+        .json(&json!({"service": "stripe", "toolCall": {"toolName": "stripe.charges.list", "arguments": {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    responses.push_str(&answer.to_string());
+    let job = answer["jobId"].as_str().unwrap();
+    let started = Instant::now();
+    loop {
+        let state = client
+            .get(format!("{}/v1/jobs/{job}", gw.url))
+            .bearer_auth(&agent)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if state.contains("completed") {
+            responses.push_str(&state);
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{state}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    responses.push_str(
+        &client
+            .get(format!("{}/v1/audit/export", gw.url))
+            .header("X-PROVENANCE-API-KEY", &admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logs.contains("decision"), "the log was captured");
+    assert!(!logs.contains(SECRET), "the secret was logged");
+    assert!(!responses.contains(SECRET), "the secret was in a response");
 }

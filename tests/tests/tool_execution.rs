@@ -348,3 +348,61 @@ async fn an_idempotency_key_runs_once_however_often_it_is_sent() {
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"]["code"], "idempotency_key_reused");
 }
+
+#[tokio::test]
+async fn a_custom_named_destructive_tool_cannot_slip_past_the_gate() {
+    let gw = TestGateway::start().await;
+    let (base, seen) = downstream().await;
+    let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
+    gw.call(
+        Method::PUT,
+        "/v1/catalog/stripe/stripe.refresh",
+        Some(&t.admin),
+        Some(json!({"method": "POST", "url": format!("{base}/v1/charges"), "body": ["amount"], "destructive": true})),
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/execute"))
+        .bearer_auth(&t.agent)
+        .json(&json!({"service": "stripe", "toolCall": {"toolName": "stripe.refresh", "arguments": {"amount": 5000}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["decision"], "ESCALATE");
+    assert!(
+        answer["reasonCodes"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("irreversible_action"))
+    );
+    // The tenant may turn the gate off; then the policy's ALLOW stands.
+    let op = gw.operator_key.clone();
+    let (status, body) = gw
+        .call(
+            Method::PATCH,
+            &format!("/v1/admin/tenants/{}", t.id),
+            Some(&op),
+            Some(json!({"irreversible_gate": false})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["limits"]["irreversible_gate"], false);
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/execute"))
+        .bearer_auth(&t.agent)
+        .json(&json!({"service": "stripe", "toolCall": {"toolName": "stripe.refresh", "arguments": {"amount": 5000}}}))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["decision"], "ALLOW");
+    finished_job(&gw, &t.agent, answer["jobId"].as_str().unwrap()).await;
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen[0].3, r#"{"amount":5000}"#,
+        "the JSON body as the catalog places it"
+    );
+}

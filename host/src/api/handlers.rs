@@ -126,6 +126,7 @@ pub async fn patch_tenant(
         l.max_pending_escalations = body
             .max_pending_escalations
             .unwrap_or(l.max_pending_escalations);
+        l.irreversible_gate = body.irreversible_gate.unwrap_or(l.irreversible_gate);
         l
     })?;
     Ok(Json(tenant.into()))

@@ -94,6 +94,8 @@ pub struct LimitsView {
     pub escalation_hold_s: u64,
     /// Escalations that may be pending at once.
     pub max_pending_escalations: usize,
+    /// Whether the irreversible-action gate is on.
+    pub irreversible_gate: bool,
 }
 
 impl From<TenantLimits> for LimitsView {
@@ -104,6 +106,7 @@ impl From<TenantLimits> for LimitsView {
             deadline_ms: l.deadline_ms,
             escalation_hold_s: l.escalation_hold_s,
             max_pending_escalations: l.max_pending_escalations,
+            irreversible_gate: l.irreversible_gate,
         }
     }
 }
@@ -143,6 +146,8 @@ pub struct PatchTenantBody {
     pub escalation_hold_s: Option<u64>,
     /// Escalations that may be pending at once.
     pub max_pending_escalations: Option<usize>,
+    /// Hold ALLOWed irreversible calls (DELETE, or destructive in the catalog) for a human.
+    pub irreversible_gate: Option<bool>,
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/keys`.
