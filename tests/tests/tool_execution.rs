@@ -406,3 +406,54 @@ async fn a_custom_named_destructive_tool_cannot_slip_past_the_gate() {
         "the JSON body as the catalog places it"
     );
 }
+
+#[tokio::test]
+async fn downstream_responses_are_capped_and_redirects_stay_on_the_host() {
+    let gw = TestGateway::start().await;
+    let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
+    let elsewhere = downstream().await.0.replace("127.0.0.1", "localhost");
+    let app = axum::Router::new()
+        .route("/big", axum::routing::get(|| async { "x".repeat(2 << 20) }))
+        .route(
+            "/away",
+            axum::routing::get(move || {
+                let to = format!("{elsewhere}/landed");
+                async move { axum::response::Redirect::temporary(&to) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    for (tool, path) in [("big", "/big"), ("away", "/away")] {
+        gw.call(
+            Method::PUT,
+            &format!("/v1/catalog/odd/{tool}"),
+            Some(&t.admin),
+            Some(json!({"method": "GET", "url": format!("{base}{path}")})),
+        )
+        .await;
+    }
+    let run = |tool: &'static str| {
+        let (gw, key) = (&gw, t.agent.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(gw.url("/v1/execute"))
+                .bearer_auth(&key)
+                .json(&json!({"service": "odd", "toolCall": {"toolName": tool}}))
+                .send()
+                .await
+                .unwrap();
+            let answer: Value = r.json().await.unwrap();
+            finished_job(gw, &key, answer["jobId"].as_str().unwrap()).await
+        }
+    };
+    let big = run("big").await;
+    assert_eq!(big["status"], "failed");
+    assert_eq!(big["executionError"], "response_too_large");
+    let away = run("away").await;
+    assert_eq!(away["status"], "completed");
+    assert_eq!(
+        away["execution"]["status"], 307,
+        "the redirect to another host was not followed"
+    );
+}
