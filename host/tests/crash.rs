@@ -77,6 +77,43 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, body: Value) -> Va
     r.json().await.unwrap()
 }
 
+/// Creates a tenant on the child gateway with an admin and an agent key and `policy` active;
+/// returns (admin key, agent key).
+async fn tenant(client: &reqwest::Client, url: &str, policy: &str) -> (String, String) {
+    let tenant = post(
+        client,
+        &format!("{url}/v1/admin/tenants"),
+        OPERATOR,
+        json!({"name": "t"}),
+    )
+    .await;
+    let keys_url = format!(
+        "{url}/v1/admin/tenants/{}/keys",
+        tenant["tenant_id"].as_str().unwrap()
+    );
+    let mut keys = Vec::new();
+    for role in ["admin", "agent"] {
+        let key = post(
+            client,
+            &keys_url,
+            OPERATOR,
+            json!({"role": role, "subject": role}),
+        )
+        .await;
+        keys.push(key["api_key"].as_str().unwrap().to_owned());
+    }
+    let upload = client
+        .post(format!("{url}/v1/policies?name=p&activate=true"))
+        .header("X-PROVENANCE-API-KEY", &keys[0])
+        .body(writ_tests::component(policy))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), 201);
+    let agent = keys.pop().unwrap();
+    (keys.pop().unwrap(), agent)
+}
+
 async fn all_records(client: &reqwest::Client, url: &str, key: &str) -> Vec<Value> {
     let text = client
         .get(format!("{url}/v1/audit/export"))
@@ -99,39 +136,7 @@ async fn every_acknowledged_decision_survives_sigkill() {
     let mut gw = spawn(dir.path());
     wait_ready(&client, &gw.url).await;
 
-    let tenant = post(
-        &client,
-        &format!("{}/v1/admin/tenants", gw.url),
-        OPERATOR,
-        json!({"name": "crash"}),
-    )
-    .await;
-    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
-    let keys_url = format!("{}/v1/admin/tenants/{tenant_id}/keys", gw.url);
-    let admin = post(
-        &client,
-        &keys_url,
-        OPERATOR,
-        json!({"role": "admin", "subject": "ops"}),
-    )
-    .await;
-    let admin = admin["api_key"].as_str().unwrap().to_owned();
-    let agent = post(
-        &client,
-        &keys_url,
-        OPERATOR,
-        json!({"role": "agent", "subject": "bots"}),
-    )
-    .await;
-    let agent = agent["api_key"].as_str().unwrap().to_owned();
-    let upload = client
-        .post(format!("{}/v1/policies?name=p&activate=true", gw.url))
-        .header("X-PROVENANCE-API-KEY", &admin)
-        .body(writ_tests::component(artifacts::PAYMENTS_LIMITS))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(upload.status(), 201);
+    let (admin, agent) = tenant(&client, &gw.url, artifacts::PAYMENTS_LIMITS).await;
 
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
     for (round, kill_after_ms) in [300u64, 900, 1700].into_iter().enumerate() {
@@ -261,46 +266,7 @@ async fn interrupted_job_is_failed_not_re_run() {
     let client = reqwest::Client::new();
     let mut gw = spawn(dir.path());
     wait_ready(&client, &gw.url).await;
-    let tenant = post(
-        &client,
-        &format!("{}/v1/admin/tenants", gw.url),
-        OPERATOR,
-        json!({"name": "jobs"}),
-    )
-    .await;
-    let keys_url = format!(
-        "{}/v1/admin/tenants/{}/keys",
-        gw.url,
-        tenant["tenant_id"].as_str().unwrap()
-    );
-    let admin = post(
-        &client,
-        &keys_url,
-        OPERATOR,
-        json!({"role": "admin", "subject": "ops"}),
-    )
-    .await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let agent = post(
-        &client,
-        &keys_url,
-        OPERATOR,
-        json!({"role": "agent", "subject": "bot"}),
-    )
-    .await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let upload = client
-        .post(format!("{}/v1/policies?name=p&activate=true", gw.url))
-        .header("X-PROVENANCE-API-KEY", &admin)
-        .body(writ_tests::component(artifacts::ALLOW_ALL))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(upload.status(), 201);
+    let (admin, agent) = tenant(&client, &gw.url, artifacts::ALLOW_ALL).await;
     let put = client
         .put(format!("{}/v1/catalog/pay/pay.send", gw.url))
         .header("X-PROVENANCE-API-KEY", &admin)
@@ -372,38 +338,7 @@ async fn credentials_never_reach_logs_responses_or_the_audit() {
     let client = reqwest::Client::new();
     let mut gw = spawn_logging(&dir.path().join("data"), Stdio::from(log));
     wait_ready(&client, &gw.url).await;
-    let tenant = post(
-        &client,
-        &format!("{}/v1/admin/tenants", gw.url),
-        OPERATOR,
-        json!({"name": "s"}),
-    )
-    .await;
-    let keys_url = format!(
-        "{}/v1/admin/tenants/{}/keys",
-        gw.url,
-        tenant["tenant_id"].as_str().unwrap()
-    );
-    let admin = post(
-        &client,
-        &keys_url,
-        OPERATOR,
-        json!({"role": "admin", "subject": "ops"}),
-    )
-    .await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let agent = post(
-        &client,
-        &keys_url,
-        OPERATOR,
-        json!({"role": "agent", "subject": "bot"}),
-    )
-    .await["api_key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (admin, agent) = tenant(&client, &gw.url, artifacts::ALLOW_ALL).await;
     let mut responses = String::new();
     let mut send = async |r: reqwest::RequestBuilder| {
         let text = r
@@ -416,12 +351,6 @@ async fn credentials_never_reach_logs_responses_or_the_audit() {
             .unwrap();
         responses.push_str(&text);
     };
-    send(
-        client
-            .post(format!("{}/v1/policies?name=p&activate=true", gw.url))
-            .body(writ_tests::component(artifacts::ALLOW_ALL)),
-    )
-    .await;
     send(
         client
             .put(format!("{}/v1/credentials/stripe", gw.url))

@@ -90,3 +90,17 @@ pub fn python() -> std::path::PathBuf {
     );
     venv
 }
+
+/// Every file below `dir`, recursively (to search a data directory byte by byte).
+pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("readable directory") {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

@@ -127,7 +127,7 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
     }
     assert!(!seen.contains(SECRET));
     gw.stop().await;
-    for file in walk(dir.path()) {
+    for file in writ_tests::files_under(dir.path()) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(
             !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
@@ -154,17 +154,4 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
         )
         .await;
     assert_eq!(status, 404);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

@@ -923,24 +923,11 @@ async fn operator_key_is_generated_once_into_a_private_file() {
     // Nothing in the store holds the secret.
     gw.stop().await;
     let mut found = false;
-    for entry in walk(dir.path()) {
+    for entry in writ_tests::files_under(dir.path()) {
         if entry.file_name() != Some(std::ffi::OsStr::new("operator.key")) {
             let bytes = std::fs::read(&entry).unwrap();
             found |= bytes.windows(key.len()).any(|w| w == key.as_bytes());
         }
     }
     assert!(!found, "the operator key was written to the store");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
