@@ -466,7 +466,7 @@ impl App {
             session_id: req.session_id.clone(),
             tenant_id: tenant.id.clone(),
             target: req.target.as_ref().map(|r| crate::decision::Target {
-                service: req.action.split('.').next().unwrap_or_default().to_owned(),
+                service: r.service.clone(),
                 method: r.method.clone(),
                 url: r.url.clone(),
                 destructive: r.destructive,

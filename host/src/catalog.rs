@@ -62,6 +62,9 @@ pub struct ToolEntry {
 /// A tool call resolved to a downstream request (without the credential).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolvedRequest {
+    /// The downstream service, as the catalog names it.
+    #[serde(default)]
+    pub service: String,
     /// HTTP method.
     pub method: String,
     /// The full URL.
@@ -179,6 +182,7 @@ impl ToolEntry {
             Value::Object(fields).to_string()
         });
         Ok(ResolvedRequest {
+            service: self.service.clone(),
             method: self.method.clone(),
             url: parsed.to_string(),
             headers: self.headers.clone(),

@@ -457,3 +457,29 @@ async fn downstream_responses_are_capped_and_redirects_stay_on_the_host() {
         "the redirect to another host was not followed"
     );
 }
+
+#[tokio::test]
+async fn the_policy_sees_the_catalog_target() {
+    let gw = TestGateway::start().await;
+    let (base, _) = downstream().await;
+    let t = gw.tenant("acme", Some(artifacts::HOSTILE)).await;
+    gw.call(
+        Method::PUT,
+        "/v1/catalog/mailer/echo-target",
+        Some(&t.admin),
+        Some(json!({"method": "POST", "url": format!("{base}/send/{{to}}"), "destructive": false})),
+    )
+    .await;
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/execute"))
+        .bearer_auth(&t.agent)
+        .json(&json!({"service": "mailer", "toolCall": {"toolName": "echo-target", "arguments": {"to": "a b"}}}))
+        .send()
+        .await
+        .unwrap();
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["reason"],
+        format!("mailer POST {base}/send/a%20b false")
+    );
+}

@@ -16,6 +16,7 @@
 //! | `clock` | reads the system clock (WASI) |
 //! | `random` | asks for random bytes through `HashMap`'s seed (WASI) |
 //! | `count` | increments a static counter and allows, with the count as reason |
+//! | `echo-target` | allows, with the call's target (`service method url destructive`) as reason |
 //! | `usage-flood` | reads 10,000 distinct usage counters |
 //! | `log-flood` | writes 10,000 log lines |
 //! | anything else | allows |
@@ -72,6 +73,10 @@ impl Policy for Hostile {
                 let map: std::collections::HashMap<u8, u8> = std::collections::HashMap::new();
                 Decision::allow(format!("{}", map.len()))
             }
+            "echo-target" => Decision::allow(match call.target() {
+                Some(t) => format!("{} {} {} {}", t.service, t.method, t.url, t.destructive),
+                None => "no target".into(),
+            }),
             "count" => Decision::allow(format!("{}", CALLS.fetch_add(1, Ordering::Relaxed) + 1)),
             "usage-flood" => {
                 let total: f64 = (0..10_000)
