@@ -91,6 +91,27 @@ pub fn python() -> std::path::PathBuf {
     venv
 }
 
+/// Runs `python/<script>` under pytest with `env`, asserts it passed, and returns its output.
+pub async fn run_pytest(script: &str, env: &[(&str, String)]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(script);
+    let out = tokio::process::Command::new(python())
+        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider"])
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .await
+        .expect("run pytest");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "pytest failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Every file below `dir`, recursively (to search a data directory byte by byte).
 pub fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

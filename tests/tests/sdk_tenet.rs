@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::Method;
 use serde_json::{Value, json};
 use writ_tests::gateway::TestGateway;
-use writ_tests::{artifacts, python};
+use writ_tests::{artifacts, run_pytest};
 
 /// A downstream that echoes what it received and lists it at `/seen`.
 async fn downstream() -> String {
@@ -97,20 +97,14 @@ async fn tenet_python_quickstart_works_unmodified() {
             .await;
         assert_eq!(status, 200, "{answer}");
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/test_tenet_python.py");
-    let out = tokio::process::Command::new(python())
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", script])
-        .env("TENET_API_URL", gw.url(""))
-        .env("TENET_API_KEY", &t.agent)
-        .env("WRIT_DOWNSTREAM_SEEN", format!("{base}/seen"))
-        .output()
-        .await
-        .expect("run pytest");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "pytest failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = run_pytest(
+        "test_tenet_python.py",
+        &[
+            ("TENET_API_URL", gw.url("")),
+            ("TENET_API_KEY", t.agent.clone()),
+            ("WRIT_DOWNSTREAM_SEEN", format!("{base}/seen")),
+        ],
+    )
+    .await;
     assert!(stdout.contains("6 passed"), "{stdout}");
 }

@@ -76,11 +76,21 @@ async fn setup(gw: &TestGateway, policy: &str, base: &str) -> TestTenant {
 }
 
 async fn tenet(gw: &TestGateway, key: &str, tool: &str, args: Value) -> (u16, Value) {
+    execute_body(
+        gw,
+        key,
+        json!({"requestId": "r1", "service": "github", "toolCall": {"toolName": tool, "arguments": args},
+               "agent": {"agentId": "bot"}, "context": {"env": "production"}}),
+    )
+    .await
+}
+
+/// `POST /v1/execute` with `body` and `key` as the bearer; the status and the JSON answer.
+async fn execute_body(gw: &TestGateway, key: &str, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(gw.url("/v1/execute"))
         .bearer_auth(key)
-        .json(&json!({"requestId": "r1", "service": "github", "toolCall": {"toolName": tool, "arguments": args},
-                      "agent": {"agentId": "bot"}, "context": {"env": "production"}}))
+        .json(&body)
         .send()
         .await
         .unwrap();
@@ -190,15 +200,8 @@ async fn blocked_unknown_and_uncatalogued_calls() {
     let (status, answer) = tenet(&gw, &t.agent, "github.repos.get", json!({"owner": "a"})).await;
     assert_eq!(status, 400, "a missing URL argument: {answer}");
     // A service without a catalog: decided, nothing to run.
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/execute"))
-        .bearer_auth(&t.agent)
-        .json(&json!({"service": "mail", "toolCall": {"toolName": "email.send", "arguments": {"to": "x"}}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let answer: Value = r.json().await.unwrap();
+    let (status, answer) = execute_body(&gw, &t.agent, json!({"service": "mail", "toolCall": {"toolName": "email.send", "arguments": {"to": "x"}}})).await;
+    assert_eq!(status, 200);
     assert_eq!(answer["decision"], "ALLOW");
     assert!(answer.get("jobId").is_none());
     let (status, _) = tenet(&gw, "wk_live_wrong", "github.repos.get", json!({})).await;
@@ -361,15 +364,8 @@ async fn a_custom_named_destructive_tool_cannot_slip_past_the_gate() {
         Some(json!({"method": "POST", "url": format!("{base}/v1/charges"), "body": ["amount"], "destructive": true})),
     )
     .await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/execute"))
-        .bearer_auth(&t.agent)
-        .json(&json!({"service": "stripe", "toolCall": {"toolName": "stripe.refresh", "arguments": {"amount": 5000}}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
-    let answer: Value = r.json().await.unwrap();
+    let (status, answer) = execute_body(&gw, &t.agent, json!({"service": "stripe", "toolCall": {"toolName": "stripe.refresh", "arguments": {"amount": 5000}}})).await;
+    assert_eq!(status, 202);
     assert_eq!(answer["decision"], "ESCALATE");
     assert!(
         answer["reasonCodes"]
@@ -389,14 +385,7 @@ async fn a_custom_named_destructive_tool_cannot_slip_past_the_gate() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["limits"]["irreversible_gate"], false);
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/execute"))
-        .bearer_auth(&t.agent)
-        .json(&json!({"service": "stripe", "toolCall": {"toolName": "stripe.refresh", "arguments": {"amount": 5000}}}))
-        .send()
-        .await
-        .unwrap();
-    let answer: Value = r.json().await.unwrap();
+    let (_, answer) = execute_body(&gw, &t.agent, json!({"service": "stripe", "toolCall": {"toolName": "stripe.refresh", "arguments": {"amount": 5000}}})).await;
     assert_eq!(answer["decision"], "ALLOW");
     finished_job(&gw, &t.agent, answer["jobId"].as_str().unwrap()).await;
     let seen = seen.lock().unwrap().clone();
@@ -436,14 +425,12 @@ async fn downstream_responses_are_capped_and_redirects_stay_on_the_host() {
     let run = |tool: &'static str| {
         let (gw, key) = (&gw, t.agent.clone());
         async move {
-            let r = reqwest::Client::new()
-                .post(gw.url("/v1/execute"))
-                .bearer_auth(&key)
-                .json(&json!({"service": "odd", "toolCall": {"toolName": tool}}))
-                .send()
-                .await
-                .unwrap();
-            let answer: Value = r.json().await.unwrap();
+            let (_, answer) = execute_body(
+                gw,
+                &key,
+                json!({"service": "odd", "toolCall": {"toolName": tool}}),
+            )
+            .await;
             finished_job(gw, &key, answer["jobId"].as_str().unwrap()).await
         }
     };
@@ -470,14 +457,7 @@ async fn the_policy_sees_the_catalog_target() {
         Some(json!({"method": "POST", "url": format!("{base}/send/{{to}}"), "destructive": false})),
     )
     .await;
-    let r = reqwest::Client::new()
-        .post(gw.url("/v1/execute"))
-        .bearer_auth(&t.agent)
-        .json(&json!({"service": "mailer", "toolCall": {"toolName": "echo-target", "arguments": {"to": "a b"}}}))
-        .send()
-        .await
-        .unwrap();
-    let answer: Value = r.json().await.unwrap();
+    let (_, answer) = execute_body(&gw, &t.agent, json!({"service": "mailer", "toolCall": {"toolName": "echo-target", "arguments": {"to": "a b"}}})).await;
     assert_eq!(
         answer["reason"],
         format!("mailer POST {base}/send/a%20b false")
