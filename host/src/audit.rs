@@ -326,9 +326,10 @@ impl AuditLog {
         Ok(record)
     }
 
-    /// The synchronous half of [`AuditLog::append`]: writes the record (not yet durable) and
-    /// returns the group-commit ticket to wait for.
-    fn write(
+    /// The synchronous half of [`AuditLog::append`]: writes the record (not yet durable: it is
+    /// lost on a crash until the next flush) and returns the group-commit ticket to wait for.
+    /// The gateway never answers from it alone; benchmarks use it to price the flush apart.
+    pub fn write(
         &self,
         tenant_id: &str,
         mut body: RecordBody,

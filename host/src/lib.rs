@@ -8,6 +8,7 @@
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod bench;
 mod bindings;
 pub mod cases;
 pub mod catalog;

@@ -53,6 +53,60 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Load a gateway on loopback and compare it with the bare-axum floor (see BENCHMARKS.md).
+    Bench(Box<BenchArgs>),
+    /// Serve the bench's floor route (started by `writ bench`).
+    #[command(hide = true)]
+    BenchFloor {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The policy component every bench tenant runs (each gets its own copy).
+    #[arg(long)]
+    policy: PathBuf,
+    /// A running gateway on loopback; default: start one on a temporary data directory.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// The operator key of `--gateway`.
+    #[arg(long, env = "WRIT_OPERATOR_KEY", hide_env_values = true)]
+    operator_key: Option<String>,
+    /// Process id of `--gateway`, to report its memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Tenants to create, each with its own active policy; requests rotate over all of them.
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    connections: usize,
+    /// Stop after this many measured requests (instead of --duration).
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
+    /// Stop after this many measured seconds.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured load before each run, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Call mix: weights of payment (under the limit), email, unknown (action) and
+    /// over_limit (payment, sent with ?wait=0).
+    #[arg(long, default_value = "payment=70,email=15,unknown=10,over_limit=5")]
+    mix: writ::bench::Mix,
+    /// Skip the floor run.
+    #[arg(long)]
+    no_floor: bool,
+    /// Before the load, hold this many escalations open at once and report the memory they
+    /// take (on a tenant of their own).
+    #[arg(long, default_value_t = 0)]
+    held: usize,
+    /// Also write the report as JSON to this file (`-`: standard output, table to stderr).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -276,6 +330,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .context("reaching the gateway")?;
             print_response(response).await
         }
+        Command::Bench(args) => bench(*args).await,
+        Command::BenchFloor { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("listening on http://{}", listener.local_addr()?);
+            axum::serve(listener, writ::api::floor_router())
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy {
             command: PolicyCommand::Test { .. },
         }
@@ -319,8 +382,134 @@ async fn serve(
             keys.agent
         );
     }
+    println!("listening on http://{addr}");
     tracing::info!(%addr, "serving");
     gateway.serve(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ bench`: set up tenants, optionally hold escalations, load the floor then the gateway,
+/// and report.
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use writ::bench::{self, LoadConfig, Spawned, Stop};
+    let config = LoadConfig {
+        connections: args.connections,
+        stop: args
+            .requests
+            .map_or(Stop::Seconds(args.duration), Stop::Requests),
+        warmup_s: args.warmup,
+        mix: args.mix,
+    };
+    config.validate()?;
+    anyhow::ensure!(
+        (1..=1000).contains(&args.tenants),
+        "tenants must be 1..=1000"
+    );
+    let policy = std::fs::read(&args.policy)
+        .with_context(|| format!("reading {}", args.policy.display()))?;
+    let exe = std::env::current_exe().context("finding the writ binary")?;
+    let say = |line: &str| eprintln!("writ bench: {line}");
+
+    // The gateway: the one given, or a fresh one on a temporary data directory.
+    let data_dir = tempfile::Builder::new().prefix("writ-bench-").tempdir()?;
+    let (_started, addr, operator_key, pid) = match &args.gateway {
+        Some(url) => {
+            let addr = bench::loopback_addr(url)?;
+            let key = args
+                .operator_key
+                .clone()
+                .context("--gateway needs --operator-key (or WRIT_OPERATOR_KEY)")?;
+            (None, addr, key, args.pid)
+        }
+        None => {
+            let key = format!("wk_op_bench_{}", hex::encode(rand::random::<[u8; 24]>()));
+            let log = std::fs::File::create(data_dir.path().join("gateway.log"))?;
+            let mut command = tokio::process::Command::new(&exe);
+            command
+                .arg("serve")
+                .arg("--listen=127.0.0.1:0")
+                .arg("--data-dir")
+                .arg(data_dir.path().join("data"))
+                .env("WRIT_OPERATOR_KEY", &key)
+                .stderr(log);
+            let gateway = Spawned::start(command).await?;
+            let (addr, pid) = (gateway.addr, gateway.pid());
+            say(&format!("started a gateway on {addr} (pid {pid:?})"));
+            (Some(gateway), addr, key, pid)
+        }
+    };
+    let base = format!("http://{addr}");
+    say(&format!(
+        "setting up {} tenant(s), each with its own copy of {}",
+        args.tenants,
+        args.policy.display()
+    ));
+    let tenants =
+        bench::setup_tenants(&base, &operator_key, &policy, "bench", args.tenants).await?;
+    let rss_after_setup = pid.and_then(bench::rss_bytes);
+
+    let held = if args.held > 0 {
+        say(&format!("holding {} escalations open", args.held));
+        let tenant = bench::setup_tenants(&base, &operator_key, &policy, "bench-held", 1).await?;
+        Some(bench::hold_escalations(&base, addr, &tenant[0], args.held, pid).await?)
+    } else {
+        None
+    };
+
+    let mut reports = Vec::new();
+    if !args.no_floor {
+        let mut command = tokio::process::Command::new(&exe);
+        command.arg("bench-floor");
+        let floor = Spawned::start(command).await?;
+        say(&format!("loading the floor on {}", floor.addr));
+        reports.push(bench::run_load("floor", floor.addr, &["floor".to_owned()], &config).await?);
+    }
+    say(&format!("loading the gateway on {addr}"));
+    let keys: Vec<String> = tenants.iter().map(|t| t.agent_key.clone()).collect();
+    reports.push(bench::run_load("writ", addr, &keys, &config).await?);
+    let rss_after_load = pid.and_then(bench::rss_bytes);
+
+    let mib = |b: Option<u64>| {
+        b.map_or("n/a".to_owned(), |b| {
+            format!("{:.1} MiB", b as f64 / 1048576.0)
+        })
+    };
+    let mut table = bench::table(&reports);
+    table += &format!(
+        "gateway RSS: {} after setting up {} tenant(s), {} after the load\n",
+        mib(rss_after_setup),
+        args.tenants,
+        mib(rss_after_load)
+    );
+    if let Some(h) = &held {
+        table += &format!(
+            "held escalations: {} held, RSS {} idle, {} held ({} answered BLOCK after rejection)\n",
+            h.held,
+            mib(h.rss_idle_bytes),
+            mib(h.rss_held_bytes),
+            h.answered
+        );
+    }
+    let report = json!({
+        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "config": config,
+        "tenants": args.tenants,
+        "policy": args.policy.display().to_string(),
+        "runs": reports,
+        "gateway_rss_bytes": {"after_setup": rss_after_setup, "after_load": rss_after_load},
+        "held": held,
+    });
+    match args.json.as_deref() {
+        Some(path) if path == std::path::Path::new("-") => {
+            eprint!("{table}");
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Some(path) => {
+            print!("{table}");
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        None => print!("{table}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -53,21 +53,26 @@ impl<T: DeserializeOwned> FromRequest<ApiState> for AppJson<T> {
 
     async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
         let bytes = limited_body(req, state.max_json_bytes).await?;
-        if exceeds_depth(&bytes, state.max_json_depth) {
-            return Err(ApiError::bad_request(
-                "too_deep",
-                format!("JSON is nested more than {} levels", state.max_json_depth),
-            ));
-        }
-        serde_json::from_slice(&bytes).map(AppJson).map_err(|e| {
-            let code = if e.is_data() {
-                "invalid_request"
-            } else {
-                "invalid_json"
-            };
-            ApiError::bad_request(code, e.to_string())
-        })
+        parse_json(&bytes, state.max_json_depth).map(AppJson)
     }
+}
+
+/// Parses a JSON request body nested at most `max_depth` deep, as every route does.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], max_depth: usize) -> Result<T, ApiError> {
+    if exceeds_depth(bytes, max_depth) {
+        return Err(ApiError::bad_request(
+            "too_deep",
+            format!("JSON is nested more than {max_depth} levels"),
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_request"
+        } else {
+            "invalid_json"
+        };
+        ApiError::bad_request(code, e.to_string())
+    })
 }
 
 /// A raw body of at most [`ApiState::max_policy_bytes`] (a policy component).

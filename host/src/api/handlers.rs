@@ -834,3 +834,17 @@ pub async fn get_job(
         "executionError": job.error,
     })))
 }
+
+/// The floor's execute: parse the body, answer ALLOW (see [`super::floor_router`]).
+pub async fn floor_execute(Json(body): Json<ExecuteBody>) -> Json<ExecuteResponse> {
+    Json(ExecuteResponse {
+        decision: "ALLOW",
+        reason: "floor: parsed, not evaluated".into(),
+        event_id: "evt_floor".into(),
+        escalation_id: None,
+        actor_human_id: None,
+        codes: Vec::new(),
+        policy_id: None,
+        session_id: body.session_id,
+    })
+}

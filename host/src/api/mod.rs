@@ -5,11 +5,11 @@
 mod error;
 mod extract;
 mod handlers;
-mod wire;
+pub mod wire;
 
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -17,6 +17,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::ApiError;
+pub use extract::parse_json;
 
 use crate::app::App;
 
@@ -139,4 +140,11 @@ pub fn router(app: App, limits: BodyLimits) -> axum::Router {
             max_json_depth: limits.json_depth,
             max_policy_bytes: limits.policy_bytes,
         })
+}
+
+/// The load harness's floor (see [`crate::bench`]): `POST /v1/gateway/execute` parsing the same
+/// JSON body as the gateway and answering a fixed ALLOW in the same shape, with no key check,
+/// evaluation or audit: what serving the route costs on this machine at all.
+pub fn floor_router() -> axum::Router {
+    axum::Router::new().route("/v1/gateway/execute", post(handlers::floor_execute))
 }
