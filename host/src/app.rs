@@ -523,7 +523,7 @@ impl App {
                 )
                 .await
             {
-                Err(AuditError::Store(StoreError::UsageConflict)) => {
+                Err(AuditError::UsageConflict) => {
                     tracing::debug!(tenant = %tenant.id, "usage changed during evaluation; re-evaluating");
                 }
                 Ok(mut outcome) => {

@@ -7,16 +7,18 @@
 //! bytes. ARCHITECTURE.md documents the encoding for independent verifiers.
 //!
 //! **Durable before acknowledged:** [`AuditLog::append`] returns only once the record has been
-//! flushed. Appends for one tenant are serialized by that tenant's chain head lock; flushes are
-//! shared (group commit) by a background task, so concurrent appends wait for one flush between
-//! them rather than one each.
+//! flushed. Appends go through one writer thread (group commit): it takes every append queued
+//! (up to [`MAX_BATCH`]), chains them, writes them in one store transaction, flushes once, and
+//! answers them all, while the next batch queues. One transaction and one flush per batch
+//! rather than per record is what makes durable appends cheap: sled pays a log write for every
+//! multi-key transaction. The writer is the only writer of the chains and of the usage
+//! counters, so it checks a charging call's usage expectations without a lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{RecordCommit, Store, StoreError, Table};
 use crate::tenants::{new_id, tenant_key, tenant_prefix};
@@ -30,6 +32,12 @@ pub enum AuditError {
     /// The record could not be made durable.
     #[error("audit flush failed")]
     FlushFailed,
+    /// The store refused the write (nothing was written).
+    #[error("audit write failed: {0}")]
+    WriteFailed(String),
+    /// A usage counter the policy read changed before the record was written (nothing was).
+    #[error("a usage counter changed since the policy read it")]
+    UsageConflict,
 }
 
 /// Result of an audit operation.
@@ -200,28 +208,38 @@ struct Head {
     prev_hash: [u8; 32],
 }
 
+/// Most records the writer commits in one transaction and flush.
+const MAX_BATCH: usize = 256;
+
+/// An append waiting for the writer.
+struct Pending {
+    tenant_id: String,
+    body: RecordBody,
+    effects: Effects,
+    reply: oneshot::Sender<Result<Record>>,
+}
+
 /// The per-tenant chains over the store, with group commit. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     store: Store,
-    heads: Arc<Mutex<HashMap<String, Arc<Mutex<Head>>>>>,
-    commit: Arc<GroupCommit>,
+    heads: Arc<Mutex<HashMap<String, Head>>>,
+    writer: Arc<Writer>,
 }
 
-/// Shared flushes: appenders take a ticket after writing, a background task flushes and
-/// publishes the highest ticket the flush covered.
-struct GroupCommit {
-    store: Store,
-    requested: AtomicU64,
-    wake: Arc<Notify>,
-    /// (highest ticket covered by a completed flush attempt, whether it succeeded).
-    flushed: watch::Sender<(u64, bool)>,
+/// The writer thread and the queue to it. Dropping the last [`AuditLog`] closes the queue and
+/// waits for the thread, so the store is released when the log is.
+struct Writer {
+    queue: Option<mpsc::Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for GroupCommit {
+impl Drop for Writer {
     fn drop(&mut self) {
-        // Wake the flusher so it sees the log is gone and releases the store.
-        self.wake.notify_one();
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -238,177 +256,214 @@ pub fn audit_range(tenant_id: &str, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
 }
 
 impl AuditLog {
-    /// Opens the log and starts its flusher task on the current tokio runtime.
+    /// Opens the log and starts its writer thread.
     pub fn start(store: Store) -> Self {
-        let (flushed, _) = watch::channel((0, true));
-        let wake = Arc::new(Notify::new());
-        let commit = Arc::new(GroupCommit {
-            store: store.clone(),
-            requested: AtomicU64::new(0),
-            wake: wake.clone(),
-            flushed,
-        });
-        let weak = Arc::downgrade(&commit);
-        // Runs until the log is dropped (see `Drop for GroupCommit`). A wake-up sent while it
-        // flushes is kept by `Notify` as a permit, so no ticket is missed.
-        tokio::spawn(async move {
-            loop {
-                let Some(commit) = weak.upgrade() else { break };
-                let target = commit.requested.load(Ordering::SeqCst);
-                if target <= commit.flushed.borrow().0 {
-                    drop(commit);
-                    wake.notified().await;
-                    continue;
-                }
-                let store = commit.store.clone();
-                let ok = match tokio::task::spawn_blocking(move || store.flush()).await {
-                    Ok(Ok(())) => true,
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "audit flush failed");
-                        false
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "audit flush task failed");
-                        false
-                    }
-                };
-                commit.flushed.send_replace((target, ok));
-            }
-        });
-        Self {
+        let (queue, mut pending) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        let mut log = Self {
             store,
             heads: Arc::default(),
-            commit,
-        }
-    }
-
-    fn head(&self, tenant_id: &str) -> Result<Arc<Mutex<Head>>> {
-        let mut heads = self.heads.lock().expect("heads lock");
-        if let Some(head) = heads.get(tenant_id) {
-            return Ok(head.clone());
-        }
-        let head = match self
-            .store
-            .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
-        {
-            Some((_, bytes)) => {
-                let last: Record =
-                    serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
-                        table: Table::Audit,
-                        source,
-                    })?;
-                Head {
-                    next_seq: last.body.seq + 1,
-                    prev_hash: decode_hash(&last.hash),
-                }
-            }
-            None => Head {
-                next_seq: 0,
-                prev_hash: [0; 32],
-            },
+            writer: Arc::new(Writer {
+                queue: None,
+                thread: None,
+            }),
         };
-        let head = Arc::new(Mutex::new(head));
-        heads.insert(tenant_id.to_owned(), head.clone());
-        Ok(head)
+        let writer_log = log.clone();
+        let thread = std::thread::Builder::new()
+            .name("writ-audit".into())
+            .spawn(move || {
+                while let Some(first) = pending.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match pending.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    writer_log.write_and_flush(batch);
+                }
+            })
+            .expect("spawn the audit writer");
+        log.writer = Arc::new(Writer {
+            queue: Some(queue),
+            thread: Some(thread),
+        });
+        log
     }
 
-    /// Appends a record to `tenant_id`'s chain with its usage effects, and returns once it is
-    /// durable. Fails with [`StoreError::UsageConflict`] (nothing written) if a usage value the
-    /// policy read has changed.
+    /// One writer round: commit the batch in one transaction, flush once, answer everyone.
+    fn write_and_flush(&self, batch: Vec<Pending>) {
+        let (items, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| ((p.tenant_id, p.body, p.effects), p.reply))
+            .unzip();
+        let mut results = self.write_batch(items);
+        if results.iter().any(Result::is_ok)
+            && let Err(e) = self.store.flush()
+        {
+            tracing::error!(error = %e, "audit flush failed");
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(AuditError::FlushFailed);
+            }
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller that has gone away no longer needs its answer; the record stands.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Appends a record to `tenant_id`'s chain with its effects, and returns once it is
+    /// durable. Fails with [`AuditError::UsageConflict`] (nothing written) if a usage value
+    /// the policy read has changed.
     pub async fn append(
         &self,
         tenant_id: &str,
         body: RecordBody,
-        usage: Effects,
+        effects: Effects,
     ) -> Result<Record> {
-        let (record, ticket) = self.write(tenant_id, body, usage)?;
-        self.wait_durable(ticket).await?;
-        Ok(record)
-    }
-
-    /// The synchronous half of [`AuditLog::append`]: writes the record (not yet durable: it is
-    /// lost on a crash until the next flush) and returns the group-commit ticket to wait for.
-    /// The gateway never answers from it alone; benchmarks use it to price the flush apart.
-    pub fn write(
-        &self,
-        tenant_id: &str,
-        mut body: RecordBody,
-        usage: Effects,
-    ) -> Result<(Record, u64)> {
-        let head = self.head(tenant_id)?;
-        let mut head = head.lock().expect("head lock");
-        if body.event_id.is_empty() {
-            body.event_id = new_id("evt_");
-        }
-        body.prev_hash = hex::encode(head.prev_hash);
-        body.seq = head.next_seq;
-        body.tenant_id = tenant_id.to_owned();
-        body.timestamp_ms = crate::now_ms();
-        let hash = body.hash(&head.prev_hash);
-        let record = Record {
-            body,
-            hash: hex::encode(hash),
-        };
-        let audit_key = audit_key(tenant_id, record.body.seq);
-        let session_key = record
-            .body
-            .session_id
-            .as_ref()
-            .map(|s| tenant_key(tenant_id, &[s.as_bytes(), &record.body.seq.to_be_bytes()]));
-        self.store.commit_record(&RecordCommit {
-            audit_key,
-            record: serde_json::to_vec(&record).expect("records serialize"),
-            event_key: record.body.event_id.as_bytes(),
-            session_key,
-            expect_usage: usage.expect,
-            add_usage: usage.add,
-            escalation: usage.escalation,
-        })?;
-        head.next_seq += 1;
-        head.prev_hash = hash;
-        // Taken after the write and before the lock is released, so a flush that covers this
-        // ticket covers this record and every earlier one of the chain.
-        let ticket = self.commit.requested.fetch_add(1, Ordering::SeqCst) + 1;
-        drop(head);
-        self.commit.wake.notify_one();
-        Ok((record, ticket))
-    }
-
-    async fn wait_durable(&self, ticket: u64) -> Result<()> {
-        let mut rx = self.commit.flushed.subscribe();
-        let (_, ok) = *rx
-            .wait_for(|(covered, _)| *covered >= ticket)
+        let (reply, answer) = oneshot::channel();
+        let queue = self.writer.queue.as_ref().ok_or(AuditError::FlushFailed)?;
+        queue
+            .send(Pending {
+                tenant_id: tenant_id.to_owned(),
+                body,
+                effects,
+                reply,
+            })
             .await
             .map_err(|_| AuditError::FlushFailed)?;
-        if ok {
-            Ok(())
-        } else {
-            Err(AuditError::FlushFailed)
+        answer.await.map_err(|_| AuditError::FlushFailed)?
+    }
+
+    /// Writes records to their chains in one store transaction, not flushed (lost on a crash
+    /// until the next flush): the writer's half of [`AuditLog::append`], public so benchmarks
+    /// can price the write and the flush apart. Each record gets its chain's next `seq` and
+    /// `prev_hash`, the tenant id, the time and (unless set) an event id; a record whose usage
+    /// expectations no longer hold is left out with [`AuditError::UsageConflict`].
+    pub fn write_batch(&self, items: Vec<(String, RecordBody, Effects)>) -> Vec<Result<Record>> {
+        let mut heads = self.heads.lock().expect("heads lock");
+        // The chains as they will be after this batch, and the usage values it writes.
+        let mut next: HashMap<String, Head> = HashMap::new();
+        let mut usage: HashMap<Vec<u8>, f64> = HashMap::new();
+        let mut commits = Vec::with_capacity(items.len());
+        let mut results = Vec::with_capacity(items.len());
+        for (tenant_id, mut body, effects) in items {
+            let prepared = (|| {
+                if !next.contains_key(&tenant_id) {
+                    let head = match heads.get(&tenant_id) {
+                        Some(h) => Head { ..*h },
+                        None => self.load_stored_head(&tenant_id)?,
+                    };
+                    next.insert(tenant_id.clone(), head);
+                }
+                let current = |key: &Vec<u8>| -> Result<f64> {
+                    match usage.get(key) {
+                        Some(v) => Ok(*v),
+                        None => Ok(self.store.usage(key)?),
+                    }
+                };
+                for (key, expected) in &effects.expect {
+                    if current(key)? != *expected {
+                        return Err(AuditError::UsageConflict);
+                    }
+                }
+                let mut writes = Vec::with_capacity(effects.add.len());
+                for (key, amount) in &effects.add {
+                    writes.push((key.clone(), current(key)? + amount));
+                }
+                let head = next.get_mut(&tenant_id).expect("inserted above");
+                if body.event_id.is_empty() {
+                    body.event_id = new_id("evt_");
+                }
+                body.prev_hash = hex::encode(head.prev_hash);
+                body.seq = head.next_seq;
+                body.tenant_id = tenant_id.clone();
+                body.timestamp_ms = crate::now_ms();
+                let canonical = body.canonical();
+                let hash = *blake3::Hasher::new()
+                    .update(&head.prev_hash)
+                    .update(&canonical)
+                    .finalize()
+                    .as_bytes();
+                let record = Record {
+                    body,
+                    hash: hex::encode(hash),
+                };
+                head.next_seq += 1;
+                head.prev_hash = hash;
+                for (key, value) in &writes {
+                    usage.insert(key.clone(), *value);
+                }
+                let audit_key = audit_key(&tenant_id, record.body.seq);
+                commits.push(RecordCommit {
+                    record: stored_bytes(canonical, &record.hash),
+                    event_key: record.body.event_id.as_bytes().to_vec(),
+                    session_key: record.body.session_id.as_ref().map(|s| {
+                        tenant_key(&tenant_id, &[s.as_bytes(), &record.body.seq.to_be_bytes()])
+                    }),
+                    audit_key,
+                    usage: writes,
+                    escalation: effects.escalation,
+                });
+                Ok(record)
+            })();
+            results.push(prepared);
         }
+        if commits.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.store.commit_records(&commits) {
+            tracing::error!(error = %e, "audit write failed");
+            // Nothing was written: the chains stay as they were.
+            let failed = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
+                .collect();
+        }
+        heads.extend(next);
+        results
+    }
+
+    fn load_stored_head(&self, tenant_id: &str) -> Result<Head> {
+        Ok(
+            match self
+                .store
+                .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
+            {
+                Some((_, bytes)) => {
+                    let last = decode_record(&bytes)?;
+                    Head {
+                        next_seq: last.body.seq + 1,
+                        prev_hash: decode_hash(&last.hash),
+                    }
+                }
+                None => Head {
+                    next_seq: 0,
+                    prev_hash: [0; 32],
+                },
+            },
+        )
     }
 
     /// The chain heads this log knows (every tenant it has appended to or [`AuditLog::load_head`]
     /// loaded): tenant, size, head hash.
     pub fn heads(&self) -> Vec<(String, u64, [u8; 32])> {
-        let heads: Vec<(String, Arc<Mutex<Head>>)> = self
-            .heads
+        self.heads
             .lock()
             .expect("heads lock")
             .iter()
-            .map(|(t, h)| (t.clone(), h.clone()))
-            .collect();
-        heads
-            .into_iter()
-            .map(|(t, h)| {
-                let h = h.lock().expect("head lock");
-                (t, h.next_seq, h.prev_hash)
-            })
+            .map(|(t, h)| (t.clone(), h.next_seq, h.prev_hash))
             .collect()
     }
 
     /// Loads a tenant's chain head from the store, so [`AuditLog::heads`] reports it.
     pub fn load_head(&self, tenant_id: &str) -> Result<()> {
-        self.head(tenant_id).map(drop)
+        let mut heads = self.heads.lock().expect("heads lock");
+        if !heads.contains_key(tenant_id) {
+            let head = self.load_stored_head(tenant_id)?;
+            heads.insert(tenant_id.to_owned(), head);
+        }
+        Ok(())
     }
 
     /// Records of a tenant with `seq > after_seq` (all when `None`), at most `limit`.
@@ -481,6 +536,17 @@ fn decode_record(bytes: &[u8]) -> Result<Record> {
             source,
         })
     })
+}
+
+/// The stored form of a record: its canonical bytes with `"hash"` added as the last key
+/// (exactly what serializing [`Record`] gives, without serializing the body twice).
+fn stored_bytes(mut canonical: Vec<u8>, hash: &str) -> Vec<u8> {
+    debug_assert_eq!(canonical.last(), Some(&b'}'));
+    canonical.pop();
+    canonical.extend_from_slice(b",\"hash\":\"");
+    canonical.extend_from_slice(hash.as_bytes());
+    canonical.extend_from_slice(b"\"}");
+    canonical
 }
 
 fn decode_hash(hex_hash: &str) -> [u8; 32] {

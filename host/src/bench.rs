@@ -600,7 +600,7 @@ pub async fn setup_tenants(
             Some(json!({"name": name})),
         )
         .await?;
-        let id = field(&tenant, "id")?;
+        let id = field(&tenant, "tenant_id")?;
         let mut keys = Vec::new();
         for role in ["admin", "agent", "reviewer"] {
             let key = call(
@@ -610,7 +610,7 @@ pub async fn setup_tenants(
                 Some(json!({"role": role, "subject": format!("{role}@{name}.bench")})),
             )
             .await?;
-            keys.push(field(&key, "secret")?);
+            keys.push(field(&key, "api_key")?);
         }
         let upload = client
             .post(format!("{base}/v1/policies?name={name}&activate=true"))

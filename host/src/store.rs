@@ -1,7 +1,7 @@
 //! The durable store: one sled database in the data directory. This is the only module that
 //! touches sled; the rest of the code sees named [`Table`]s of JSON or raw values, and one
-//! transactional write, [`Store::commit_record`], for an audit record with its indexes and
-//! usage counters.
+//! transactional write, [`Store::commit_records`], for audit records with their indexes, usage
+//! counters and escalation rows.
 //!
 //! Keys are byte strings. Tenant-scoped keys start with the tenant id and a `0x00` separator, so
 //! a prefix scan for one tenant never sees another's rows.
@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::TransactionError;
 
 /// Storage failures. All are server-side: the API answers them with a 500.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +31,6 @@ pub enum StoreError {
     /// An index names a row that is not there.
     #[error("store inconsistent: {0}")]
     Inconsistent(&'static str),
-    /// A usage counter changed between the policy reading it and the commit.
-    #[error("a usage counter changed since the policy read it")]
-    UsageConflict,
 }
 
 /// Result of a store operation.
@@ -135,20 +132,17 @@ pub fn key(parts: &[&[u8]]) -> Vec<u8> {
 }
 
 /// One audit record and everything written with it, atomically.
-pub struct RecordCommit<'a> {
+pub struct RecordCommit {
     /// Key in [`Table::Audit`].
     pub audit_key: Vec<u8>,
     /// The record's stored bytes.
     pub record: Vec<u8>,
     /// Key in [`Table::Events`] (the event id).
-    pub event_key: &'a [u8],
+    pub event_key: Vec<u8>,
     /// Key in [`Table::Sessions`], when the record belongs to a session.
     pub session_key: Option<Vec<u8>>,
-    /// Usage keys and the values the policy read: the commit fails with
-    /// [`StoreError::UsageConflict`] if any differs now.
-    pub expect_usage: Vec<(Vec<u8>, f64)>,
-    /// Usage keys and the amounts to add.
-    pub add_usage: Vec<(Vec<u8>, f64)>,
+    /// Usage keys and their new values.
+    pub usage: Vec<(Vec<u8>, f64)>,
     /// An escalation row to write in [`Table::Escalations`].
     pub escalation: Option<(Vec<u8>, Vec<u8>)>,
 }
@@ -314,10 +308,12 @@ impl Store {
             .map_or(0.0, |v| decode_f64(&v)))
     }
 
-    /// Writes an audit record, its indexes, its usage charges and any escalation row in one
-    /// transaction, after
-    /// checking the usage values the policy read are unchanged.
-    pub fn commit_record(&self, c: &RecordCommit<'_>) -> Result<()> {
+    /// Writes audit records with their indexes, usage values and escalation rows, all in one
+    /// transaction: after a crash, either all of them are there or none. Not flushed.
+    ///
+    /// Every multi-key transaction costs sled one log buffer write, so the audit log's writer
+    /// commits a whole batch of records at once.
+    pub fn commit_records(&self, commits: &[RecordCommit]) -> Result<()> {
         let trees = (
             self.tree(Table::Audit),
             self.tree(Table::Events),
@@ -325,30 +321,26 @@ impl Store {
             self.tree(Table::Usage),
             self.tree(Table::Escalations),
         );
-        let result = trees.transaction(|(audit, events, sessions, usage, escalations)| {
-            for (key, expected) in &c.expect_usage {
-                let now = usage.get(key)?.map_or(0.0, |v| decode_f64(&v));
-                if now != *expected {
-                    return Err(ConflictableTransactionError::Abort(()));
+        let result: std::result::Result<(), TransactionError<()>> =
+            trees.transaction(|(audit, events, sessions, usage, escalations)| {
+                for c in commits {
+                    for (key, value) in &c.usage {
+                        usage.insert(key.as_slice(), &value.to_bits().to_be_bytes())?;
+                    }
+                    audit.insert(c.audit_key.as_slice(), c.record.as_slice())?;
+                    events.insert(c.event_key.as_slice(), c.audit_key.as_slice())?;
+                    if let Some(session_key) = &c.session_key {
+                        sessions.insert(session_key.as_slice(), &[])?;
+                    }
+                    if let Some((key, value)) = &c.escalation {
+                        escalations.insert(key.as_slice(), value.as_slice())?;
+                    }
                 }
-            }
-            for (key, amount) in &c.add_usage {
-                let now = usage.get(key)?.map_or(0.0, |v| decode_f64(&v));
-                usage.insert(key.as_slice(), &(now + amount).to_bits().to_be_bytes())?;
-            }
-            audit.insert(c.audit_key.as_slice(), c.record.as_slice())?;
-            events.insert(c.event_key, c.audit_key.as_slice())?;
-            if let Some(session_key) = &c.session_key {
-                sessions.insert(session_key.as_slice(), &[])?;
-            }
-            if let Some((key, value)) = &c.escalation {
-                escalations.insert(key.as_slice(), value.as_slice())?;
-            }
-            Ok(())
-        });
+                Ok(())
+            });
         match result {
             Ok(()) => Ok(()),
-            Err(TransactionError::Abort(())) => Err(StoreError::UsageConflict),
+            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }

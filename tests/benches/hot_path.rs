@@ -1,6 +1,7 @@
 //! The parts of a call's hot path, one by one: key lookup, parsing the request JSON, one
 //! evaluation, audit append (without flush, and with a durable flush per batch of 1, 8 and 64
-//! records), and a usage counter read; then escalation bookkeeping (open and resolve 10,000).
+//! records, each batch one store transaction as the audit writer commits it), and a usage
+//! counter read; then escalation bookkeeping (open and resolve 10,000).
 //! `cargo bench -p writ-tests --bench hot_path`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
@@ -110,7 +111,11 @@ fn hot_path(c: &mut Criterion) {
                 seq += 1;
                 decision_record(seq)
             },
-            |record| log.write("ten_bench", record, Effects::default()).unwrap(),
+            |record| {
+                let mut written =
+                    log.write_batch(vec![("ten_bench".into(), record, Effects::default())]);
+                written.pop().unwrap().unwrap()
+            },
             BatchSize::SmallInput,
         )
     });
@@ -123,12 +128,16 @@ fn hot_path(c: &mut Criterion) {
                     let records: Vec<_> = (0..batch)
                         .map(|_| {
                             seq += 1;
-                            decision_record(seq)
+                            (
+                                "ten_bench".to_owned(),
+                                decision_record(seq),
+                                Effects::default(),
+                            )
                         })
                         .collect();
                     let started = Instant::now();
-                    for record in records {
-                        log.write("ten_bench", record, Effects::default()).unwrap();
+                    for written in log.write_batch(records) {
+                        written.unwrap();
                     }
                     store.flush().unwrap();
                     spent += started.elapsed();
@@ -145,15 +154,15 @@ fn hot_path(c: &mut Criterion) {
         timestamp_ms: writ::now_ms(),
     };
     let counter = scope.key("spend", Window::Day);
-    log.write(
-        "ten_bench",
+    let charged = log.write_batch(vec![(
+        "ten_bench".into(),
         decision_record(0),
         Effects {
             add: vec![(counter, 50.0)],
             ..Effects::default()
         },
-    )
-    .unwrap();
+    )]);
+    assert!(charged[0].is_ok());
     let mut usage = StoreUsage {
         store: store.clone(),
         scope,
