@@ -6,6 +6,7 @@
 //! tenant is reported as not found, never as forbidden, so its existence does not leak.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -226,6 +227,24 @@ pub struct SessionSummary {
     pub events: Vec<Record>,
 }
 
+/// One of [`AppInner::inline_slots`], given back on drop.
+struct InlineSlot<'a>(&'a AtomicUsize);
+
+impl<'a> InlineSlot<'a> {
+    fn take(slots: &'a AtomicUsize) -> Option<Self> {
+        slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .ok()
+            .map(|_| Self(slots))
+    }
+}
+
+impl Drop for InlineSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 /// The gateway: every component, shared by all requests. Cheap to clone.
 #[derive(Clone)]
 pub struct App {
@@ -240,6 +259,10 @@ struct AppInner {
     audit: AuditLog,
     metrics: Metrics,
     evaluations: Semaphore,
+    /// Evaluations that may run on an async worker thread at once (the rest go to the blocking
+    /// pool): one fewer than the workers, so a policy running to its deadline never holds
+    /// every worker.
+    inline_slots: AtomicUsize,
     /// Serializes activations so the audit order matches the order they took effect.
     activation: tokio::sync::Mutex<()>,
     escalations: Escalations,
@@ -305,6 +328,9 @@ impl App {
         let app = Self {
             inner: Arc::new(AppInner {
                 evaluations: Semaphore::new(config.max_concurrent_evaluations),
+                inline_slots: AtomicUsize::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)),
+                ),
                 engine,
                 store,
                 tenants,
@@ -579,13 +605,21 @@ impl App {
                 timestamp_ms: call.timestamp_ms,
             },
         });
-        let span = tracing::Span::current();
-        let evaluation = tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
+        // A good policy decides in microseconds, less than handing the call to another thread
+        // costs, so it runs right here on the async worker, unless as many evaluations as
+        // allowed already occupy workers: then it runs on the blocking pool, so a policy that
+        // runs to its deadline never holds every worker.
+        let evaluation = if let Some(_slot) = InlineSlot::take(&self.inner.inline_slots) {
             engine.evaluate(&policy.compiled, &call, &limits, usage)
-        })
-        .await
-        .map_err(|e| AppError::Internal(Box::new(e)))?;
+        } else {
+            let span = tracing::Span::current();
+            tokio::task::spawn_blocking(move || {
+                let _entered = span.enter();
+                engine.evaluate(&policy.compiled, &call, &limits, usage)
+            })
+            .await
+            .map_err(|e| AppError::Internal(Box::new(e)))?
+        };
         let m = &self.inner.metrics;
         m.evaluation_seconds
             .observe(evaluation.elapsed.as_secs_f64());
@@ -661,7 +695,7 @@ impl App {
                 outcome: decision.outcome.as_str().to_owned(),
             })
             .inc();
-        tracing::info!(
+        tracing::debug!(
             tenant = %tenant.id,
             agent = %req.agent_id,
             action = %req.action,
