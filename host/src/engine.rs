@@ -85,6 +85,10 @@ pub struct EngineConfig {
     /// Linux's `PAGEMAP_SCAN` where available) rather than returned to the kernel, so a fresh
     /// instance's first touches of its stack and heap do not page-fault.
     pub memory_keep_resident: usize,
+    /// Pool slots kept warm (resident, with their last module's image) when unused. Each
+    /// holds up to `memory_keep_resident` bytes; with many tenants' policies, slots keep the
+    /// affinity of different modules, so this bounds what idle slots hold.
+    pub max_warm_slots: u32,
 }
 
 impl Default for EngineConfig {
@@ -95,6 +99,7 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(1),
             max_wasm_stack: 512 << 10,
             memory_keep_resident: 1 << 20,
+            max_warm_slots: 16,
         }
     }
 }
@@ -183,6 +188,7 @@ impl Engine {
             .max_memory_size(config.max_memory_bytes as usize)
             .linear_memory_keep_resident(config.memory_keep_resident)
             .table_keep_resident(64 << 10)
+            .max_unused_warm_slots(config.max_warm_slots)
             .pagemap_scan(Enabled::Auto);
 
         let mut wasm = Config::new();

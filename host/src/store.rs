@@ -159,7 +159,7 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Self> {
         let db = sled::Config::new()
             .path(dir.join("db"))
-            .cache_capacity(64 << 20)
+            .cache_capacity(16 << 20)
             .open()?;
         let trees = Table::ALL
             .map(|t| db.open_tree(t.name()))

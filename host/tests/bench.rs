@@ -1,0 +1,93 @@
+//! `writ bench`, run as a user would: it starts its own gateway and floor, sets up tenants,
+//! holds escalations, loads both, and reports. Counts are checked, never timings.
+
+use std::process::Command;
+
+use serde_json::Value;
+use writ_tests::artifacts;
+
+fn writ_bench(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_writ"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run writ bench")
+}
+
+#[test]
+fn bench_loads_the_floor_and_the_gateway_and_reports_every_decision() {
+    let out = writ_bench(&[
+        "--policy",
+        artifacts::PAYMENTS_LIMITS,
+        "--tenants",
+        "2",
+        "--connections",
+        "4",
+        "--requests",
+        "400",
+        "--warmup",
+        "0",
+        "--held",
+        "5",
+        "--json",
+        "-",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    // The table goes to stderr when the JSON takes stdout.
+    assert!(stderr.contains("writ / floor:"), "{stderr}");
+
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    let (floor, writ) = (&runs[0], &runs[1]);
+    assert_eq!(floor["target"], "floor");
+    assert_eq!(writ["target"], "writ");
+    for run in runs {
+        assert_eq!(run["requests"], 400, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+        assert_eq!(run["statuses"]["200"], 400, "{run}");
+        let l = &run["latency_us"];
+        assert!(l["p50"].as_u64() <= l["p99"].as_u64() && l["p99"].as_u64() <= l["max"].as_u64());
+    }
+    assert_eq!(floor["decisions"]["ALLOW"], 400);
+
+    // Every kind of the mix was sent and got the decision payments-limits gives it.
+    let sent = |kind: &str| writ["sent"][kind].as_u64().unwrap_or(0);
+    let decided = |d: &str| writ["decisions"][d].as_u64().unwrap_or(0);
+    for kind in ["payment", "email", "unknown", "over_limit"] {
+        assert!(sent(kind) > 0, "{kind} not sent: {writ}");
+    }
+    assert_eq!(decided("ALLOW"), sent("payment") + sent("email"), "{writ}");
+    assert_eq!(decided("BLOCK"), sent("unknown"), "{writ}");
+    assert_eq!(decided("ESCALATE"), sent("over_limit"), "{writ}");
+
+    // Five calls were held at once, then rejected and answered BLOCK.
+    assert_eq!(report["held"]["held"], 5);
+    assert_eq!(report["held"]["answered"], 5);
+    assert!(report["held"]["rss_held_bytes"].as_u64().unwrap() > 0);
+    assert!(report["gateway_rss_bytes"]["after_load"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn bench_refuses_targets_off_loopback_and_out_of_bounds_settings() {
+    for (args, expected) in [
+        (
+            vec!["--gateway", "http://192.0.2.1:4587", "--operator-key", "k"],
+            "not a loopback address",
+        ),
+        (vec!["--connections", "0"], "connections must be"),
+        (vec!["--requests", "0"], "requests must be"),
+        (vec!["--duration", "601"], "duration must be"),
+        (vec!["--mix", "payment=0"], "the mix has no weight"),
+        (vec!["--mix", "refund=5"], "mix kind `refund`"),
+        (vec!["--tenants", "0"], "tenants must be"),
+    ] {
+        let mut all = vec!["--policy", artifacts::PAYMENTS_LIMITS];
+        all.extend(args.iter().copied());
+        let out = writ_bench(&all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
