@@ -510,7 +510,6 @@ async fn connection(
             .expect("a valid request");
         let answer = send(&mut sender, request).await;
         let finished = Instant::now();
-        let failed = answer.is_err();
         if measured {
             let micros = finished.duration_since(started).as_micros() as u64;
             stats.latency.saturating_record(micros.max(1));
@@ -531,15 +530,16 @@ async fn connection(
                 Err(_) => stats.errors += 1,
             }
         }
-        if failed {
-            consecutive_failures += 1;
-            if consecutive_failures > 10 {
-                return Err(answer.err().expect("failed"));
+        match answer {
+            Err(e) => {
+                consecutive_failures += 1;
+                if consecutive_failures > 10 {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                sender = connect(shared.addr).await?;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            sender = connect(shared.addr).await?;
-        } else {
-            consecutive_failures = 0;
+            Ok(_) => consecutive_failures = 0,
         }
     }
     Ok(stats)
