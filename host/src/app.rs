@@ -298,7 +298,7 @@ fn tenant_role<'a>(who: &'a Principal, roles: &[Role]) -> Result<&'a str> {
 
 impl App {
     /// Opens the store, loads tenants, keys and active policies, and starts the audit
-    /// flusher. Must run inside a tokio runtime.
+    /// writer. Must run inside a tokio runtime.
     pub fn open(
         store: Store,
         config: AppConfig,

@@ -244,7 +244,8 @@ impl Engine {
     ///
     /// Always returns a decision: any failure of the policy is a BLOCK with one of the
     /// `policy_*` codes in [`codes`]. Runs on the calling thread; it is CPU-bound for up to
-    /// `limits.deadline`, so async callers should run it on a blocking thread.
+    /// `limits.deadline`, so async callers must bound how many run on their workers at once
+    /// (the gateway lets one fewer than its workers do so; see `App`).
     pub fn evaluate(
         &self,
         policy: &CompiledPolicy,
