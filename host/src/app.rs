@@ -593,9 +593,6 @@ impl App {
             .acquire()
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))?;
-        let engine = self.inner.engine.clone();
-        let policy = policy.clone();
-        let call = call.clone();
         let limits = limits.sandbox();
         let usage = Box::new(StoreUsage {
             store: self.inner.store.clone(),
@@ -610,8 +607,11 @@ impl App {
         // allowed already occupy workers: then it runs on the blocking pool, so a policy that
         // runs to its deadline never holds every worker.
         let evaluation = if let Some(_slot) = InlineSlot::take(&self.inner.inline_slots) {
-            engine.evaluate(&policy.compiled, &call, &limits, usage)
+            self.inner
+                .engine
+                .evaluate(&policy.compiled, call, &limits, usage)
         } else {
+            let (engine, policy, call) = (self.inner.engine.clone(), policy.clone(), call.clone());
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();

@@ -154,10 +154,7 @@ impl RecordBody {
 
     /// The record's hash given its `prev_hash`.
     pub fn hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(prev_hash);
-        hasher.update(&self.canonical());
-        *hasher.finalize().as_bytes()
+        chain_hash(prev_hash, &self.canonical())
     }
 }
 
@@ -222,9 +219,23 @@ struct Pending {
 /// The per-tenant chains over the store, with group commit. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
+    chains: Chains,
+    writer: Arc<Writer>,
+}
+
+/// The chains' heads over the store: what the writer thread works on. Cheap to clone.
+#[derive(Clone)]
+struct Chains {
     store: Store,
     heads: Arc<Mutex<HashMap<String, Head>>>,
-    writer: Arc<Writer>,
+}
+
+/// One batch being prepared: the chains and usage values as they will be once it is written.
+#[derive(Default)]
+struct Batch {
+    heads: HashMap<String, Head>,
+    usage: HashMap<Vec<u8>, f64>,
+    commits: Vec<RecordCommit>,
 }
 
 /// The writer thread and the queue to it. Dropping the last [`AuditLog`] closes the queue and
@@ -243,53 +254,7 @@ impl Drop for Writer {
     }
 }
 
-/// Audit key of record `seq` of `tenant`.
-pub fn audit_key(tenant_id: &str, seq: u64) -> Vec<u8> {
-    tenant_key(tenant_id, &[&seq.to_be_bytes()])
-}
-
-/// The key range of a tenant's records from `from_seq` on.
-pub fn audit_range(tenant_id: &str, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut end = tenant_prefix(tenant_id);
-    *end.last_mut().expect("separator") = 1;
-    (audit_key(tenant_id, from_seq), end)
-}
-
-impl AuditLog {
-    /// Opens the log and starts its writer thread.
-    pub fn start(store: Store) -> Self {
-        let (queue, mut pending) = mpsc::channel::<Pending>(4 * MAX_BATCH);
-        let mut log = Self {
-            store,
-            heads: Arc::default(),
-            writer: Arc::new(Writer {
-                queue: None,
-                thread: None,
-            }),
-        };
-        let writer_log = log.clone();
-        let thread = std::thread::Builder::new()
-            .name("writ-audit".into())
-            .spawn(move || {
-                while let Some(first) = pending.blocking_recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < MAX_BATCH {
-                        match pending.try_recv() {
-                            Ok(next) => batch.push(next),
-                            Err(_) => break,
-                        }
-                    }
-                    writer_log.write_and_flush(batch);
-                }
-            })
-            .expect("spawn the audit writer");
-        log.writer = Arc::new(Writer {
-            queue: Some(queue),
-            thread: Some(thread),
-        });
-        log
-    }
-
+impl Chains {
     /// One writer round: commit the batch in one transaction, flush once, answer everyone.
     fn write_and_flush(&self, batch: Vec<Pending>) {
         let (items, replies): (Vec<_>, Vec<_>) = batch
@@ -308,6 +273,167 @@ impl AuditLog {
         for (reply, result) in replies.into_iter().zip(results) {
             // A caller that has gone away no longer needs its answer; the record stands.
             let _ = reply.send(result);
+        }
+    }
+
+    /// See [`AuditLog::write_batch`].
+    fn write_batch(&self, items: Vec<(String, RecordBody, Effects)>) -> Vec<Result<Record>> {
+        let mut heads = self.heads.lock().expect("heads lock");
+        let mut batch = Batch::default();
+        let results: Vec<Result<Record>> = items
+            .into_iter()
+            .map(|(tenant_id, body, effects)| {
+                self.prepare(&heads, &mut batch, tenant_id, body, effects)
+            })
+            .collect();
+        if batch.commits.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.store.commit_records(&batch.commits) {
+            tracing::error!(error = %e, "audit write failed");
+            // Nothing was written: the chains stay as they were.
+            let failed = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
+                .collect();
+        }
+        heads.extend(batch.heads);
+        results
+    }
+
+    /// Chains one record onto its tenant's head as the batch leaves it, after checking its
+    /// usage expectations against the values the batch leaves, and adds it to the batch.
+    fn prepare(
+        &self,
+        heads: &HashMap<String, Head>,
+        batch: &mut Batch,
+        tenant_id: String,
+        mut body: RecordBody,
+        effects: Effects,
+    ) -> Result<Record> {
+        let current = |key: &Vec<u8>| -> Result<f64> {
+            match batch.usage.get(key) {
+                Some(v) => Ok(*v),
+                None => Ok(self.store.usage(key)?),
+            }
+        };
+        for (key, expected) in &effects.expect {
+            if current(key)? != *expected {
+                return Err(AuditError::UsageConflict);
+            }
+        }
+        let usage = effects
+            .add
+            .iter()
+            .map(|(key, amount)| Ok((key.clone(), current(key)? + amount)))
+            .collect::<Result<Vec<_>>>()?;
+        if !batch.heads.contains_key(&tenant_id) {
+            let head = match heads.get(&tenant_id) {
+                Some(h) => Head { ..*h },
+                None => self.load_stored_head(&tenant_id)?,
+            };
+            batch.heads.insert(tenant_id.clone(), head);
+        }
+        let head = batch.heads.get_mut(&tenant_id).expect("inserted above");
+        if body.event_id.is_empty() {
+            body.event_id = new_id("evt_");
+        }
+        body.prev_hash = hex::encode(head.prev_hash);
+        body.seq = head.next_seq;
+        body.timestamp_ms = crate::now_ms();
+        let canonical = {
+            body.tenant_id = tenant_id;
+            body.canonical()
+        };
+        let hash = chain_hash(&head.prev_hash, &canonical);
+        head.next_seq += 1;
+        head.prev_hash = hash;
+        batch.usage.extend(usage.iter().cloned());
+        let record = Record {
+            body,
+            hash: hex::encode(hash),
+        };
+        let (tenant_id, seq) = (&record.body.tenant_id, record.body.seq);
+        batch.commits.push(RecordCommit {
+            audit_key: audit_key(tenant_id, seq),
+            record: stored_bytes(canonical, &record.hash),
+            event_key: record.body.event_id.as_bytes().to_vec(),
+            session_key: record
+                .body
+                .session_id
+                .as_ref()
+                .map(|s| tenant_key(tenant_id, &[s.as_bytes(), &seq.to_be_bytes()])),
+            usage,
+            escalation: effects.escalation,
+        });
+        Ok(record)
+    }
+
+    fn load_stored_head(&self, tenant_id: &str) -> Result<Head> {
+        Ok(
+            match self
+                .store
+                .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
+            {
+                Some((_, bytes)) => {
+                    let last = decode_record(&bytes)?;
+                    Head {
+                        next_seq: last.body.seq + 1,
+                        prev_hash: decode_hash(&last.hash),
+                    }
+                }
+                None => Head {
+                    next_seq: 0,
+                    prev_hash: [0; 32],
+                },
+            },
+        )
+    }
+}
+
+/// Audit key of record `seq` of `tenant`.
+pub fn audit_key(tenant_id: &str, seq: u64) -> Vec<u8> {
+    tenant_key(tenant_id, &[&seq.to_be_bytes()])
+}
+
+/// The key range of a tenant's records from `from_seq` on.
+pub fn audit_range(tenant_id: &str, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
+    let mut end = tenant_prefix(tenant_id);
+    *end.last_mut().expect("separator") = 1;
+    (audit_key(tenant_id, from_seq), end)
+}
+
+impl AuditLog {
+    /// Opens the log and starts its writer thread.
+    pub fn start(store: Store) -> Self {
+        let chains = Chains {
+            store,
+            heads: Arc::default(),
+        };
+        let (queue, mut pending) = mpsc::channel::<Pending>(4 * MAX_BATCH);
+        let writer_chains = chains.clone();
+        let thread = std::thread::Builder::new()
+            .name("writ-audit".into())
+            .spawn(move || {
+                while let Some(first) = pending.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match pending.try_recv() {
+                            Ok(next) => batch.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    writer_chains.write_and_flush(batch);
+                }
+            })
+            .expect("spawn the audit writer");
+        Self {
+            chains,
+            writer: Arc::new(Writer {
+                queue: Some(queue),
+                thread: Some(thread),
+            }),
         }
     }
 
@@ -340,115 +466,14 @@ impl AuditLog {
     /// `prev_hash`, the tenant id, the time and (unless set) an event id; a record whose usage
     /// expectations no longer hold is left out with [`AuditError::UsageConflict`].
     pub fn write_batch(&self, items: Vec<(String, RecordBody, Effects)>) -> Vec<Result<Record>> {
-        let mut heads = self.heads.lock().expect("heads lock");
-        // The chains as they will be after this batch, and the usage values it writes.
-        let mut next: HashMap<String, Head> = HashMap::new();
-        let mut usage: HashMap<Vec<u8>, f64> = HashMap::new();
-        let mut commits = Vec::with_capacity(items.len());
-        let mut results = Vec::with_capacity(items.len());
-        for (tenant_id, mut body, effects) in items {
-            let prepared = (|| {
-                if !next.contains_key(&tenant_id) {
-                    let head = match heads.get(&tenant_id) {
-                        Some(h) => Head { ..*h },
-                        None => self.load_stored_head(&tenant_id)?,
-                    };
-                    next.insert(tenant_id.clone(), head);
-                }
-                let current = |key: &Vec<u8>| -> Result<f64> {
-                    match usage.get(key) {
-                        Some(v) => Ok(*v),
-                        None => Ok(self.store.usage(key)?),
-                    }
-                };
-                for (key, expected) in &effects.expect {
-                    if current(key)? != *expected {
-                        return Err(AuditError::UsageConflict);
-                    }
-                }
-                let mut writes = Vec::with_capacity(effects.add.len());
-                for (key, amount) in &effects.add {
-                    writes.push((key.clone(), current(key)? + amount));
-                }
-                let head = next.get_mut(&tenant_id).expect("inserted above");
-                if body.event_id.is_empty() {
-                    body.event_id = new_id("evt_");
-                }
-                body.prev_hash = hex::encode(head.prev_hash);
-                body.seq = head.next_seq;
-                body.tenant_id = tenant_id.clone();
-                body.timestamp_ms = crate::now_ms();
-                let canonical = body.canonical();
-                let hash = *blake3::Hasher::new()
-                    .update(&head.prev_hash)
-                    .update(&canonical)
-                    .finalize()
-                    .as_bytes();
-                let record = Record {
-                    body,
-                    hash: hex::encode(hash),
-                };
-                head.next_seq += 1;
-                head.prev_hash = hash;
-                for (key, value) in &writes {
-                    usage.insert(key.clone(), *value);
-                }
-                let audit_key = audit_key(&tenant_id, record.body.seq);
-                commits.push(RecordCommit {
-                    record: stored_bytes(canonical, &record.hash),
-                    event_key: record.body.event_id.as_bytes().to_vec(),
-                    session_key: record.body.session_id.as_ref().map(|s| {
-                        tenant_key(&tenant_id, &[s.as_bytes(), &record.body.seq.to_be_bytes()])
-                    }),
-                    audit_key,
-                    usage: writes,
-                    escalation: effects.escalation,
-                });
-                Ok(record)
-            })();
-            results.push(prepared);
-        }
-        if commits.is_empty() {
-            return results;
-        }
-        if let Err(e) = self.store.commit_records(&commits) {
-            tracing::error!(error = %e, "audit write failed");
-            // Nothing was written: the chains stay as they were.
-            let failed = e.to_string();
-            return results
-                .into_iter()
-                .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
-                .collect();
-        }
-        heads.extend(next);
-        results
-    }
-
-    fn load_stored_head(&self, tenant_id: &str) -> Result<Head> {
-        Ok(
-            match self
-                .store
-                .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
-            {
-                Some((_, bytes)) => {
-                    let last = decode_record(&bytes)?;
-                    Head {
-                        next_seq: last.body.seq + 1,
-                        prev_hash: decode_hash(&last.hash),
-                    }
-                }
-                None => Head {
-                    next_seq: 0,
-                    prev_hash: [0; 32],
-                },
-            },
-        )
+        self.chains.write_batch(items)
     }
 
     /// The chain heads this log knows (every tenant it has appended to or [`AuditLog::load_head`]
     /// loaded): tenant, size, head hash.
     pub fn heads(&self) -> Vec<(String, u64, [u8; 32])> {
-        self.heads
+        self.chains
+            .heads
             .lock()
             .expect("heads lock")
             .iter()
@@ -458,9 +483,9 @@ impl AuditLog {
 
     /// Loads a tenant's chain head from the store, so [`AuditLog::heads`] reports it.
     pub fn load_head(&self, tenant_id: &str) -> Result<()> {
-        let mut heads = self.heads.lock().expect("heads lock");
+        let mut heads = self.chains.heads.lock().expect("heads lock");
         if !heads.contains_key(tenant_id) {
-            let head = self.load_stored_head(tenant_id)?;
+            let head = self.chains.load_stored_head(tenant_id)?;
             heads.insert(tenant_id.to_owned(), head);
         }
         Ok(())
@@ -474,7 +499,8 @@ impl AuditLog {
         limit: usize,
     ) -> Result<Vec<Record>> {
         let (from, to) = audit_range(tenant_id, after_seq.map_or(0, |s| s.saturating_add(1)));
-        self.store
+        self.chains
+            .store
             .range_raw(Table::Audit, &from, &to, limit)?
             .into_iter()
             .map(|(_, v)| decode_record(&v))
@@ -495,7 +521,8 @@ impl AuditLog {
             Some(seq) => tenant_key(tenant_id, &[session_id.as_bytes(), &seq.to_be_bytes()]),
             None => prefix.to_vec(),
         };
-        self.store
+        self.chains
+            .store
             .keys_after(Table::Sessions, prefix, &after, limit)?
             .into_iter()
             .filter_map(|k| {
@@ -504,6 +531,7 @@ impl AuditLog {
             })
             .map(|seq| {
                 let bytes = self
+                    .chains
                     .store
                     .get_raw(Table::Audit, &audit_key(tenant_id, seq))?
                     .ok_or(StoreError::Inconsistent(
@@ -516,13 +544,18 @@ impl AuditLog {
 
     /// The record with `event_id`, if it belongs to `tenant_id`.
     pub fn event(&self, tenant_id: &str, event_id: &str) -> Result<Option<Record>> {
-        let Some(audit_key) = self.store.get_raw(Table::Events, event_id.as_bytes())? else {
+        let Some(audit_key) = self
+            .chains
+            .store
+            .get_raw(Table::Events, event_id.as_bytes())?
+        else {
             return Ok(None);
         };
         if !audit_key.starts_with(&tenant_prefix(tenant_id)) {
             return Ok(None);
         }
-        self.store
+        self.chains
+            .store
             .get_raw(Table::Audit, &audit_key)?
             .map(|b| decode_record(&b))
             .transpose()
@@ -536,6 +569,15 @@ fn decode_record(bytes: &[u8]) -> Result<Record> {
             source,
         })
     })
+}
+
+/// `blake3(prev_hash ‖ canonical bytes)`: a record's hash.
+fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    *blake3::Hasher::new()
+        .update(prev_hash)
+        .update(canonical)
+        .finalize()
+        .as_bytes()
 }
 
 /// The stored form of a record: its canonical bytes with `"hash"` added as the last key

@@ -386,7 +386,7 @@ pub async fn run_load(
             .collect();
         tasks.spawn(connection(conn, shared.clone(), requests));
     }
-    let mut latency = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds");
+    let mut latency = latency_histogram();
     let (mut statuses, mut decisions, mut sent) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
     let (mut errors, mut last) = (0, shared.measure_from);
@@ -447,6 +447,26 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
     Ok(sender)
 }
 
+/// An execute request: `body` to `path`, authenticated with `key`.
+fn execute_request(
+    path: &str,
+    host: &HeaderValue,
+    key: &HeaderValue,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header(HOST, host)
+        .header(CONTENT_TYPE, "application/json")
+        .header("x-provenance-api-key", key)
+        .body(Full::new(body))
+        .expect("a valid request")
+}
+
+/// A latency histogram in microseconds, up to an hour, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
 async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     request: Request<Full<Bytes>>,
@@ -477,7 +497,7 @@ async fn connection(
     requests: Vec<(CallKind, &'static str, Bytes)>,
 ) -> Result<ConnStats> {
     let mut stats = ConnStats {
-        latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+        latency: latency_histogram(),
         statuses: BTreeMap::new(),
         decisions: BTreeMap::new(),
         sent: BTreeMap::new(),
@@ -499,16 +519,12 @@ async fn connection(
             }
         }
         let (kind, path, body) = &requests[j % requests.len()];
-        let request = Request::post(*path)
-            .header(HOST, &shared.host)
-            .header(CONTENT_TYPE, "application/json")
-            .header(
-                "x-provenance-api-key",
-                &shared.keys[(conn + j) % shared.keys.len()],
-            )
-            .body(Full::new(body.clone()))
-            .expect("a valid request");
-        let answer = send(&mut sender, request).await;
+        let key = &shared.keys[(conn + j) % shared.keys.len()];
+        let answer = send(
+            &mut sender,
+            execute_request(path, &shared.host, key, body.clone()),
+        )
+        .await;
         let finished = Instant::now();
         if measured {
             let micros = finished.duration_since(started).as_micros() as u64;
@@ -730,12 +746,7 @@ pub async fn hold_escalations(
         calls.spawn(async move {
             let (_, body) = CallKind::OverLimit.request(i, i);
             let mut sender = connect(addr).await?;
-            let request = Request::post("/v1/gateway/execute?wait=300")
-                .header(HOST, host)
-                .header(CONTENT_TYPE, "application/json")
-                .header("x-provenance-api-key", key)
-                .body(Full::new(body))
-                .expect("a valid request");
+            let request = execute_request("/v1/gateway/execute?wait=300", &host, &key, body);
             let (status, body) = send(&mut sender, request).await?;
             Ok::<_, BenchError>(status.is_success() && decision_of(&body) == "BLOCK")
         });
