@@ -1488,11 +1488,12 @@ impl App {
         let policies = self.inner.policies.clone();
         let name = name.to_owned();
         let tenant = tenant_id.clone();
-        let meta = tokio::task::spawn_blocking(move || policies.upload(&tenant, &name, &bytes))
+        let uploaded = tokio::task::spawn_blocking(move || policies.upload(&tenant, &name, &bytes))
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))??;
+        let meta = uploaded.meta.clone();
         if activate {
-            self.activate_policy(who, &meta.policy_id).await?;
+            self.activate(who, &tenant_id, uploaded).await?;
         }
         Ok(meta)
     }
@@ -1505,8 +1506,18 @@ impl App {
         let prepared = tokio::task::spawn_blocking(move || policies.prepare(&tenant, &id))
             .await
             .map_err(|e| AppError::Internal(Box::new(e)))??;
+        self.activate(who, &tenant_id, prepared).await
+    }
+
+    /// Records the activation of a loaded policy, then makes it the tenant's active one.
+    async fn activate(
+        &self,
+        who: &Principal,
+        tenant_id: &str,
+        prepared: Arc<ActivePolicy>,
+    ) -> Result<PolicyMeta> {
         let _serial = self.inner.activation.lock().await;
-        let previous = self.inner.policies.active(&tenant_id);
+        let previous = self.inner.policies.active(tenant_id);
         let mut record = RecordBody::new(Kind::PolicyActivated);
         record.actor = Some(who.subject.clone());
         record.policy_id = Some(prepared.meta.policy_id.clone());
@@ -1519,10 +1530,10 @@ impl App {
         );
         self.inner
             .audit
-            .append(&tenant_id, record, Effects::default())
+            .append(tenant_id, record, Effects::default())
             .await?;
         let meta = prepared.meta.clone();
-        self.inner.policies.activate(&tenant_id, prepared)?;
+        self.inner.policies.activate(tenant_id, prepared)?;
         Ok(meta)
     }
 

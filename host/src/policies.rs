@@ -81,24 +81,31 @@ impl Policies {
             active: Arc::default(),
         };
         let actives: Vec<(Vec<u8>, String)> = policies.store.scan(Table::Active, b"")?;
-        let mut map = HashMap::new();
         for (tenant, policy_id) in actives {
             let tenant = String::from_utf8_lossy(&tenant).into_owned();
             let meta = policies.meta(&tenant, &policy_id)?;
+            // One at a time, so a policy active for several tenants is loaded once.
             let compiled = policies.compiled(&meta)?;
-            map.insert(tenant, Arc::new(ActivePolicy { meta, compiled }));
+            policies
+                .active
+                .write()
+                .expect("active lock")
+                .insert(tenant, Arc::new(ActivePolicy { meta, compiled }));
         }
-        *policies.active.write().expect("active lock") = map;
         Ok(policies)
     }
 
-    /// Validates, compiles and stores a component for `tenant_id`. CPU-bound (compilation):
-    /// call from a blocking thread.
-    pub fn upload(&self, tenant_id: &str, name: &str, bytes: &[u8]) -> Result<PolicyMeta> {
+    /// Validates, compiles and stores a component for `tenant_id`, and returns it loaded, ready
+    /// to activate. A component already loaded (the same bytes, active for some tenant) is not
+    /// compiled again. CPU-bound (compilation): call from a blocking thread.
+    pub fn upload(&self, tenant_id: &str, name: &str, bytes: &[u8]) -> Result<Arc<ActivePolicy>> {
         if !valid_policy_name(name) {
             return Err(PolicyError::InvalidName);
         }
-        let compiled = self.engine.compile(bytes)?;
+        let compiled = match self.loaded(&Engine::policy_id(bytes)) {
+            Some(compiled) => compiled,
+            None => self.engine.compile(bytes)?,
+        };
         let meta = PolicyMeta {
             policy_id: compiled.id().to_owned(),
             name: name.to_owned(),
@@ -106,16 +113,29 @@ impl Policies {
             uploaded_ms: crate::now_ms(),
         };
         let id = meta.policy_id.as_bytes();
-        if self.store.get_raw(Table::Blobs, id)?.is_none() {
+        if !self.store.contains(Table::Blobs, id)? {
             self.store.put_raw(Table::Blobs, id, bytes)?;
         }
-        match compiled.serialize() {
-            Ok(artifact) => self.store.put_raw(Table::Artifacts, id, &artifact)?,
-            Err(e) => tracing::warn!(error = %e, "could not serialize a compiled policy"),
+        if !self.store.contains(Table::Artifacts, id)? {
+            match compiled.serialize() {
+                Ok(artifact) => self.store.put_raw(Table::Artifacts, id, &artifact)?,
+                Err(e) => tracing::warn!(error = %e, "could not serialize a compiled policy"),
+            }
         }
         self.store
             .put(Table::Policies, &tenant_key(tenant_id, &[id]), &meta)?;
-        Ok(meta)
+        Ok(Arc::new(ActivePolicy { meta, compiled }))
+    }
+
+    /// The loaded component with this id, if some tenant has it active: tenants running the
+    /// same bytes share one compiled policy.
+    fn loaded(&self, policy_id: &str) -> Option<CompiledPolicy> {
+        self.active
+            .read()
+            .expect("active lock")
+            .values()
+            .find(|p| p.meta.policy_id == policy_id)
+            .map(|p| p.compiled.clone())
     }
 
     /// A tenant's policy metadata.
@@ -129,6 +149,9 @@ impl Policies {
     }
 
     fn compiled(&self, meta: &PolicyMeta) -> Result<CompiledPolicy> {
+        if let Some(compiled) = self.loaded(&meta.policy_id) {
+            return Ok(compiled);
+        }
         let id = meta.policy_id.as_bytes();
         if let Some(artifact) = self.store.get_raw(Table::Artifacts, id)? {
             match self
@@ -186,5 +209,40 @@ impl Policies {
             .collect();
         list.sort_by(|a, b| a.uploaded_ms.cmp(&b.uploaded_ms).then(a.name.cmp(&b.name)));
         Ok(list)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+
+    #[test]
+    fn tenants_running_the_same_bytes_share_one_compiled_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(&EngineConfig::default()).unwrap();
+        let bytes = std::fs::read(writ_tests::artifacts::PAYMENTS_LIMITS).unwrap();
+        let other = std::fs::read(writ_tests::artifacts::ALLOW_ALL).unwrap();
+        {
+            let policies =
+                Policies::load(engine.clone(), Store::open(dir.path()).unwrap()).unwrap();
+            let a = policies.upload("ten_a", "p", &bytes).unwrap();
+            policies.activate("ten_a", a.clone()).unwrap();
+            let b = policies.upload("ten_b", "p", &bytes).unwrap();
+            assert!(a.compiled.shares_code_with(&b.compiled));
+            policies.activate("ten_b", b).unwrap();
+            let c = policies.upload("ten_c", "q", &other).unwrap();
+            assert!(!a.compiled.shares_code_with(&c.compiled));
+            policies.activate("ten_c", c).unwrap();
+        }
+        // After a restart too.
+        let policies = Policies::load(engine, Store::open(dir.path()).unwrap()).unwrap();
+        let (a, b, c) = (
+            policies.active("ten_a").unwrap(),
+            policies.active("ten_b").unwrap(),
+            policies.active("ten_c").unwrap(),
+        );
+        assert!(a.compiled.shares_code_with(&b.compiled));
+        assert!(!a.compiled.shares_code_with(&c.compiled));
     }
 }

@@ -201,6 +201,11 @@ impl Store {
         Ok(self.tree(table).get(key)?.map(|v| v.to_vec()))
     }
 
+    /// Whether `key` is present.
+    pub fn contains(&self, table: Table, key: &[u8]) -> Result<bool> {
+        Ok(self.tree(table).contains_key(key)?)
+    }
+
     /// Writes raw bytes.
     pub fn put_raw(&self, table: Table, key: &[u8], value: &[u8]) -> Result<()> {
         self.tree(table).insert(key, value)?;
