@@ -534,8 +534,9 @@ impl App {
                 );
             }
             if decision.outcome == Outcome::Escalate {
-                return self
-                    .escalate(&tenant, &req, &policy, &evaluation, decision)
+                // Boxed: a held call keeps only the escalation's own state alive, not the
+                // largest of every path through `execute`.
+                return Box::pin(self.escalate(&tenant, &req, &policy, &evaluation, decision))
                     .await;
             }
             match self
@@ -794,18 +795,18 @@ impl App {
             ..Effects::default()
         };
         let rx = self.inner.escalations.subscribe(&esc.id);
-        let opened = self
-            .record_call(
-                tenant,
-                req,
-                record,
-                decision,
-                Some(policy),
-                Some(evaluation),
-                effects,
-                Some(esc.id.clone()),
-            )
-            .await?;
+        // Boxed, so the held state below does not reserve room for the append.
+        let opened = Box::pin(self.record_call(
+            tenant,
+            req,
+            record,
+            decision,
+            Some(policy),
+            Some(evaluation),
+            effects,
+            Some(esc.id.clone()),
+        ))
+        .await?;
         self.inner.escalations.opened(&esc);
         self.notify(tenant, "escalation_opened", &esc);
 

@@ -334,7 +334,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::BenchFloor { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             println!("listening on http://{}", listener.local_addr()?);
-            axum::serve(listener, writ::api::floor_router())
+            axum::serve(listener, writ::api::floor_router().into_make_service())
                 .with_graceful_shutdown(shutdown_signal())
                 .await?;
             Ok(ExitCode::SUCCESS)
