@@ -131,6 +131,7 @@ impl From<PolicyError> for AppError {
                 message: e.to_string(),
             },
             PolicyError::Store(e) => e.into(),
+            e @ PolicyError::File { .. } => Self::Internal(Box::new(e)),
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Evaluating a loaded policy lives in [`crate::evaluation`].
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -290,6 +291,22 @@ impl Engine {
         // directory, and wasmtime checks the version and engine settings before use.
         #[allow(unsafe_code)]
         let component = unsafe { Component::deserialize(&self.inner.engine, artifact) }
+            .map_err(|e| LoadError::Artifact(format!("{e:#}")))?;
+        self.link(id.to_owned(), size, component)
+    }
+
+    /// [`Engine::load_precompiled`] from an artifact file, which wasmtime maps rather than
+    /// copies: only the pages of code a policy runs become resident.
+    pub fn load_precompiled_file(
+        &self,
+        id: &str,
+        size: usize,
+        artifact: &Path,
+    ) -> Result<CompiledPolicy, LoadError> {
+        // SAFETY: as in `load_precompiled`: Writ only passes artifact files it wrote itself
+        // into its own data directory, and wasmtime checks the version and engine settings.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize_file(&self.inner.engine, artifact) }
             .map_err(|e| LoadError::Artifact(format!("{e:#}")))?;
         self.link(id.to_owned(), size, component)
     }

@@ -1,11 +1,15 @@
 //! Tenants' policies: upload (validate, compile, store), the list, and the active policy.
 //!
 //! A policy's id is the blake3 hash of its component bytes. The component and its compiled
-//! artifact are stored once per id; each tenant has its own list of uploaded policies and at
-//! most one active one. Activation swaps an `Arc` under a lock: calls already evaluating keep
+//! artifact are files, stored once per id in `<data-dir>/policies/` (`<id>.wasm`,
+//! `<id>.cwasm`): an artifact is mapped rather than read, so only the code a policy runs
+//! becomes resident, and none of it sits in the store's cache. Each tenant has its own list of
+//! uploaded policies (metadata, in the store) and at most one active one. Activation swaps an `Arc` under a lock: calls already evaluating keep
 //! the `Arc` they took and finish on the old version.
 
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +33,21 @@ pub enum PolicyError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A policy file could not be written or read, or does not hash to its id.
+    #[error("policy file {path}: {message}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn file_error(path: &Path, e: impl std::fmt::Display) -> PolicyError {
+    PolicyError::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    }
 }
 
 /// Result of a policy operation.
@@ -61,6 +80,7 @@ pub struct ActivePolicy {
 pub struct Policies {
     engine: Engine,
     store: Store,
+    dir: PathBuf,
     active: Arc<RwLock<HashMap<String, Arc<ActivePolicy>>>>,
 }
 
@@ -75,9 +95,12 @@ impl Policies {
     /// Loads every tenant's active policy, from its compiled artifact when the engine accepts
     /// it, else by compiling the stored component.
     pub fn load(engine: Engine, store: Store) -> Result<Self> {
+        let dir = store.dir().join("policies");
+        std::fs::create_dir_all(&dir).map_err(|e| file_error(&dir, e))?;
         let policies = Self {
             engine,
             store,
+            dir,
             active: Arc::default(),
         };
         let actives: Vec<(Vec<u8>, String)> = policies.store.scan(Table::Active, b"")?;
@@ -85,7 +108,7 @@ impl Policies {
             let tenant = String::from_utf8_lossy(&tenant).into_owned();
             let meta = policies.meta(&tenant, &policy_id)?;
             // One at a time, so a policy active for several tenants is loaded once.
-            let compiled = policies.compiled(&meta)?;
+            let compiled = policies.compiled(&meta.policy_id, meta.size, None)?;
             policies
                 .active
                 .write()
@@ -102,26 +125,15 @@ impl Policies {
         if !valid_policy_name(name) {
             return Err(PolicyError::InvalidName);
         }
-        let compiled = match self.loaded(&Engine::policy_id(bytes)) {
-            Some(compiled) => compiled,
-            None => self.engine.compile(bytes)?,
-        };
+        let policy_id = Engine::policy_id(bytes);
+        let compiled = self.compiled(&policy_id, bytes.len(), Some(bytes))?;
         let meta = PolicyMeta {
-            policy_id: compiled.id().to_owned(),
+            policy_id,
             name: name.to_owned(),
             size: bytes.len(),
             uploaded_ms: crate::now_ms(),
         };
         let id = meta.policy_id.as_bytes();
-        if !self.store.contains(Table::Blobs, id)? {
-            self.store.put_raw(Table::Blobs, id, bytes)?;
-        }
-        if !self.store.contains(Table::Artifacts, id)? {
-            match compiled.serialize() {
-                Ok(artifact) => self.store.put_raw(Table::Artifacts, id, &artifact)?,
-                Err(e) => tracing::warn!(error = %e, "could not serialize a compiled policy"),
-            }
-        }
         self.store
             .put(Table::Policies, &tenant_key(tenant_id, &[id]), &meta)?;
         Ok(Arc::new(ActivePolicy { meta, compiled }))
@@ -148,36 +160,74 @@ impl Policies {
             .ok_or(PolicyError::NotFound)
     }
 
-    fn compiled(&self, meta: &PolicyMeta) -> Result<CompiledPolicy> {
-        if let Some(compiled) = self.loaded(&meta.policy_id) {
+    /// The policy `policy_id`, loaded: shared with a tenant that has it active, else mapped from
+    /// its artifact file, else compiled (from `bytes`, or its component file) and stored as
+    /// files, then mapped. Validation happens in the compile, before anything is written.
+    fn compiled(
+        &self,
+        policy_id: &str,
+        size: usize,
+        bytes: Option<&[u8]>,
+    ) -> Result<CompiledPolicy> {
+        if let Some(compiled) = self.loaded(policy_id) {
             return Ok(compiled);
         }
-        let id = meta.policy_id.as_bytes();
-        if let Some(artifact) = self.store.get_raw(Table::Artifacts, id)? {
+        let artifact = self.artifact_path(policy_id);
+        if artifact.exists() {
             match self
                 .engine
-                .load_precompiled(&meta.policy_id, meta.size, &artifact)
+                .load_precompiled_file(policy_id, size, &artifact)
             {
                 Ok(compiled) => return Ok(compiled),
-                Err(e) => tracing::info!(policy = %meta.policy_id, error = %e, "recompiling"),
+                Err(e) => tracing::info!(policy = %policy_id, error = %e, "recompiling"),
             }
         }
-        let bytes = self
-            .store
-            .get_raw(Table::Blobs, id)?
-            .ok_or(PolicyError::NotFound)?;
-        let compiled = self.engine.compile(&bytes)?;
-        if let Ok(artifact) = compiled.serialize() {
-            self.store.put_raw(Table::Artifacts, id, &artifact)?;
+        let component = self.component_path(policy_id);
+        let read;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => {
+                read = std::fs::read(&component).map_err(|e| file_error(&component, e))?;
+                if Engine::policy_id(&read) != policy_id {
+                    return Err(file_error(
+                        &component,
+                        "the component does not hash to its id",
+                    ));
+                }
+                &read
+            }
+        };
+        let compiled = self.engine.compile(bytes)?;
+        if !component.exists() {
+            write_file(&component, bytes)?;
         }
-        Ok(compiled)
+        match compiled.serialize() {
+            Ok(serialized) => write_file(&artifact, &serialized)?,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not serialize a compiled policy");
+                return Ok(compiled);
+            }
+        }
+        // Run from the mapped file rather than the compiled copy in anonymous memory.
+        Ok(self
+            .engine
+            .load_precompiled_file(policy_id, size, &artifact)
+            .unwrap_or(compiled))
+    }
+
+    fn component_path(&self, policy_id: &str) -> PathBuf {
+        self.dir.join(format!("{policy_id}.wasm"))
+    }
+
+    fn artifact_path(&self, policy_id: &str) -> PathBuf {
+        self.dir.join(format!("{policy_id}.cwasm"))
     }
 
     /// Loads `policy_id` of `tenant_id`, ready to [`Policies::activate`]. May compile: call from
     /// a blocking thread.
     pub fn prepare(&self, tenant_id: &str, policy_id: &str) -> Result<Arc<ActivePolicy>> {
         let meta = self.meta(tenant_id, policy_id)?;
-        let compiled = self.compiled(&meta)?;
+        let compiled = self.compiled(&meta.policy_id, meta.size, None)?;
         Ok(Arc::new(ActivePolicy { meta, compiled }))
     }
 
@@ -210,6 +260,20 @@ impl Policies {
         list.sort_by(|a, b| a.uploaded_ms.cmp(&b.uploaded_ms).then(a.name.cmp(&b.name)));
         Ok(list)
     }
+}
+
+/// Writes `bytes` to `path` durably and atomically: a temporary file in the same directory,
+/// synced, then renamed over `path`, so a crash never leaves a partial file under the name.
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().expect("policy files live in a directory");
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(|e| file_error(dir, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(|e| file_error(path, e))?;
+    file.persist(path).map_err(|e| file_error(path, e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| file_error(dir, e))
 }
 
 #[cfg(test)]

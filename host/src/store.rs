@@ -47,10 +47,6 @@ pub enum Table {
     KeyIds,
     /// tenant ‖ policy id → policy metadata.
     Policies,
-    /// policy id → component bytes.
-    Blobs,
-    /// policy id → compiled artifact.
-    Artifacts,
     /// tenant id → active policy id.
     Active,
     /// tenant ‖ seq (big-endian) → audit record.
@@ -76,13 +72,11 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 17] = [
+    const ALL: [Table; 15] = [
         Self::Tenants,
         Self::Keys,
         Self::KeyIds,
         Self::Policies,
-        Self::Blobs,
-        Self::Artifacts,
         Self::Active,
         Self::Audit,
         Self::Events,
@@ -102,8 +96,6 @@ impl Table {
             Self::Keys => "keys",
             Self::KeyIds => "key_ids",
             Self::Policies => "policies",
-            Self::Blobs => "blobs",
-            Self::Artifacts => "artifacts",
             Self::Active => "active",
             Self::Audit => "audit",
             Self::Events => "events",
@@ -150,8 +142,9 @@ pub struct RecordCommit {
 /// The sled database and its trees. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    dir: std::path::PathBuf,
     db: sled::Db,
-    trees: [sled::Tree; 17],
+    trees: [sled::Tree; 15],
 }
 
 impl Store {
@@ -167,7 +160,16 @@ impl Store {
             .collect::<std::result::Result<Vec<_>, _>>()?
             .try_into()
             .unwrap_or_else(|_| unreachable!("one tree per table"));
-        Ok(Self { db, trees })
+        Ok(Self {
+            dir: dir.to_owned(),
+            db,
+            trees,
+        })
+    }
+
+    /// The data directory the store is in; other modules keep their files beside it.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     fn tree(&self, table: Table) -> &sled::Tree {
