@@ -309,4 +309,32 @@ mod tests {
         assert!(a.compiled.shares_code_with(&b.compiled));
         assert!(!a.compiled.shares_code_with(&c.compiled));
     }
+
+    #[test]
+    fn only_valid_components_are_written_and_a_lost_artifact_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new(&EngineConfig::default()).unwrap();
+        let bytes = std::fs::read(writ_tests::artifacts::PAYMENTS_LIMITS).unwrap();
+        let files = dir.path().join("policies");
+        let count = || std::fs::read_dir(&files).unwrap().count();
+        let id = {
+            let policies =
+                Policies::load(engine.clone(), Store::open(dir.path()).unwrap()).unwrap();
+            let refused = policies.upload("ten_a", "p", b"\0asmnot a component");
+            assert!(matches!(refused, Err(PolicyError::Load(_))), "{refused:?}");
+            assert_eq!(count(), 0, "nothing is written for a refused upload");
+            let p = policies.upload("ten_a", "p", &bytes).unwrap();
+            policies.activate("ten_a", p.clone()).unwrap();
+            p.meta.policy_id.clone()
+        };
+        assert_eq!(count(), 2);
+        let artifact = files.join(format!("{id}.cwasm"));
+        std::fs::remove_file(&artifact).unwrap();
+        let policies = Policies::load(engine, Store::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(policies.active("ten_a").unwrap().meta.policy_id, id);
+        assert!(
+            artifact.exists(),
+            "the artifact is compiled again from the component"
+        );
+    }
 }
