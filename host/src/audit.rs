@@ -9,19 +9,29 @@
 //! **Durable before acknowledged:** [`AuditLog::append`] returns only once the record has been
 //! flushed. Appends go through one writer thread (group commit): it takes every append queued
 //! (up to [`MAX_BATCH`]), chains them, writes them in one store transaction, flushes once, and
-//! answers them all, while the next batch queues. One transaction and one flush per batch
-//! rather than per record is what makes durable appends cheap: sled pays a log write for every
-//! multi-key transaction. The writer is the only writer of the chains and of the usage
-//! counters, so it checks a charging call's usage expectations without a lock.
+//! answers them all, while the next batch queues. The writer is the only writer of the chains,
+//! the usage counters and the session index, so it checks a charging call's usage
+//! expectations without a lock.
+//!
+//! **Storage**, shaped so a batch costs the store few values (sled copies a leaf per insert):
+//! - a tenant's records are stored in blocks of up to [`BLOCK_RECORDS`] consecutive records
+//!   (their stored JSON joined by `\n`), keyed by tenant and first seq;
+//! - an event id the writer gives a record names its seq ([`event_id_for`]), so finding it
+//!   needs no index; only ids chosen before the append (an escalation's, which its row and
+//!   job name first) are indexed;
+//! - a usage counter is written once per batch, with its final value;
+//! - the session index is written in bulk about once a second (see [`SessionTail`]), and
+//!   rebuilt from the chain after a crash.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::{RecordCommit, Store, StoreError, Table};
-use crate::tenants::{new_id, tenant_key, tenant_prefix};
+use crate::store::{Store, StoreError, Table, Write};
+use crate::tenants::{tenant_key, tenant_prefix};
 
 /// Errors of the audit log.
 #[derive(Debug, thiserror::Error)]
@@ -208,6 +218,15 @@ struct Head {
 /// Most records the writer commits in one transaction and flush.
 const MAX_BATCH: usize = 256;
 
+/// Most records stored in one block (one store value).
+const BLOCK_RECORDS: usize = 16;
+
+/// The session index is written out once this many entries wait in memory…
+const SESSION_TAIL_MAX: usize = 4096;
+
+/// …or once the oldest of them has waited this long.
+const SESSION_TAIL_AGE: Duration = Duration::from_secs(1);
+
 /// An append waiting for the writer.
 struct Pending {
     tenant_id: String,
@@ -223,11 +242,43 @@ pub struct AuditLog {
     writer: Arc<Writer>,
 }
 
-/// The chains' heads over the store: what the writer thread works on. Cheap to clone.
+/// The chains' heads and the session index's tail over the store: what the writer thread
+/// works on. Cheap to clone.
 #[derive(Clone)]
 struct Chains {
     store: Store,
     heads: Arc<Mutex<HashMap<String, Head>>>,
+    sessions: Arc<Mutex<SessionTail>>,
+}
+
+/// Session index entries not yet in the store. The writer adds every batch's entries here and
+/// writes them out in bulk, with each tenant's mark, in the transaction of a later batch: one
+/// store value per session per second or so instead of one per record. After a crash, what
+/// was not written out is rebuilt from the chain above each tenant's mark.
+#[derive(Default)]
+struct SessionTail {
+    /// (tenant, session) → seqs, ascending.
+    seqs: HashMap<(String, String), Vec<u64>>,
+    len: usize,
+    oldest: Option<Instant>,
+    /// Tenants appended to since the last write-out, with their next seq.
+    marks: HashMap<String, u64>,
+}
+
+impl SessionTail {
+    fn add(&mut self, tenant_id: &str, session_id: &str, seq: u64) {
+        self.seqs
+            .entry((tenant_id.to_owned(), session_id.to_owned()))
+            .or_default()
+            .push(seq);
+        self.len += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    fn due(&self, adding: usize) -> bool {
+        self.len + adding >= SESSION_TAIL_MAX
+            || self.oldest.is_some_and(|t| t.elapsed() >= SESSION_TAIL_AGE)
+    }
 }
 
 /// One batch being prepared: the chains and usage values as they will be once it is written.
@@ -235,7 +286,40 @@ struct Chains {
 struct Batch {
     heads: HashMap<String, Head>,
     usage: HashMap<Vec<u8>, f64>,
-    commits: Vec<RecordCommit>,
+    /// Each tenant's new records (seq, stored bytes), in order.
+    records: HashMap<String, Vec<(u64, Vec<u8>)>>,
+    /// Index and escalation rows.
+    rows: Vec<Write>,
+    /// (tenant, session, seq) of the new records that have a session.
+    sessions: Vec<(String, String, u64)>,
+}
+
+impl Batch {
+    /// The store writes: each tenant's records in blocks, the final value of each usage
+    /// counter it changed, and the rows.
+    fn writes(&mut self) -> Vec<Write> {
+        let mut writes = std::mem::take(&mut self.rows);
+        for (tenant_id, records) in &self.records {
+            for block in records.chunks(BLOCK_RECORDS) {
+                let mut bytes = Vec::with_capacity(block.iter().map(|(_, r)| r.len() + 1).sum());
+                for (i, (_, record)) in block.iter().enumerate() {
+                    if i > 0 {
+                        bytes.push(b'\n');
+                    }
+                    bytes.extend_from_slice(record);
+                }
+                writes.push((Table::Audit, block_key(tenant_id, block[0].0), bytes));
+            }
+        }
+        for (key, value) in &self.usage {
+            writes.push((
+                Table::Usage,
+                key.clone(),
+                value.to_bits().to_be_bytes().to_vec(),
+            ));
+        }
+        writes
+    }
 }
 
 /// The writer thread and the queue to it. Dropping the last [`AuditLog`] closes the queue and
@@ -283,13 +367,22 @@ impl Chains {
         let results: Vec<Result<Record>> = items
             .into_iter()
             .map(|(tenant_id, body, effects)| {
-                self.prepare(&heads, &mut batch, tenant_id, body, effects)
+                self.prepare(&mut heads, &mut batch, tenant_id, body, effects)
             })
             .collect();
-        if batch.commits.is_empty() {
+        if batch.records.is_empty() {
             return results;
         }
-        if let Err(e) = self.store.commit_records(&batch.commits) {
+        let mut writes = batch.writes();
+        let write_out = {
+            let tail = self.sessions.lock().expect("sessions lock");
+            let due = tail.due(batch.sessions.len());
+            if due {
+                writes.extend(session_index_writes(&tail, &batch));
+            }
+            due
+        };
+        if let Err(e) = self.store.commit(&writes) {
             tracing::error!(error = %e, "audit write failed");
             // Nothing was written: the chains stay as they were.
             let failed = e.to_string();
@@ -297,6 +390,17 @@ impl Chains {
                 .into_iter()
                 .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
                 .collect();
+        }
+        let mut tail = self.sessions.lock().expect("sessions lock");
+        if write_out {
+            *tail = SessionTail::default();
+        } else {
+            for (tenant_id, session_id, seq) in &batch.sessions {
+                tail.add(tenant_id, session_id, *seq);
+            }
+            for (tenant_id, head) in &batch.heads {
+                tail.marks.insert(tenant_id.clone(), head.next_seq);
+            }
         }
         heads.extend(batch.heads);
         results
@@ -306,7 +410,7 @@ impl Chains {
     /// usage expectations against the values the batch leaves, and adds it to the batch.
     fn prepare(
         &self,
-        heads: &HashMap<String, Head>,
+        heads: &mut HashMap<String, Head>,
         batch: &mut Batch,
         tenant_id: String,
         mut body: RecordBody,
@@ -329,79 +433,269 @@ impl Chains {
             .map(|(key, amount)| Ok((key.clone(), current(key)? + amount)))
             .collect::<Result<Vec<_>>>()?;
         if !batch.heads.contains_key(&tenant_id) {
-            let head = match heads.get(&tenant_id) {
-                Some(h) => Head { ..*h },
-                None => self.load_stored_head(&tenant_id)?,
-            };
+            if !heads.contains_key(&tenant_id) {
+                let head = self.load_stored_head(&tenant_id)?;
+                heads.insert(tenant_id.clone(), head);
+            }
+            let head = &heads[&tenant_id];
+            let head = Head { ..*head };
             batch.heads.insert(tenant_id.clone(), head);
         }
         let head = batch.heads.get_mut(&tenant_id).expect("inserted above");
-        if body.event_id.is_empty() {
-            body.event_id = new_id("evt_");
+        let seq = head.next_seq;
+        let chosen_event_id = !body.event_id.is_empty();
+        if !chosen_event_id {
+            body.event_id = event_id_for(seq);
         }
         body.prev_hash = hex::encode(head.prev_hash);
-        body.seq = head.next_seq;
+        body.seq = seq;
         body.timestamp_ms = crate::now_ms();
-        let canonical = {
-            body.tenant_id = tenant_id;
-            body.canonical()
-        };
+        body.tenant_id = tenant_id;
+        let canonical = body.canonical();
         let hash = chain_hash(&head.prev_hash, &canonical);
         head.next_seq += 1;
         head.prev_hash = hash;
-        batch.usage.extend(usage.iter().cloned());
+        batch.usage.extend(usage);
         let record = Record {
             body,
             hash: hex::encode(hash),
         };
-        let (tenant_id, seq) = (&record.body.tenant_id, record.body.seq);
-        batch.commits.push(RecordCommit {
-            audit_key: audit_key(tenant_id, seq),
-            record: stored_bytes(canonical, &record.hash),
-            event_key: record.body.event_id.as_bytes().to_vec(),
-            session_key: record
-                .body
-                .session_id
-                .as_ref()
-                .map(|s| tenant_key(tenant_id, &[s.as_bytes(), &seq.to_be_bytes()])),
-            usage,
-            escalation: effects.escalation,
-        });
+        let tenant_id = &record.body.tenant_id;
+        if chosen_event_id {
+            batch.rows.push((
+                Table::Events,
+                record.body.event_id.as_bytes().to_vec(),
+                block_key(tenant_id, seq),
+            ));
+        }
+        if let Some((key, value)) = effects.escalation {
+            batch.rows.push((Table::Escalations, key, value));
+        }
+        if let Some(session_id) = &record.body.session_id {
+            batch
+                .sessions
+                .push((tenant_id.clone(), session_id.clone(), seq));
+        }
+        batch
+            .records
+            .entry(tenant_id.clone())
+            .or_default()
+            .push((seq, stored_bytes(canonical, &record.hash)));
         Ok(record)
     }
 
+    /// A tenant's head as stored, after putting the records above its session mark back into
+    /// the session index's tail.
     fn load_stored_head(&self, tenant_id: &str) -> Result<Head> {
-        Ok(
-            match self
-                .store
-                .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
-            {
-                Some((_, bytes)) => {
-                    let last = decode_record(&bytes)?;
-                    Head {
-                        next_seq: last.body.seq + 1,
-                        prev_hash: decode_hash(&last.hash),
-                    }
+        let head = match self
+            .store
+            .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
+        {
+            Some((_, block)) => {
+                let last = block.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+                let last = decode_record(last)?;
+                Head {
+                    next_seq: last.body.seq + 1,
+                    prev_hash: decode_hash(&last.hash),
                 }
-                None => Head {
-                    next_seq: 0,
-                    prev_hash: [0; 32],
-                },
+            }
+            None => Head {
+                next_seq: 0,
+                prev_hash: [0; 32],
             },
-        )
+        };
+        let mark = self
+            .store
+            .get_raw(Table::SessionMarks, tenant_id.as_bytes())?
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        if mark < head.next_seq {
+            let mut tail = self.sessions.lock().expect("sessions lock");
+            for item in stored_records(&self.store, tenant_id, mark) {
+                let (_, bytes) = item?;
+                let record = decode_record(&bytes)?;
+                if let Some(session_id) = &record.body.session_id {
+                    tail.add(tenant_id, session_id, record.body.seq);
+                }
+            }
+            tail.marks.insert(tenant_id.to_owned(), head.next_seq);
+        }
+        Ok(head)
+    }
+
+    /// The record of `seq`, from the block holding it.
+    fn record_at(&self, tenant_id: &str, seq: u64) -> Result<Option<Record>> {
+        let Some((key, block)) = self.store.last_at_or_before(
+            Table::Audit,
+            &tenant_prefix(tenant_id),
+            &block_key(tenant_id, seq),
+        )?
+        else {
+            return Ok(None);
+        };
+        let Some(line) = usize::try_from(seq - block_first_seq(&key))
+            .ok()
+            .and_then(|at| block.split(|b| *b == b'\n').nth(at))
+        else {
+            return Ok(None);
+        };
+        let record = decode_record(line)?;
+        if record.body.seq != seq {
+            return Err(StoreError::Inconsistent("a record is not where its seq puts it").into());
+        }
+        Ok(Some(record))
     }
 }
 
-/// Audit key of record `seq` of `tenant`.
-pub fn audit_key(tenant_id: &str, seq: u64) -> Vec<u8> {
-    tenant_key(tenant_id, &[&seq.to_be_bytes()])
+/// The session index rows that write out `tail` and `batch`'s entries, with each tenant's
+/// mark.
+fn session_index_writes(tail: &SessionTail, batch: &Batch) -> Vec<Write> {
+    let mut seqs: HashMap<(&str, &str), Vec<u64>> = HashMap::new();
+    for ((tenant_id, session_id), s) in &tail.seqs {
+        seqs.entry((tenant_id, session_id))
+            .or_default()
+            .extend_from_slice(s);
+    }
+    for (tenant_id, session_id, seq) in &batch.sessions {
+        seqs.entry((tenant_id, session_id)).or_default().push(*seq);
+    }
+    let mut writes: Vec<Write> = seqs
+        .into_iter()
+        .map(|((tenant_id, session_id), seqs)| {
+            let key = tenant_key(tenant_id, &[session_id.as_bytes(), &seqs[0].to_be_bytes()]);
+            let value = seqs.iter().flat_map(|s| s.to_be_bytes()).collect();
+            (Table::Sessions, key, value)
+        })
+        .collect();
+    let mut marks: HashMap<&str, u64> = tail
+        .marks
+        .iter()
+        .map(|(t, next)| (t.as_str(), *next))
+        .collect();
+    for (tenant_id, head) in &batch.heads {
+        marks.insert(tenant_id, head.next_seq);
+    }
+    writes.extend(marks.into_iter().map(|(tenant_id, next)| {
+        (
+            Table::SessionMarks,
+            tenant_id.as_bytes().to_vec(),
+            next.to_be_bytes().to_vec(),
+        )
+    }));
+    writes
 }
 
-/// The key range of a tenant's records from `from_seq` on.
-pub fn audit_range(tenant_id: &str, from_seq: u64) -> (Vec<u8>, Vec<u8>) {
-    let mut end = tenant_prefix(tenant_id);
-    *end.last_mut().expect("separator") = 1;
-    (audit_key(tenant_id, from_seq), end)
+/// The event id the writer gives record `seq`: its seq in hex, so it is found without an
+/// index, and 64 random bits, so it is not guessable from the seq.
+fn event_id_for(seq: u64) -> String {
+    format!("evt_{seq:016x}{:016x}", rand::random::<u64>())
+}
+
+/// The seq an event id names, if the writer made it (see [`event_id_for`]).
+fn event_id_seq(event_id: &str) -> Option<u64> {
+    let hex = event_id.strip_prefix("evt_")?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(&hex[..16], 16).ok()
+}
+
+/// Key of the block of `tenant`'s records that starts at `first_seq`.
+fn block_key(tenant_id: &str, first_seq: u64) -> Vec<u8> {
+    tenant_key(tenant_id, &[&first_seq.to_be_bytes()])
+}
+
+fn block_first_seq(key: &[u8]) -> u64 {
+    key.get(key.len().saturating_sub(8)..)
+        .and_then(|b| b.try_into().ok())
+        .map_or(u64::MAX, u64::from_be_bytes)
+}
+
+/// A tenant's stored records from `from_seq` on, in order, each as its seq by position (block
+/// start + index) and its stored JSON. Read lazily, block by block, for scans of any size.
+/// Positions are what the store says; [`crate::verify`] checks them against the records.
+pub fn stored_records(
+    store: &Store,
+    tenant_id: &str,
+    from_seq: u64,
+) -> impl Iterator<Item = std::result::Result<(u64, Vec<u8>), StoreError>> + use<> {
+    let prefix = tenant_prefix(tenant_id);
+    let start =
+        match store.last_at_or_before(Table::Audit, &prefix, &block_key(tenant_id, from_seq)) {
+            Ok(Some((key, _))) => Ok(key),
+            Ok(None) => Ok(block_key(tenant_id, 0)),
+            Err(e) => Err(e),
+        };
+    let (blocks, failed) = match start {
+        Ok(start) => (
+            Some(store.iter_prefix_from(Table::Audit, &prefix, &start)),
+            None,
+        ),
+        Err(e) => (None, Some(Err(e))),
+    };
+    failed
+        .into_iter()
+        .chain(blocks.into_iter().flatten().flat_map(
+            move |block| -> Vec<std::result::Result<(u64, Vec<u8>), StoreError>> {
+                match block {
+                    Ok((key, bytes)) => {
+                        let first = block_first_seq(&key);
+                        bytes
+                            .split(|b| *b == b'\n')
+                            .enumerate()
+                            .map(|(i, line)| (first.saturating_add(i as u64), line))
+                            .filter(|(seq, _)| *seq >= from_seq)
+                            .map(|(seq, line)| Ok((seq, line.to_vec())))
+                            .collect()
+                    }
+                    Err(e) => vec![Err(e)],
+                }
+            },
+        ))
+}
+
+/// The stored JSON of record `seq`, as the store holds it (block start + index), if any.
+/// Neither this nor [`replace_stored_record`] goes through the chain: they are for forensic
+/// tools and for tests that tamper with a stopped gateway's store.
+pub fn stored_record(store: &Store, tenant_id: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+    Ok(stored_records(store, tenant_id, seq)
+        .next()
+        .transpose()?
+        .filter(|(at, _)| *at == seq)
+        .map(|(_, bytes)| bytes))
+}
+
+/// Replaces (with `Some`) or removes (with `None`) the stored JSON at position `seq`, in place,
+/// without re-chaining anything. See [`stored_record`].
+pub fn replace_stored_record(
+    store: &Store,
+    tenant_id: &str,
+    seq: u64,
+    bytes: Option<&[u8]>,
+) -> Result<()> {
+    let Some((key, block)) = store.last_at_or_before(
+        Table::Audit,
+        &tenant_prefix(tenant_id),
+        &block_key(tenant_id, seq),
+    )?
+    else {
+        return Ok(());
+    };
+    let at = seq - block_first_seq(&key);
+    let lines: Vec<&[u8]> = block
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter_map(|(i, line)| match (i as u64 == at, bytes) {
+            (false, _) => Some(line),
+            (true, replacement) => replacement,
+        })
+        .collect();
+    if lines.is_empty() {
+        store.remove(Table::Audit, &key)?;
+    } else {
+        store.put_raw(Table::Audit, &key, &lines.join(&b'\n'))?;
+    }
+    Ok(())
 }
 
 impl AuditLog {
@@ -410,6 +704,7 @@ impl AuditLog {
         let chains = Chains {
             store,
             heads: Arc::default(),
+            sessions: Arc::default(),
         };
         let (queue, mut pending) = mpsc::channel::<Pending>(4 * MAX_BATCH);
         let writer_chains = chains.clone();
@@ -481,7 +776,8 @@ impl AuditLog {
             .collect()
     }
 
-    /// Loads a tenant's chain head from the store, so [`AuditLog::heads`] reports it.
+    /// Loads a tenant's chain head from the store, so [`AuditLog::heads`] reports it, and puts
+    /// its records above the session mark back into the session index.
     pub fn load_head(&self, tenant_id: &str) -> Result<()> {
         let mut heads = self.chains.heads.lock().expect("heads lock");
         if !heads.contains_key(tenant_id) {
@@ -498,12 +794,10 @@ impl AuditLog {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Record>> {
-        let (from, to) = audit_range(tenant_id, after_seq.map_or(0, |s| s.saturating_add(1)));
-        self.chains
-            .store
-            .range_raw(Table::Audit, &from, &to, limit)?
-            .into_iter()
-            .map(|(_, v)| decode_record(&v))
+        let from = after_seq.map_or(0, |s| s.saturating_add(1));
+        stored_records(&self.chains.store, tenant_id, from)
+            .take(limit)
+            .map(|item| decode_record(&item?.1))
             .collect()
     }
 
@@ -515,50 +809,71 @@ impl AuditLog {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Record>> {
+        let after = |seq: &u64| after_seq.is_none_or(|a| *seq > a);
+        // The tail first, then the store: an entry written out in between is seen twice, never
+        // missed.
+        let tail: Vec<u64> = self
+            .chains
+            .sessions
+            .lock()
+            .expect("sessions lock")
+            .seqs
+            .get(&(tenant_id.to_owned(), session_id.to_owned()))
+            .cloned()
+            .unwrap_or_default();
         let prefix = tenant_key(tenant_id, &[session_id.as_bytes(), b""]);
-        let prefix = &prefix[..prefix.len() - 1];
-        let after = match after_seq {
-            Some(seq) => tenant_key(tenant_id, &[session_id.as_bytes(), &seq.to_be_bytes()]),
-            None => prefix.to_vec(),
-        };
-        self.chains
+        let mut seqs = Vec::new();
+        for item in self
+            .chains
             .store
-            .keys_after(Table::Sessions, prefix, &after, limit)?
-            .into_iter()
-            .filter_map(|k| {
-                let seq = k.get(k.len().checked_sub(8)?..)?.try_into().ok()?;
-                Some(u64::from_be_bytes(seq))
-            })
+            .iter_prefix_from(Table::Sessions, &prefix, &prefix)
+        {
+            let (_, value) = item?;
+            seqs.extend(
+                value
+                    .chunks_exact(8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+                    .filter(after),
+            );
+            if seqs.len() >= limit {
+                break;
+            }
+        }
+        seqs.extend(tail.into_iter().filter(after));
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.truncate(limit);
+        seqs.into_iter()
             .map(|seq| {
-                let bytes = self
-                    .chains
-                    .store
-                    .get_raw(Table::Audit, &audit_key(tenant_id, seq))?
-                    .ok_or(StoreError::Inconsistent(
-                        "session index names a missing record",
-                    ))?;
-                decode_record(&bytes)
+                self.chains.record_at(tenant_id, seq)?.ok_or_else(|| {
+                    StoreError::Inconsistent("the session index names a missing record").into()
+                })
             })
             .collect()
     }
 
     /// The record with `event_id`, if it belongs to `tenant_id`.
     pub fn event(&self, tenant_id: &str, event_id: &str) -> Result<Option<Record>> {
-        let Some(audit_key) = self
+        if let Some(seq) = event_id_seq(event_id)
+            && let Some(record) = self.chains.record_at(tenant_id, seq)?
+            && record.body.event_id == event_id
+        {
+            return Ok(Some(record));
+        }
+        let Some(key) = self
             .chains
             .store
             .get_raw(Table::Events, event_id.as_bytes())?
         else {
             return Ok(None);
         };
-        if !audit_key.starts_with(&tenant_prefix(tenant_id)) {
+        if !key.starts_with(&tenant_prefix(tenant_id)) {
             return Ok(None);
         }
-        self.chains
-            .store
-            .get_raw(Table::Audit, &audit_key)?
-            .map(|b| decode_record(&b))
-            .transpose()
+        Ok(self
+            .chains
+            .record_at(tenant_id, block_first_seq(&key))?
+            .filter(|r| r.body.event_id == event_id))
     }
 }
 
@@ -659,5 +974,171 @@ mod tests {
         expected.update(&[0; 32]);
         expected.update(&b.canonical());
         assert_eq!(&h, expected.finalize().as_bytes());
+    }
+
+    fn call(session: &str, n: u64) -> RecordBody {
+        let mut r = RecordBody::new(Kind::Decision);
+        r.action = Some("payments.initiate".into());
+        r.session_id = Some(session.into());
+        r.arguments = Some(format!(r#"{{"amount":{n}}}"#));
+        r.outcome = Some("ALLOW".into());
+        r
+    }
+
+    fn seqs(records: &[Record]) -> Vec<u64> {
+        records.iter().map(|r| r.body.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn blocks_event_ids_and_sessions_read_back_across_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::start(store.clone());
+        let mut items: Vec<(String, RecordBody, Effects)> = (0..40)
+            .map(|n| {
+                let session = if n % 2 == 0 { "even" } else { "odd" };
+                ("ten_a".to_owned(), call(session, n), Effects::default())
+            })
+            .collect();
+        items.extend((0..5).map(|n| ("ten_b".to_owned(), call("even", n), Effects::default())));
+        let mut chosen = call("odd", 99);
+        chosen.event_id = format!("evt_{}", "ab".repeat(16));
+        items.push(("ten_a".to_owned(), chosen, Effects::default()));
+        let written: Vec<Record> = log
+            .write_batch(items)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        // 41 records of ten_a: blocks of 16, 16 and 9.
+        let blocks = store
+            .iter_raw(Table::Audit, b"ten_a\0", b"ten_a\x01")
+            .count();
+        assert_eq!(blocks, 3);
+
+        assert_eq!(
+            seqs(&log.records("ten_a", None, 100).unwrap()),
+            (0..41).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seqs(&log.records("ten_a", Some(14), 4).unwrap()),
+            [15, 16, 17, 18]
+        );
+        assert_eq!(
+            seqs(&log.records("ten_b", None, 100).unwrap()),
+            [0, 1, 2, 3, 4]
+        );
+
+        let odd = log.session_records("ten_a", "odd", None, 100).unwrap();
+        assert_eq!(odd.len(), 21);
+        assert!(
+            odd.iter()
+                .all(|r| r.body.session_id.as_deref() == Some("odd"))
+        );
+        assert_eq!(
+            seqs(&log.session_records("ten_a", "odd", Some(35), 2).unwrap()),
+            [37, 39]
+        );
+        assert!(
+            log.session_records("ten_b", "odd", None, 100)
+                .unwrap()
+                .is_empty()
+        );
+
+        let a30 = &written[30];
+        let found = log.event("ten_a", &a30.body.event_id).unwrap().unwrap();
+        assert_eq!(found, *a30);
+        assert_eq!(
+            log.event("ten_b", &a30.body.event_id).unwrap(),
+            None,
+            "another tenant's"
+        );
+        let forged = format!("{}{}", &a30.body.event_id[..20], "0".repeat(16));
+        assert_eq!(
+            log.event("ten_a", &forged).unwrap(),
+            None,
+            "the seq alone finds nothing"
+        );
+        assert_eq!(log.event("ten_a", "evt_nope").unwrap(), None);
+        assert_eq!(log.event("ten_a", &"ab".repeat(16)).unwrap(), None);
+        let chosen = log
+            .event("ten_a", &format!("evt_{}", "ab".repeat(16)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(chosen.body.seq, 40);
+        assert_eq!(log.event("ten_b", &chosen.body.event_id).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn taking_a_record_out_of_a_block_is_a_missing_seq_and_swapping_two_is_out_of_order() {
+        use crate::verify::{Problem, verify_chain};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::start(store.clone());
+        let items = (0..20)
+            .map(|n| ("ten_a".to_owned(), call("s", n), Effects::default()))
+            .collect();
+        assert!(log.write_batch(items).iter().all(Result::is_ok));
+        assert!(verify_chain(&store, "ten_a", None).unwrap().ok());
+
+        let (seven, eight) = (
+            stored_record(&store, "ten_a", 7).unwrap().unwrap(),
+            stored_record(&store, "ten_a", 8).unwrap().unwrap(),
+        );
+        replace_stored_record(&store, "ten_a", 7, Some(&eight)).unwrap();
+        replace_stored_record(&store, "ten_a", 8, Some(&seven)).unwrap();
+        let broken = verify_chain(&store, "ten_a", None).unwrap().broken.unwrap();
+        assert_eq!((broken.seq, broken.problem), (7, Problem::SeqOutOfOrder));
+
+        replace_stored_record(&store, "ten_a", 7, Some(&seven)).unwrap();
+        replace_stored_record(&store, "ten_a", 8, Some(&eight)).unwrap();
+        assert!(verify_chain(&store, "ten_a", None).unwrap().ok());
+        replace_stored_record(&store, "ten_a", 5, None).unwrap();
+        let broken = verify_chain(&store, "ten_a", None).unwrap().broken.unwrap();
+        assert_eq!((broken.seq, broken.problem), (5, Problem::MissingSeq));
+    }
+
+    #[tokio::test]
+    async fn the_session_index_is_written_out_in_bulk_and_rebuilt_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = |from: u64| -> Vec<(String, RecordBody, Effects)> {
+            (from..from + 4)
+                .map(|n| ("ten_a".to_owned(), call("s", n), Effects::default()))
+                .collect()
+        };
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let log = AuditLog::start(store.clone());
+            log.write_batch(batch(0));
+            // Nothing is written out yet: the first entries are too few and too fresh.
+            assert_eq!(store.get_raw(Table::SessionMarks, b"ten_a").unwrap(), None);
+            assert_eq!(
+                log.session_records("ten_a", "s", None, 100).unwrap().len(),
+                4
+            );
+            std::thread::sleep(SESSION_TAIL_AGE);
+            // The next batch writes out the tail with its own entries, and the mark.
+            log.write_batch(batch(4));
+            let mark = store.get_raw(Table::SessionMarks, b"ten_a").unwrap();
+            assert_eq!(mark, Some(8u64.to_be_bytes().to_vec()));
+            assert_eq!(
+                log.session_records("ten_a", "s", None, 100).unwrap().len(),
+                8
+            );
+            // These stay in memory, and are lost with the process.
+            log.write_batch(batch(8));
+            assert_eq!(
+                seqs(&log.session_records("ten_a", "s", Some(5), 100).unwrap()),
+                (6..12).collect::<Vec<_>>()
+            );
+            store.flush().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::start(store);
+        log.load_head("ten_a").unwrap();
+        assert_eq!(
+            seqs(&log.session_records("ten_a", "s", None, 100).unwrap()),
+            (0..12).collect::<Vec<_>>(),
+            "the entries above the mark are rebuilt from the chain"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! The durable store: one sled database in the data directory. This is the only module that
 //! touches sled; the rest of the code sees named [`Table`]s of JSON or raw values, and one
-//! transactional write, [`Store::commit_records`], for audit records with their indexes, usage
-//! counters and escalation rows.
+//! transactional write across tables, [`Store::commit`], which the audit log uses for a batch
+//! of record blocks with their indexes, usage counters and escalation rows.
 //!
 //! Keys are byte strings. Tenant-scoped keys start with the tenant id and a `0x00` separator, so
 //! a prefix scan for one tenant never sees another's rows.
@@ -49,12 +49,14 @@ pub enum Table {
     Policies,
     /// tenant id → active policy id.
     Active,
-    /// tenant ‖ seq (big-endian) → audit record.
+    /// tenant ‖ first seq (big-endian) → a block of consecutive audit records.
     Audit,
-    /// event id → tenant ‖ seq.
+    /// event id → tenant ‖ seq, for event ids chosen before their record was appended.
     Events,
-    /// tenant ‖ session ‖ seq → nothing: the session index.
+    /// tenant ‖ session ‖ first seq → seqs (big-endian u64s): the session index.
     Sessions,
+    /// tenant id → seq (big-endian): the session index covers the chain below it.
+    SessionMarks,
     /// tenant ‖ window bucket ‖ counter → f64 (big-endian bits).
     Usage,
     /// tenant id → latest signed checkpoint (note text).
@@ -72,7 +74,7 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 15] = [
+    const ALL: [Table; 16] = [
         Self::Tenants,
         Self::Keys,
         Self::KeyIds,
@@ -81,6 +83,7 @@ impl Table {
         Self::Audit,
         Self::Events,
         Self::Sessions,
+        Self::SessionMarks,
         Self::Usage,
         Self::Checkpoints,
         Self::Escalations,
@@ -100,6 +103,7 @@ impl Table {
             Self::Audit => "audit",
             Self::Events => "events",
             Self::Sessions => "sessions",
+            Self::SessionMarks => "session_marks",
             Self::Usage => "usage",
             Self::Checkpoints => "checkpoints",
             Self::Escalations => "escalations",
@@ -123,36 +127,47 @@ pub fn key(parts: &[&[u8]]) -> Vec<u8> {
     out
 }
 
-/// One audit record and everything written with it, atomically.
-pub struct RecordCommit {
-    /// Key in [`Table::Audit`].
-    pub audit_key: Vec<u8>,
-    /// The record's stored bytes.
-    pub record: Vec<u8>,
-    /// Key in [`Table::Events`] (the event id).
-    pub event_key: Vec<u8>,
-    /// Key in [`Table::Sessions`], when the record belongs to a session.
-    pub session_key: Option<Vec<u8>>,
-    /// Usage keys and their new values.
-    pub usage: Vec<(Vec<u8>, f64)>,
-    /// An escalation row to write in [`Table::Escalations`].
-    pub escalation: Option<(Vec<u8>, Vec<u8>)>,
-}
+/// One write of a [`Store::commit`].
+pub type Write = (Table, Vec<u8>, Vec<u8>);
 
 /// The sled database and its trees. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     dir: std::path::PathBuf,
     db: sled::Db,
-    trees: [sled::Tree; 15],
+    trees: [sled::Tree; 16],
 }
 
 impl Store {
     /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// sled releases its lock on the directory when its last background write ends, which can
+    /// be shortly after the previous `Store` in this process was dropped; a lock held that way
+    /// is waited for, up to two seconds.
     pub fn open(dir: &Path) -> Result<Self> {
+        let mut waited = std::time::Duration::ZERO;
+        loop {
+            match Self::try_open(dir) {
+                Err(StoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && waited < std::time::Duration::from_secs(2) =>
+                {
+                    let pause = std::time::Duration::from_millis(20);
+                    std::thread::sleep(pause);
+                    waited += pause;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn try_open(dir: &Path) -> Result<Self> {
         let db = sled::Config::new()
             .path(dir.join("db"))
             .cache_capacity(16 << 20)
+            // Values larger than a quarter segment become files of their own; 2 MiB segments
+            // keep a leaf of audit blocks (up to 16 blocks of 16 records) in the log.
+            .segment_size(2 << 20)
             .open()?;
         let trees = Table::ALL
             .map(|t| db.open_tree(t.name()))
@@ -278,25 +293,6 @@ impl Store {
         Ok(())
     }
 
-    /// Keys starting with `prefix` and greater than `after`, in order, at most `limit`.
-    pub fn keys_after(
-        &self,
-        table: Table,
-        prefix: &[u8],
-        after: &[u8],
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>> {
-        let mut start = after.to_vec();
-        start.push(0);
-        self.tree(table)
-            .range(start..)
-            .keys()
-            .take_while(|k| k.as_ref().map_or(true, |k| k.starts_with(prefix)))
-            .take(limit)
-            .map(|k| Ok(k?.to_vec()))
-            .collect()
-    }
-
     /// The last raw value whose key starts with `prefix`.
     pub fn last_raw(&self, table: Table, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         Ok(self
@@ -315,33 +311,54 @@ impl Store {
             .map_or(0.0, |v| decode_f64(&v)))
     }
 
-    /// Writes audit records with their indexes, usage values and escalation rows, all in one
-    /// transaction: after a crash, either all of them are there or none. Not flushed.
+    /// The last raw value whose key starts with `prefix` and is at most `key`.
+    pub fn last_at_or_before(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        Ok(self
+            .tree(table)
+            .range(prefix..=key)
+            .next_back()
+            .transpose()?
+            .map(|(k, v)| (k.to_vec(), v.to_vec())))
+    }
+
+    /// Raw values whose key starts with `prefix` and is at least `from`, in key order, read
+    /// lazily.
+    pub fn iter_prefix_from(
+        &self,
+        table: Table,
+        prefix: &[u8],
+        from: &[u8],
+    ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + use<> {
+        let prefix = prefix.to_vec();
+        self.tree(table)
+            .range(from.to_vec()..)
+            .take_while(move |kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+    }
+
+    /// Applies `writes` (inserts, across tables) in one transaction: after a crash, either all
+    /// of them are there or none. Not flushed.
     ///
-    /// Every multi-key transaction costs sled one log buffer write, so the audit log's writer
-    /// commits a whole batch of records at once.
-    pub fn commit_records(&self, commits: &[RecordCommit]) -> Result<()> {
-        let trees = (
-            self.tree(Table::Audit),
-            self.tree(Table::Events),
-            self.tree(Table::Sessions),
-            self.tree(Table::Usage),
-            self.tree(Table::Escalations),
-        );
+    /// Every sled transaction costs a log buffer write, and every insert a copy of its leaf,
+    /// so the audit log's writer commits a whole batch at once, in as few values as it can.
+    pub fn commit(&self, writes: &[Write]) -> Result<()> {
+        let mut tables: Vec<Table> = writes.iter().map(|(t, _, _)| *t).collect();
+        tables.sort_by_key(|t| *t as usize);
+        tables.dedup();
+        let trees: Vec<&sled::Tree> = tables.iter().map(|t| self.tree(*t)).collect();
         let result: std::result::Result<(), TransactionError<()>> =
-            trees.transaction(|(audit, events, sessions, usage, escalations)| {
-                for c in commits {
-                    for (key, value) in &c.usage {
-                        usage.insert(key.as_slice(), &value.to_bits().to_be_bytes())?;
-                    }
-                    audit.insert(c.audit_key.as_slice(), c.record.as_slice())?;
-                    events.insert(c.event_key.as_slice(), c.audit_key.as_slice())?;
-                    if let Some(session_key) = &c.session_key {
-                        sessions.insert(session_key.as_slice(), &[])?;
-                    }
-                    if let Some((key, value)) = &c.escalation {
-                        escalations.insert(key.as_slice(), value.as_slice())?;
-                    }
+            trees.as_slice().transaction(|trees| {
+                for (table, key, value) in writes {
+                    let at = tables.iter().position(|t| t == table).expect("collected");
+                    trees[at].insert(key.as_slice(), value.as_slice())?;
                 }
                 Ok(())
             });

@@ -2,9 +2,9 @@
 //! millions of records is never held in memory), so they serve both the running gateway and
 //! `writ audit verify|export --data-dir` on a stopped gateway's store.
 
-use crate::audit::{Record, audit_range};
+use crate::audit::{Record, stored_records};
 use crate::checkpoint::Checkpoint;
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Store, StoreError};
 
 /// What broke at the first bad position of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +79,6 @@ pub fn verify_chain(
     tenant_id: &str,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<Verification, StoreError> {
-    let (from, to) = audit_range(tenant_id, 0);
     let mut expected: u64 = 0;
     let mut prev = [0u8; 32];
     let fail = |seq, problem, detail: String, records, prev: [u8; 32]| Verification {
@@ -91,15 +90,11 @@ pub fn verify_chain(
             detail,
         }),
     };
-    for item in store.iter_raw(Table::Audit, &from, &to) {
-        let (key, bytes) = item?;
-        let key_seq = key
-            .get(key.len().saturating_sub(8)..)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(u64::MAX);
-        if key_seq != expected {
-            let detail = format!("expected seq {expected}, the next stored record is {key_seq}");
+    let mut stored = stored_records(store, tenant_id, 0);
+    while let Some(item) = stored.next() {
+        let (position, bytes) = item?;
+        if position > expected {
+            let detail = format!("expected seq {expected}, the next stored record is {position}");
             return Ok(fail(expected, Problem::MissingSeq, detail, expected, prev));
         }
         let record: Record = match serde_json::from_slice(&bytes) {
@@ -109,6 +104,15 @@ pub fn verify_chain(
                 return Ok(fail(expected, Problem::Undecodable, detail, expected, prev));
             }
         };
+        // A record taken out of a block shifts the rest of it back by one: the record of seq
+        // `expected` is missing, not out of order, unless it is stored further on.
+        if record.body.seq > expected && !stored_further(&mut stored, expected) {
+            let detail = format!(
+                "expected seq {expected}, the next stored record is {}",
+                record.body.seq
+            );
+            return Ok(fail(expected, Problem::MissingSeq, detail, expected, prev));
+        }
         let body = &record.body;
         if body.seq != expected {
             let detail = format!("position {expected} holds the record of seq {}", body.seq);
@@ -190,6 +194,17 @@ pub fn verify_chain(
     })
 }
 
+/// Whether a record of `seq` is stored further on. Only a damaged chain gets here, and
+/// verification stops right after, so reading the rest is affordable.
+fn stored_further(
+    stored: impl Iterator<Item = Result<(u64, Vec<u8>), StoreError>>,
+    seq: u64,
+) -> bool {
+    stored
+        .map_while(Result::ok)
+        .any(|(_, bytes)| serde_json::from_slice::<Record>(&bytes).is_ok_and(|r| r.body.seq == seq))
+}
+
 /// Calls `line` with each stored record of `tenant_id` with `seq > after_seq`, in order, as
 /// its stored JSON (one JSON Lines line, without the newline). Stops early when `line`
 /// returns `false`.
@@ -199,8 +214,8 @@ pub fn export(
     after_seq: Option<u64>,
     mut line: impl FnMut(&[u8]) -> bool,
 ) -> Result<(), StoreError> {
-    let (from, to) = audit_range(tenant_id, after_seq.map_or(0, |s| s.saturating_add(1)));
-    for item in store.iter_raw(Table::Audit, &from, &to) {
+    let from = after_seq.map_or(0, |s| s.saturating_add(1));
+    for item in stored_records(store, tenant_id, from) {
         let (_, bytes) = item?;
         if !line(&bytes) {
             break;

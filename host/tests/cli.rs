@@ -240,13 +240,8 @@ async fn audit_verify_and_export_work_offline() {
     // Cut the tail: the chain alone still verifies, the checkpoint does not.
     {
         let store = writ::store::Store::open(dir.path()).unwrap();
-        for seq in 8..10 {
-            store
-                .remove(
-                    writ::store::Table::Audit,
-                    &writ::audit::audit_key(&t.id, seq),
-                )
-                .unwrap();
+        for seq in (8..10).rev() {
+            writ::audit::replace_stored_record(&store, &t.id, seq, None).unwrap();
         }
         store.flush().unwrap();
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use writ::audit::{Record, audit_key};
+use writ::audit::{Record, replace_stored_record, stored_record};
 use writ::checkpoint::{self, Checkpoint, CheckpointSigner};
 use writ::store::{Store, Table};
 use writ::verify::{Problem, verify_chain};
@@ -45,23 +45,11 @@ fn open(dir: &Path) -> (Store, Checkpoint) {
 }
 
 fn record(store: &Store, tenant: &str, seq: u64) -> Record {
-    serde_json::from_slice(
-        &store
-            .get_raw(Table::Audit, &audit_key(tenant, seq))
-            .unwrap()
-            .unwrap(),
-    )
-    .unwrap()
+    serde_json::from_slice(&stored_record(store, tenant, seq).unwrap().unwrap()).unwrap()
 }
 
 fn put(store: &Store, tenant: &str, seq: u64, r: &Record) {
-    store
-        .put_raw(
-            Table::Audit,
-            &audit_key(tenant, seq),
-            &serde_json::to_vec(r).unwrap(),
-        )
-        .unwrap();
+    replace_stored_record(store, tenant, seq, Some(&serde_json::to_vec(r).unwrap())).unwrap();
 }
 
 #[tokio::test]
@@ -83,11 +71,10 @@ async fn one_changed_byte_is_a_hash_mismatch_at_its_seq() {
     let dir = tempfile::tempdir().unwrap();
     let tenant = chain_of(dir.path(), 10).await;
     let (store, cp) = open(dir.path());
-    let key = audit_key(&tenant, 7);
-    let mut bytes = store.get_raw(Table::Audit, &key).unwrap().unwrap();
+    let mut bytes = stored_record(&store, &tenant, 7).unwrap().unwrap();
     let at = bytes.windows(5).position(|w| w == b"email").unwrap();
     bytes[at] = b'E';
-    store.put_raw(Table::Audit, &key, &bytes).unwrap();
+    replace_stored_record(&store, &tenant, 7, Some(&bytes)).unwrap();
     let v = verify_chain(&store, &tenant, Some(&cp)).unwrap();
     let broken = v.broken.unwrap();
     assert_eq!(
@@ -104,7 +91,7 @@ async fn deleted_record_is_a_missing_seq() {
     let dir = tempfile::tempdir().unwrap();
     let tenant = chain_of(dir.path(), 10).await;
     let (store, cp) = open(dir.path());
-    store.remove(Table::Audit, &audit_key(&tenant, 5)).unwrap();
+    replace_stored_record(&store, &tenant, 5, None).unwrap();
     let broken = verify_chain(&store, &tenant, Some(&cp))
         .unwrap()
         .broken
@@ -132,10 +119,8 @@ async fn truncated_tail_is_caught_only_by_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let tenant = chain_of(dir.path(), 10).await;
     let (store, cp) = open(dir.path());
-    for seq in 11..14 {
-        store
-            .remove(Table::Audit, &audit_key(&tenant, seq))
-            .unwrap();
+    for seq in (11..14).rev() {
+        replace_stored_record(&store, &tenant, seq, None).unwrap();
     }
     assert!(
         verify_chain(&store, &tenant, None).unwrap().ok(),
