@@ -20,10 +20,10 @@
 //!   needs no index; only ids chosen before the append (an escalation's, which its row and
 //!   job name first) are indexed;
 //! - a usage counter is written once per batch, with its final value;
-//! - the session index is written in bulk about once a second (see [`SessionTail`]), and
-//!   rebuilt from the chain after a crash.
+//! - the session index is kept in memory and written a session at a time about once a second
+//!   (see [`SessionTail`]), and rebuilt from the chain after a crash.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -221,11 +221,15 @@ const MAX_BATCH: usize = 256;
 /// Most records stored in one block (one store value).
 const BLOCK_RECORDS: usize = 16;
 
-/// The session index is written out once this many entries wait in memory…
-const SESSION_TAIL_MAX: usize = 4096;
-
-/// …or once the oldest of them has waited this long.
+/// A session's index entries are written out once the oldest has waited this long (or
+/// sooner, when more than [`SESSION_TAIL_MAX`] entries wait)…
 const SESSION_TAIL_AGE: Duration = Duration::from_secs(1);
+
+/// …see above…
+const SESSION_TAIL_MAX: usize = 16_384;
+
+/// …and at most this many sessions at a time, so no batch waits on a large write.
+const SESSION_WRITE_OUT: usize = 32;
 
 /// An append waiting for the writer.
 struct Pending {
@@ -251,33 +255,115 @@ struct Chains {
     sessions: Arc<Mutex<SessionTail>>,
 }
 
-/// Session index entries not yet in the store. The writer adds every batch's entries here and
-/// writes them out in bulk, with each tenant's mark, in the transaction of a later batch: one
-/// store value per session per second or so instead of one per record. After a crash, what
-/// was not written out is rebuilt from the chain above each tenant's mark.
+/// Session index entries not yet in the store. The writer adds each batch's entries once the
+/// batch is committed, and writes sessions out (all of a session's entries as one store value)
+/// once their oldest entry has waited [`SESSION_TAIL_AGE`], a few at a time, each tenant's mark
+/// with them: one value per session per second or so instead of one per record. After a
+/// crash, the entries not written out are rebuilt from the chain above each tenant's mark.
 #[derive(Default)]
 struct SessionTail {
-    /// (tenant, session) → seqs, ascending.
+    /// (tenant, session) → seqs waiting, ascending.
     seqs: HashMap<(String, String), Vec<u64>>,
+    /// The sessions waiting, in the order their first waiting entry arrived.
+    order: VecDeque<(Instant, String, String)>,
+    /// Per tenant, the first waiting seq of each waiting session: the lowest is as far as the
+    /// tenant's mark may go.
+    firsts: HashMap<String, BTreeMap<u64, String>>,
+    /// Tenants appended to since their mark was last written, with their next seq.
+    unmarked: HashMap<String, u64>,
+    /// When marks were last written.
+    marked: Option<Instant>,
     len: usize,
-    oldest: Option<Instant>,
-    /// Tenants appended to since the last write-out, with their next seq.
-    marks: HashMap<String, u64>,
 }
 
 impl SessionTail {
     fn add(&mut self, tenant_id: &str, session_id: &str, seq: u64) {
-        self.seqs
+        let seqs = self
+            .seqs
             .entry((tenant_id.to_owned(), session_id.to_owned()))
-            .or_default()
-            .push(seq);
+            .or_default();
+        if seqs.is_empty() {
+            self.order
+                .push_back((Instant::now(), tenant_id.to_owned(), session_id.to_owned()));
+            self.firsts
+                .entry(tenant_id.to_owned())
+                .or_default()
+                .insert(seq, session_id.to_owned());
+        }
+        seqs.push(seq);
         self.len += 1;
-        self.oldest.get_or_insert_with(Instant::now);
     }
 
-    fn due(&self, adding: usize) -> bool {
-        self.len + adding >= SESSION_TAIL_MAX
-            || self.oldest.is_some_and(|t| t.elapsed() >= SESSION_TAIL_AGE)
+    /// The sessions to write out now (oldest first, at most [`SESSION_WRITE_OUT`]), and whether
+    /// marks are due even if none is.
+    fn due(&self) -> (Vec<(String, String)>, bool) {
+        let sessions = self
+            .order
+            .iter()
+            .take_while(|(at, _, _)| {
+                at.elapsed() >= SESSION_TAIL_AGE || self.len > SESSION_TAIL_MAX
+            })
+            .take(SESSION_WRITE_OUT)
+            .map(|(_, t, s)| (t.clone(), s.clone()))
+            .collect();
+        let marks = !self.unmarked.is_empty()
+            && self
+                .marked
+                .is_none_or(|at| at.elapsed() >= SESSION_TAIL_AGE);
+        (sessions, marks)
+    }
+
+    /// The store writes for writing `out` and every unmarked tenant's mark.
+    fn writes(&self, out: &[(String, String)]) -> Vec<Write> {
+        let mut writes: Vec<Write> = out
+            .iter()
+            .map(|(tenant_id, session_id)| {
+                let seqs = &self.seqs[&(tenant_id.clone(), session_id.clone())];
+                let key = tenant_key(tenant_id, &[session_id.as_bytes(), &seqs[0].to_be_bytes()]);
+                let value = seqs.iter().flat_map(|s| s.to_be_bytes()).collect();
+                (Table::Sessions, key, value)
+            })
+            .collect();
+        for (tenant_id, next) in &self.unmarked {
+            let mark = self.first_waiting(tenant_id, out).unwrap_or(*next);
+            writes.push((
+                Table::SessionMarks,
+                tenant_id.as_bytes().to_vec(),
+                mark.to_be_bytes().to_vec(),
+            ));
+        }
+        writes
+    }
+
+    /// The tenant's first waiting seq once `out` is written.
+    fn first_waiting(&self, tenant_id: &str, out: &[(String, String)]) -> Option<u64> {
+        self.firsts.get(tenant_id).and_then(|firsts| {
+            firsts
+                .iter()
+                .find(|(_, session)| !out.iter().any(|(t, s)| t == tenant_id && s == *session))
+                .map(|(seq, _)| *seq)
+        })
+    }
+
+    /// Forgets `out`, now written, and the marks written with it.
+    fn written(&mut self, out: &[(String, String)]) {
+        for (tenant_id, session_id) in out {
+            if let Some(seqs) = self.seqs.remove(&(tenant_id.clone(), session_id.clone())) {
+                self.len -= seqs.len();
+                if let Some(firsts) = self.firsts.get_mut(tenant_id) {
+                    firsts.remove(&seqs[0]);
+                    if firsts.is_empty() {
+                        self.firsts.remove(tenant_id);
+                    }
+                }
+            }
+        }
+        self.order.drain(..out.len());
+        // A tenant with entries still waiting is marked again when they are written.
+        let firsts = &self.firsts;
+        self.unmarked
+            .retain(|tenant_id, _| firsts.contains_key(tenant_id));
+        self.marked = Some(Instant::now());
     }
 }
 
@@ -373,15 +459,7 @@ impl Chains {
         if batch.records.is_empty() {
             return results;
         }
-        let mut writes = batch.writes();
-        let write_out = {
-            let tail = self.sessions.lock().expect("sessions lock");
-            let due = tail.due(batch.sessions.len());
-            if due {
-                writes.extend(session_index_writes(&tail, &batch));
-            }
-            due
-        };
+        let writes = batch.writes();
         if let Err(e) = self.store.commit(&writes) {
             tracing::error!(error = %e, "audit write failed");
             // Nothing was written: the chains stay as they were.
@@ -391,19 +469,39 @@ impl Chains {
                 .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
                 .collect();
         }
-        let mut tail = self.sessions.lock().expect("sessions lock");
-        if write_out {
-            *tail = SessionTail::default();
-        } else {
+        {
+            let mut tail = self.sessions.lock().expect("sessions lock");
             for (tenant_id, session_id, seq) in &batch.sessions {
                 tail.add(tenant_id, session_id, *seq);
             }
             for (tenant_id, head) in &batch.heads {
-                tail.marks.insert(tenant_id.clone(), head.next_seq);
+                tail.unmarked.insert(tenant_id.clone(), head.next_seq);
             }
         }
         heads.extend(batch.heads);
+        drop(heads);
+        if let Err(e) = self.write_out_sessions() {
+            // The entries stay in memory and are tried again with the next batch.
+            tracing::error!(error = %e, "writing out the session index failed");
+        }
         results
+    }
+
+    /// Writes out the sessions whose entries are due, and the marks, in a transaction of their
+    /// own (flushed with the next batch; lost entries are rebuilt from the chain).
+    fn write_out_sessions(&self) -> std::result::Result<(), StoreError> {
+        let (out, writes) = {
+            let tail = self.sessions.lock().expect("sessions lock");
+            let (out, marks) = tail.due();
+            if out.is_empty() && !marks {
+                return Ok(());
+            }
+            let writes = tail.writes(&out);
+            (out, writes)
+        };
+        self.store.commit(&writes)?;
+        self.sessions.lock().expect("sessions lock").written(&out);
+        Ok(())
     }
 
     /// Chains one record onto its tenant's head as the batch leaves it, after checking its
@@ -518,7 +616,7 @@ impl Chains {
                     tail.add(tenant_id, session_id, record.body.seq);
                 }
             }
-            tail.marks.insert(tenant_id.to_owned(), head.next_seq);
+            tail.unmarked.insert(tenant_id.to_owned(), head.next_seq);
         }
         Ok(head)
     }
@@ -545,44 +643,6 @@ impl Chains {
         }
         Ok(Some(record))
     }
-}
-
-/// The session index rows that write out `tail` and `batch`'s entries, with each tenant's
-/// mark.
-fn session_index_writes(tail: &SessionTail, batch: &Batch) -> Vec<Write> {
-    let mut seqs: HashMap<(&str, &str), Vec<u64>> = HashMap::new();
-    for ((tenant_id, session_id), s) in &tail.seqs {
-        seqs.entry((tenant_id, session_id))
-            .or_default()
-            .extend_from_slice(s);
-    }
-    for (tenant_id, session_id, seq) in &batch.sessions {
-        seqs.entry((tenant_id, session_id)).or_default().push(*seq);
-    }
-    let mut writes: Vec<Write> = seqs
-        .into_iter()
-        .map(|((tenant_id, session_id), seqs)| {
-            let key = tenant_key(tenant_id, &[session_id.as_bytes(), &seqs[0].to_be_bytes()]);
-            let value = seqs.iter().flat_map(|s| s.to_be_bytes()).collect();
-            (Table::Sessions, key, value)
-        })
-        .collect();
-    let mut marks: HashMap<&str, u64> = tail
-        .marks
-        .iter()
-        .map(|(t, next)| (t.as_str(), *next))
-        .collect();
-    for (tenant_id, head) in &batch.heads {
-        marks.insert(tenant_id, head.next_seq);
-    }
-    writes.extend(marks.into_iter().map(|(tenant_id, next)| {
-        (
-            Table::SessionMarks,
-            tenant_id.as_bytes().to_vec(),
-            next.to_be_bytes().to_vec(),
-        )
-    }));
-    writes
 }
 
 /// The event id the writer gives record `seq`: its seq in hex, so it is found without an
@@ -1098,7 +1158,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_session_index_is_written_out_in_bulk_and_rebuilt_after_a_crash() {
+    async fn the_session_index_is_written_out_a_session_at_a_time_and_rebuilt_after_a_crash() {
         let dir = tempfile::tempdir().unwrap();
         let batch = |from: u64| -> Vec<(String, RecordBody, Effects)> {
             (from..from + 4)
@@ -1109,14 +1169,21 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let log = AuditLog::start(store.clone());
             log.write_batch(batch(0));
-            // Nothing is written out yet: the first entries are too few and too fresh.
-            assert_eq!(store.get_raw(Table::SessionMarks, b"ten_a").unwrap(), None);
+            // The entries are too fresh to write out; the tenant's first mark stays below them.
+            let mark = store.get_raw(Table::SessionMarks, b"ten_a").unwrap();
+            assert_eq!(mark, Some(0u64.to_be_bytes().to_vec()));
+            assert!(
+                store
+                    .iter_raw(Table::Sessions, b"", b"\xff")
+                    .next()
+                    .is_none()
+            );
             assert_eq!(
                 log.session_records("ten_a", "s", None, 100).unwrap().len(),
                 4
             );
             std::thread::sleep(SESSION_TAIL_AGE);
-            // The next batch writes out the tail with its own entries, and the mark.
+            // After the next batch, the session is written out with its entries, and the mark.
             log.write_batch(batch(4));
             let mark = store.get_raw(Table::SessionMarks, b"ten_a").unwrap();
             assert_eq!(mark, Some(8u64.to_be_bytes().to_vec()));
@@ -1140,5 +1207,46 @@ mod tests {
             (0..12).collect::<Vec<_>>(),
             "the entries above the mark are rebuilt from the chain"
         );
+    }
+
+    #[tokio::test]
+    async fn a_write_out_takes_a_few_sessions_and_the_mark_stops_below_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::start(store.clone());
+        let one =
+            |session: String| vec![("ten_a".to_owned(), call(&session, 0), Effects::default())];
+        let items = (0..40)
+            .map(|n| {
+                (
+                    "ten_a".to_owned(),
+                    call(&format!("s{n}"), n),
+                    Effects::default(),
+                )
+            })
+            .collect();
+        log.write_batch(items);
+        std::thread::sleep(SESSION_TAIL_AGE);
+        let mark = || {
+            store
+                .get_raw(Table::SessionMarks, b"ten_a")
+                .unwrap()
+                .unwrap()
+        };
+        let written = || store.iter_raw(Table::Sessions, b"", b"\xff").count();
+        log.write_batch(one("late".into()));
+        assert_eq!(written(), SESSION_WRITE_OUT);
+        assert_eq!(mark(), (SESSION_WRITE_OUT as u64).to_be_bytes());
+        std::thread::sleep(SESSION_TAIL_AGE);
+        log.write_batch(one("later".into()));
+        // The other 8 and "late"; "later" is fresh, so the mark stops at its seq.
+        assert_eq!(written(), 41);
+        assert_eq!(mark(), 41u64.to_be_bytes());
+        for n in [0, 31, 32, 39] {
+            let found = log
+                .session_records("ten_a", &format!("s{n}"), None, 10)
+                .unwrap();
+            assert_eq!(seqs(&found), [n]);
+        }
     }
 }
