@@ -257,8 +257,8 @@ struct Chains {
 
 /// Session index entries not yet in the store. The writer adds each batch's entries once the
 /// batch is committed, and writes sessions out (all of a session's entries as one store value)
-/// once their oldest entry has waited [`SESSION_TAIL_AGE`], a few at a time, each tenant's mark
-/// with them: one value per session per second or so instead of one per record. After a
+/// in the transaction of a later batch once their oldest entry has waited
+/// [`SESSION_TAIL_AGE`], a few at a time, each tenant's mark with them: one value per session per second or so instead of one per record. After a
 /// crash, the entries not written out are rebuilt from the chain above each tenant's mark.
 #[derive(Default)]
 struct SessionTail {
@@ -459,7 +459,17 @@ impl Chains {
         if batch.records.is_empty() {
             return results;
         }
-        let writes = batch.writes();
+        let mut writes = batch.writes();
+        // Sessions due to be written out go in the same transaction (each costs sled log
+        // writes): the entries waiting are all of records already committed.
+        let out = {
+            let tail = self.sessions.lock().expect("sessions lock");
+            let (out, marks) = tail.due();
+            (!out.is_empty() || marks).then(|| {
+                writes.extend(tail.writes(&out));
+                out
+            })
+        };
         if let Err(e) = self.store.commit(&writes) {
             tracing::error!(error = %e, "audit write failed");
             // Nothing was written: the chains stay as they were.
@@ -471,6 +481,9 @@ impl Chains {
         }
         {
             let mut tail = self.sessions.lock().expect("sessions lock");
+            if let Some(out) = &out {
+                tail.written(out);
+            }
             for (tenant_id, session_id, seq) in &batch.sessions {
                 tail.add(tenant_id, session_id, *seq);
             }
@@ -479,29 +492,7 @@ impl Chains {
             }
         }
         heads.extend(batch.heads);
-        drop(heads);
-        if let Err(e) = self.write_out_sessions() {
-            // The entries stay in memory and are tried again with the next batch.
-            tracing::error!(error = %e, "writing out the session index failed");
-        }
         results
-    }
-
-    /// Writes out the sessions whose entries are due, and the marks, in a transaction of their
-    /// own (flushed with the next batch; lost entries are rebuilt from the chain).
-    fn write_out_sessions(&self) -> std::result::Result<(), StoreError> {
-        let (out, writes) = {
-            let tail = self.sessions.lock().expect("sessions lock");
-            let (out, marks) = tail.due();
-            if out.is_empty() && !marks {
-                return Ok(());
-            }
-            let writes = tail.writes(&out);
-            (out, writes)
-        };
-        self.store.commit(&writes)?;
-        self.sessions.lock().expect("sessions lock").written(&out);
-        Ok(())
     }
 
     /// Chains one record onto its tenant's head as the batch leaves it, after checking its
@@ -1169,9 +1160,8 @@ mod tests {
             let store = Store::open(dir.path()).unwrap();
             let log = AuditLog::start(store.clone());
             log.write_batch(batch(0));
-            // The entries are too fresh to write out; the tenant's first mark stays below them.
-            let mark = store.get_raw(Table::SessionMarks, b"ten_a").unwrap();
-            assert_eq!(mark, Some(0u64.to_be_bytes().to_vec()));
+            // Nothing is written out yet.
+            assert_eq!(store.get_raw(Table::SessionMarks, b"ten_a").unwrap(), None);
             assert!(
                 store
                     .iter_raw(Table::Sessions, b"", b"\xff")
@@ -1183,10 +1173,10 @@ mod tests {
                 4
             );
             std::thread::sleep(SESSION_TAIL_AGE);
-            // After the next batch, the session is written out with its entries, and the mark.
+            // The next batch writes the session's waiting entries out with it, and the mark.
             log.write_batch(batch(4));
             let mark = store.get_raw(Table::SessionMarks, b"ten_a").unwrap();
-            assert_eq!(mark, Some(8u64.to_be_bytes().to_vec()));
+            assert_eq!(mark, Some(4u64.to_be_bytes().to_vec()));
             assert_eq!(
                 log.session_records("ten_a", "s", None, 100).unwrap().len(),
                 8
