@@ -221,14 +221,13 @@ const MAX_BATCH: usize = 256;
 /// Most records stored in one block (one store value).
 const BLOCK_RECORDS: usize = 16;
 
-/// A session's index entries are written out once the oldest has waited this long (or
-/// sooner, when more than [`SESSION_TAIL_MAX`] entries wait)…
+/// A session's waiting index entries are written out once the oldest has waited this long…
 const SESSION_TAIL_AGE: Duration = Duration::from_secs(1);
 
-/// …see above…
+/// …or without waiting while more than this many entries wait…
 const SESSION_TAIL_MAX: usize = 16_384;
 
-/// …and at most this many sessions at a time, so no batch waits on a large write.
+/// …at most this many sessions with any one batch, so no batch waits on a large write.
 const SESSION_WRITE_OUT: usize = 32;
 
 /// An append waiting for the writer.
@@ -256,10 +255,11 @@ struct Chains {
 }
 
 /// Session index entries not yet in the store. The writer adds each batch's entries once the
-/// batch is committed, and writes sessions out (all of a session's entries as one store value)
-/// in the transaction of a later batch once their oldest entry has waited
-/// [`SESSION_TAIL_AGE`], a few at a time, each tenant's mark with them: one value per session per second or so instead of one per record. After a
-/// crash, the entries not written out are rebuilt from the chain above each tenant's mark.
+/// batch is committed, and writes sessions out (all of a session's waiting entries as one
+/// store value) in the transaction of a later batch once their oldest entry has waited
+/// [`SESSION_TAIL_AGE`], a few at a time, each tenant's mark with them: one value per session
+/// per second or so instead of one per record. After a crash, the entries not written out are
+/// rebuilt from the chain above each tenant's mark.
 #[derive(Default)]
 struct SessionTail {
     /// (tenant, session) → seqs waiting, ascending.
