@@ -670,39 +670,32 @@ pub fn stored_records(
     tenant_id: &str,
     from_seq: u64,
 ) -> impl Iterator<Item = std::result::Result<(u64, Vec<u8>), StoreError>> + use<> {
+    type Item = std::result::Result<(u64, Vec<u8>), StoreError>;
+    type Block = std::result::Result<(Vec<u8>, Vec<u8>), StoreError>;
     let prefix = tenant_prefix(tenant_id);
-    let start =
+    // From the block holding `from_seq` (the last one starting at or before it).
+    let blocks: Box<dyn Iterator<Item = Block>> =
         match store.last_at_or_before(Table::Audit, &prefix, &block_key(tenant_id, from_seq)) {
-            Ok(Some((key, _))) => Ok(key),
-            Ok(None) => Ok(block_key(tenant_id, 0)),
-            Err(e) => Err(e),
+            Ok(found) => {
+                let start = found.map_or_else(|| block_key(tenant_id, 0), |(key, _)| key);
+                Box::new(store.iter_prefix_from(Table::Audit, &prefix, &start))
+            }
+            Err(e) => Box::new(std::iter::once(Err(e))),
         };
-    let (blocks, failed) = match start {
-        Ok(start) => (
-            Some(store.iter_prefix_from(Table::Audit, &prefix, &start)),
-            None,
-        ),
-        Err(e) => (None, Some(Err(e))),
-    };
-    failed
-        .into_iter()
-        .chain(blocks.into_iter().flatten().flat_map(
-            move |block| -> Vec<std::result::Result<(u64, Vec<u8>), StoreError>> {
-                match block {
-                    Ok((key, bytes)) => {
-                        let first = block_first_seq(&key);
-                        bytes
-                            .split(|b| *b == b'\n')
-                            .enumerate()
-                            .map(|(i, line)| (first.saturating_add(i as u64), line))
-                            .filter(|(seq, _)| *seq >= from_seq)
-                            .map(|(seq, line)| Ok((seq, line.to_vec())))
-                            .collect()
-                    }
-                    Err(e) => vec![Err(e)],
-                }
-            },
-        ))
+    blocks.flat_map(move |block| -> Vec<Item> {
+        let (key, bytes) = match block {
+            Ok(block) => block,
+            Err(e) => return vec![Err(e)],
+        };
+        let first = block_first_seq(&key);
+        bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .map(|(i, line)| (first.saturating_add(i as u64), line))
+            .filter(|(seq, _)| *seq >= from_seq)
+            .map(|(seq, line)| Ok((seq, line.to_vec())))
+            .collect()
+    })
 }
 
 /// The stored JSON of record `seq`, as the store holds it (block start + index), if any.
