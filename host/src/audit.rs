@@ -8,20 +8,20 @@
 //!
 //! **Durable before acknowledged:** [`AuditLog::append`] returns only once the record has been
 //! flushed. Appends go through one writer thread (group commit): it takes every append queued
-//! (up to [`MAX_BATCH`]), chains them, writes them in one store transaction, flushes once, and
+//! (up to `MAX_BATCH`, 256), chains them, writes them in one store transaction, flushes once, and
 //! answers them all, while the next batch queues. The writer is the only writer of the chains,
 //! the usage counters and the session index, so it checks a charging call's usage
 //! expectations without a lock.
 //!
 //! **Storage**, shaped so a batch costs the store few values (sled copies a leaf per insert):
-//! - a tenant's records are stored in blocks of up to [`BLOCK_RECORDS`] consecutive records
+//! - a tenant's records are stored in blocks of up to 16 consecutive records
 //!   (their stored JSON joined by `\n`), keyed by tenant and first seq;
-//! - an event id the writer gives a record names its seq ([`event_id_for`]), so finding it
+//! - an event id the writer gives a record names its seq, so finding it
 //!   needs no index; only ids chosen before the append (an escalation's, which its row and
 //!   job name first) are indexed;
 //! - a usage counter is written once per batch, with its final value;
 //! - the session index is kept in memory and written a session at a time about once a second
-//!   (see [`SessionTail`]), and rebuilt from the chain after a crash.
+//!   (see `SessionTail`), and rebuilt from the chain after a crash.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
