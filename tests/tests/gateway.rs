@@ -770,6 +770,22 @@ async fn restart_keeps_policies_keys_and_continues_the_chain() {
     gw.stop().await;
 
     let gw = TestGateway::start_in(dir.path()).await;
+    // The session index and event ids of records written before the restart still resolve
+    // (the session entries were still in memory at the stop: they are rebuilt from the chain).
+    let event_id = before.last().unwrap()["event_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, event) = gw
+        .call(
+            Method::GET,
+            &format!("/v1/audit/events/{event_id}"),
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(event, *before.last().unwrap());
     let (status, body) = gw
         .execute(
             &t.agent,
@@ -789,6 +805,11 @@ async fn restart_keeps_policies_keys_and_continues_the_chain() {
     assert_eq!(after[..before.len()], before[..]);
     assert_eq!(after.last().unwrap()["seq"], before.len() as u64);
     assert_chain_valid(&after);
+    let (status, session) = gw
+        .call(Method::GET, "/v1/sessions/s", Some(&t.admin), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(session["events"].as_array().unwrap().len(), 6);
 }
 
 #[tokio::test]
