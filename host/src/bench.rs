@@ -326,6 +326,11 @@ pub struct Report {
     pub decisions: BTreeMap<String, u64>,
     /// Requests sent by kind.
     pub sent: BTreeMap<CallKind, u64>,
+    /// CPU time (user + system, all threads) the target's process spent per measured request,
+    /// microseconds, when its process id is known (Linux).
+    pub server_cpu_us_per_request: Option<f64>,
+    /// CPU time the load generator (this process) spent per measured request, microseconds.
+    pub client_cpu_us_per_request: Option<f64>,
 }
 
 struct Shared {
@@ -347,11 +352,13 @@ struct ConnStats {
 }
 
 /// Loads `addr`'s `POST /v1/gateway/execute` with `config`, authenticating each request with
-/// one of `keys` (agent keys, rotated so every tenant is touched), and reports.
+/// one of `keys` (agent keys, rotated so every tenant is touched), and reports. With the
+/// target's `pid`, also the CPU time it spent per measured request.
 pub async fn run_load(
     target: &str,
     addr: SocketAddr,
     keys: &[String],
+    pid: Option<u32>,
     config: &LoadConfig,
 ) -> Result<Report> {
     config.validate()?;
@@ -386,6 +393,12 @@ pub async fn run_load(
             .collect();
         tasks.spawn(connection(conn, shared.clone(), requests));
     }
+    // CPU time of the target and of this process, read when the measured window opens.
+    let measure_from = shared.measure_from;
+    let cpu_at_start = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        (pid.and_then(cpu_seconds), cpu_seconds(std::process::id()))
+    });
     let mut latency = latency_histogram();
     let (mut statuses, mut decisions, mut sent) =
         (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
@@ -402,6 +415,13 @@ pub async fn run_load(
     }
     let seconds = last.duration_since(shared.measure_from).as_secs_f64();
     let requests = latency.len();
+    let (server_start, client_start) = cpu_at_start.await.unwrap_or_default();
+    let per_request = |start: Option<f64>, end: Option<f64>| match (start, end) {
+        (Some(start), Some(end)) if requests > 0 => Some((end - start) * 1e6 / requests as f64),
+        _ => None,
+    };
+    let server_cpu_us_per_request = per_request(server_start, pid.and_then(cpu_seconds));
+    let client_cpu_us_per_request = per_request(client_start, cpu_seconds(std::process::id()));
     Ok(Report {
         target: target.to_owned(),
         connections: config.connections,
@@ -423,6 +443,8 @@ pub async fn run_load(
         statuses,
         decisions,
         sent,
+        server_cpu_us_per_request,
+        client_cpu_us_per_request,
     })
 }
 
@@ -674,6 +696,19 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time process `pid` has spent, user and system, all threads, seconds (Linux `/proc`;
+/// `None` elsewhere). `/proc` counts it in the kernel's user-visible tick of 1/100 s.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3, `state`;
+    // `utime` and `stime` are fields 14 and 15.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / TICKS_PER_SECOND)
+}
+
 /// What holding escalations open cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeldReport {
@@ -730,6 +765,7 @@ pub async fn hold_escalations(
         "warm-up",
         addr,
         std::slice::from_ref(&tenant.agent_key),
+        None,
         &warm,
     )
     .await?;
@@ -840,13 +876,25 @@ impl Spawned {
 /// The reports as a table: one row per run, then Writ as a share of the floor.
 pub fn table(reports: &[Report]) -> String {
     let mut out = format!(
-        "{:<6} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9}\n",
-        "target", "conns", "requests", "errors", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "{:<6} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
+        "target",
+        "conns",
+        "requests",
+        "errors",
+        "req/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "cpu µs/req"
     );
     let ms = |us: u64| us as f64 / 1000.0;
     for r in reports {
+        let cpu = r
+            .server_cpu_us_per_request
+            .map_or("n/a".to_owned(), |us| format!("{us:.1}"));
         out += &format!(
-            "{:<6} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
+            "{:<6} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11}\n",
             r.target,
             r.connections,
             r.requests,
@@ -856,6 +904,7 @@ pub fn table(reports: &[Report]) -> String {
             ms(r.latency_us.p90),
             ms(r.latency_us.p99),
             ms(r.latency_us.max),
+            cpu,
         );
     }
     if let (Some(floor), Some(writ)) = (

@@ -462,11 +462,12 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         command.arg("bench-floor");
         let floor = Spawned::start(command).await?;
         say(&format!("loading the floor on {}", floor.addr));
-        reports.push(bench::run_load("floor", floor.addr, &["floor".to_owned()], &config).await?);
+        let keys = ["floor".to_owned()];
+        reports.push(bench::run_load("floor", floor.addr, &keys, floor.pid(), &config).await?);
     }
     say(&format!("loading the gateway on {addr}"));
     let keys: Vec<String> = tenants.iter().map(|t| t.agent_key.clone()).collect();
-    reports.push(bench::run_load("writ", addr, &keys, &config).await?);
+    reports.push(bench::run_load("writ", addr, &keys, pid, &config).await?);
     let rss_after_load = pid.and_then(bench::rss_bytes);
 
     let mib = |b: Option<u64>| {

@@ -49,6 +49,14 @@ fn bench_loads_the_floor_and_the_gateway_and_reports_every_decision() {
         assert_eq!(run["statuses"]["200"], 400, "{run}");
         let l = &run["latency_us"];
         assert!(l["p50"].as_u64() <= l["p99"].as_u64() && l["p99"].as_u64() <= l["max"].as_u64());
+        // Both targets are processes the bench knows, so their CPU time is reported (a run this
+        // short may round to zero ticks).
+        for cpu in ["server_cpu_us_per_request", "client_cpu_us_per_request"] {
+            assert!(
+                run[cpu].as_f64().is_some_and(|us| us >= 0.0),
+                "{cpu}: {run}"
+            );
+        }
     }
     assert_eq!(floor["decisions"]["ALLOW"], 400);
 
