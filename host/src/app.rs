@@ -6,7 +6,6 @@
 //! tenant is reported as not found, never as forbidden, so its existence does not leak.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -228,24 +227,6 @@ pub struct SessionSummary {
     pub events: Vec<Record>,
 }
 
-/// One of [`AppInner::inline_slots`], given back on drop.
-struct InlineSlot<'a>(&'a AtomicUsize);
-
-impl<'a> InlineSlot<'a> {
-    fn take(slots: &'a AtomicUsize) -> Option<Self> {
-        slots
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .ok()
-            .map(|_| Self(slots))
-    }
-}
-
-impl Drop for InlineSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
 /// The gateway: every component, shared by all requests. Cheap to clone.
 #[derive(Clone)]
 pub struct App {
@@ -260,10 +241,6 @@ struct AppInner {
     audit: AuditLog,
     metrics: Metrics,
     evaluations: Semaphore,
-    /// Evaluations that may run on an async worker thread at once (the rest go to the blocking
-    /// pool): one fewer than the workers, so a policy running to its deadline never holds
-    /// every worker.
-    inline_slots: AtomicUsize,
     /// Serializes activations so the audit order matches the order they took effect.
     activation: tokio::sync::Mutex<()>,
     escalations: Escalations,
@@ -329,9 +306,6 @@ impl App {
         let app = Self {
             inner: Arc::new(AppInner {
                 evaluations: Semaphore::new(config.max_concurrent_evaluations),
-                inline_slots: AtomicUsize::new(
-                    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1)),
-                ),
                 engine,
                 store,
                 tenants,
@@ -605,23 +579,13 @@ impl App {
             },
         });
         // A good policy decides in microseconds, less than handing the call to another thread
-        // costs, so it runs right here on the async worker, unless as many evaluations as
-        // allowed already occupy workers: then it runs on the blocking pool, so a policy that
-        // runs to its deadline never holds every worker.
-        let evaluation = if let Some(_slot) = InlineSlot::take(&self.inner.inline_slots) {
-            self.inner
-                .engine
-                .evaluate(&policy.compiled, call, &limits, usage)
-        } else {
-            let (engine, policy, call) = (self.inner.engine.clone(), policy.clone(), call.clone());
-            let span = tracing::Span::current();
-            tokio::task::spawn_blocking(move || {
-                let _entered = span.enter();
-                engine.evaluate(&policy.compiled, &call, &limits, usage)
-            })
-            .await
-            .map_err(|e| AppError::Internal(Box::new(e)))?
-        };
+        // costs, so it runs right here on the async worker; one that runs long yields the
+        // worker at every epoch tick until its deadline (see `Engine::evaluate`).
+        let evaluation = self
+            .inner
+            .engine
+            .evaluate(&policy.compiled, call, &limits, usage)
+            .await;
         let m = &self.inner.metrics;
         m.evaluation_seconds
             .observe(evaluation.elapsed.as_secs_f64());

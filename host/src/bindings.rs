@@ -11,6 +11,9 @@ wasmtime::component::bindgen!({
     path: "../wit",
     world: "policy",
     imports: { default: trappable },
+    // `evaluate` is called with `call_async`: a policy runs on a fiber that yields to the
+    // runtime at every epoch tick (see `Engine::evaluate`).
+    exports: { default: async },
 });
 
 pub use self::writ::policy::host::{Host, Level};

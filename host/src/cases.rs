@@ -188,7 +188,7 @@ pub fn run(
                 .iter()
                 .filter_map(|u| Some(((u.counter.clone(), Window::parse(&u.window)?), u.value)))
                 .collect();
-            let evaluation = engine.evaluate(
+            let evaluation = engine.evaluate_blocking(
                 policy,
                 &to_call(&case.call),
                 limits,

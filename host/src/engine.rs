@@ -166,7 +166,6 @@ struct EngineInner {
     engine: wasmtime::Engine,
     /// `writ:policy/host`, shared by every policy; WASI stubs are added per policy.
     linker: Linker<CallState>,
-    epoch_tick: Duration,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
@@ -195,7 +194,9 @@ impl Engine {
             .linear_memory_keep_resident(config.memory_keep_resident)
             .table_keep_resident(64 << 10)
             .max_unused_warm_slots(config.max_warm_slots)
-            .pagemap_scan(Enabled::Auto);
+            .pagemap_scan(Enabled::Auto)
+            // One fiber stack per evaluation running at once.
+            .total_stacks(config.max_instances);
 
         let mut wasm = Config::new();
         wasm.wasm_component_model(true)
@@ -237,7 +238,6 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
-                epoch_tick: config.epoch_tick,
                 ticker: Some(ticker),
                 stop,
             }),
@@ -246,10 +246,6 @@ impl Engine {
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
         &self.inner.engine
-    }
-
-    pub(crate) fn epoch_tick(&self) -> Duration {
-        self.inner.epoch_tick
     }
 
     /// The id a component would get: the blake3 hash (hex) of its bytes.

@@ -6,9 +6,12 @@
 //! return.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 
 use crate::bindings::{
     self, HostRuleBroken, WasiDenied, WitCharge, WitDecision, WitOutcome, WitTarget, WitToolCall,
@@ -39,7 +42,8 @@ pub const MAX_CHARGES: usize = 32;
 pub struct Limits {
     /// Fuel (roughly, Wasm instructions) one evaluation may burn.
     pub fuel: u64,
-    /// Wall-clock time one evaluation may take, instantiation included.
+    /// Wall-clock time one evaluation may run, instantiation included (time it spends yielded
+    /// to other tasks, waiting for a worker, does not count).
     pub deadline: Duration,
     /// Linear memory one instance may grow to, in bytes.
     pub memory_bytes: usize,
@@ -243,10 +247,11 @@ impl Engine {
     /// Evaluates `call` with `policy` in a fresh instance under `limits`.
     ///
     /// Always returns a decision: any failure of the policy is a BLOCK with one of the
-    /// `policy_*` codes in [`codes`]. Runs on the calling thread; it is CPU-bound for up to
-    /// `limits.deadline`, so async callers must bound how many run on their workers at once
-    /// (the gateway lets one fewer than its workers do so; see `App`).
-    pub fn evaluate(
+    /// `policy_*` codes in [`codes`]. The policy runs on a fiber on the polling thread, and
+    /// yields at every epoch tick ([`crate::engine::EngineConfig::epoch_tick`]) until its own
+    /// running time reaches `limits.deadline`, so an async worker running a policy that loops
+    /// is shared with other tasks, never held for more than a tick at a time.
+    pub async fn evaluate(
         &self,
         policy: &CompiledPolicy,
         call: &ToolCall,
@@ -268,16 +273,35 @@ impl Engine {
             },
         );
         store.limiter(|state| state);
-        let ticks = limits
-            .deadline
-            .as_nanos()
-            .div_ceil(self.epoch_tick().as_nanos()) as u64
-            + 1;
-        store.set_epoch_deadline(ticks);
-        let result = store.set_fuel(limits.fuel).and_then(|()| {
-            let instance = policy.pre().instantiate(&mut store)?;
-            instance.call_evaluate(&mut store, &to_wit(call))
+        // At every epoch tick while the policy runs: stop it once its own running time has
+        // reached the deadline, or else yield to the runtime and run on at the next tick. Time
+        // spent yielded, waiting for a worker, is not the policy's: under load it would
+        // otherwise run a good policy out of time.
+        let resumed = Arc::new(AtomicU64::new(0)); // when it last resumed: ns after `started`
+        let mut ran = Duration::ZERO;
+        let budget = limits.deadline;
+        let since = |started: Instant| started.elapsed().as_nanos() as u64;
+        store.epoch_deadline_callback(move |_| {
+            ran += Duration::from_nanos(since(started).saturating_sub(resumed.load(Relaxed)));
+            if ran >= budget {
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            let resumed = resumed.clone();
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(async move {
+                    yield_once().await;
+                    resumed.store(since(started), Relaxed);
+                }),
+            ))
         });
+        store.set_epoch_deadline(1);
+        let result = async {
+            store.set_fuel(limits.fuel)?;
+            let instance = policy.pre().instantiate_async(&mut store).await?;
+            instance.call_evaluate(&mut store, &to_wit(call)).await
+        }
+        .await;
         let fuel_consumed = limits.fuel - store.get_fuel().unwrap_or(0);
         let elapsed = started.elapsed();
         let state = store.into_data();
@@ -296,6 +320,36 @@ impl Engine {
             logs_dropped: state.logs_dropped,
         }
     }
+
+    /// [`Engine::evaluate`], blocking the calling thread until the decision: for tools, tests
+    /// and benchmarks. It works on any thread, but on an async worker it holds the worker.
+    pub fn evaluate_blocking(
+        &self,
+        policy: &CompiledPolicy,
+        call: &ToolCall,
+        limits: &Limits,
+        usage: Box<dyn UsageSource>,
+    ) -> Evaluation {
+        futures_executor::block_on(self.evaluate(policy, call, limits, usage))
+    }
+}
+
+/// Gives the executor back its thread once: wakes its own task and returns `Pending` the first
+/// time it is polled. Tokio queues a task that woke itself while running behind the others;
+/// unlike `tokio::task::yield_now`, this also works on an executor that is not Tokio's, or
+/// inside `block_on` on a Tokio worker (`Engine::evaluate_blocking`).
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
 }
 
 fn to_wit(call: &ToolCall) -> WitToolCall {

@@ -82,7 +82,12 @@ fn evaluate(c: &mut Criterion) {
         );
         group.bench_function("wasm: fresh instance + evaluate", |b| {
             b.iter(|| {
-                let e = engine().evaluate(&policy, &wasm_call, &limits, Box::new(usage.clone()));
+                let e = engine().evaluate_blocking(
+                    &policy,
+                    &wasm_call,
+                    &limits,
+                    Box::new(usage.clone()),
+                );
                 assert!(!e.decision.codes.iter().any(|c| c.starts_with("policy_")));
                 e
             })

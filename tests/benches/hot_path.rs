@@ -95,7 +95,9 @@ fn hot_path(c: &mut Criterion) {
     );
     let limits = Limits::default();
     group.bench_function("evaluate payments-limits", |b| {
-        b.iter(|| engine().evaluate(&policy, &payment, &limits, Box::new(FixedUsage::default())))
+        b.iter(|| {
+            engine().evaluate_blocking(&policy, &payment, &limits, Box::new(FixedUsage::default()))
+        })
     });
 
     let dir = tempfile::tempdir().unwrap();

@@ -34,7 +34,7 @@ fn main() {
     for _ in 0..(n / batch).max(1) {
         let started = Instant::now();
         for _ in 0..batch {
-            let e = engine.evaluate(&policy, &c, &limits, Box::new(FixedUsage::default()));
+            let e = engine.evaluate_blocking(&policy, &c, &limits, Box::new(FixedUsage::default()));
             assert!(e.decision.codes.is_empty());
         }
         times.push(started.elapsed() / batch);

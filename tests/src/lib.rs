@@ -53,7 +53,7 @@ pub fn evaluate_with(
             .map(|(c, w, v)| (((*c).to_owned(), *w), *v))
             .collect(),
     );
-    engine().evaluate(policy, call, limits, Box::new(usage))
+    engine().evaluate_blocking(policy, call, limits, Box::new(usage))
 }
 
 /// Evaluates `call` with `policy` under default limits and no usage.

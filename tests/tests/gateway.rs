@@ -668,6 +668,65 @@ async fn tenant_limits_apply_to_evaluation() {
     }
 }
 
+/// Policies that loop until stopped share the gateway's worker threads instead of holding them:
+/// with four times as many of them running as there are workers, another tenant's calls are
+/// answered while they run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_policies_do_not_hold_the_workers() {
+    let gw = std::sync::Arc::new(TestGateway::start().await);
+    let hostile = gw.tenant("hostile", Some(artifacts::HOSTILE)).await;
+    let good = gw.tenant("good", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (status, body) = gw
+        .call(
+            Method::PATCH,
+            &format!("/v1/admin/tenants/{}", hostile.id),
+            Some(&gw.operator_key),
+            Some(json!({"fuel": 1000000000, "deadline_ms": 10000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Each spinner runs until its billion fuel is spent: tens of milliseconds of its own time,
+    // interleaved at every epoch tick (1 ms) with the others and with the calls below.
+    let spinners: Vec<_> = (0..8)
+        .map(|i| {
+            let (gw, key) = (gw.clone(), hostile.agent.clone());
+            tokio::spawn(async move {
+                gw.execute(&key, &format!("spin-{i}"), "spin", json!({}))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let (gw, key) = (gw.clone(), good.agent.clone());
+            tokio::spawn(async move {
+                let payment = json!({"amount": 10 + i, "currency": "GBP"});
+                gw.execute(&key, &format!("s{i}"), "payments.initiate", payment)
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(
+            (status, body["decision"].as_str()),
+            (200, Some("ALLOW")),
+            "{body}"
+        );
+    }
+    assert!(
+        spinners.iter().any(|s| !s.is_finished()),
+        "every looping policy had been stopped before the other tenant's calls were answered"
+    );
+    for spinner in spinners {
+        let (status, body) = spinner.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body["decision"], "BLOCK", "{body}");
+        assert_eq!(body["codes"], json!(["policy_fuel_exhausted"]), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn activation_and_rollback_are_atomic_under_concurrent_calls() {
     let gw = TestGateway::start().await;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rstest::rstest;
 use serde_json::json;
-use writ::{Limits, LoadError, Outcome};
+use writ::{FixedUsage, Limits, LoadError, Outcome};
 use writ_tests::{artifacts, call, component, engine, evaluate, evaluate_with, load};
 
 /// Generous upper bound for any single hostile evaluation in a debug build on a loaded machine:
@@ -263,4 +263,88 @@ fn precompiled_artifact_round_trips() {
         .load_precompiled(policy.id(), policy.size(), b"not an artifact")
         .unwrap_err();
     assert!(matches!(err, LoadError::Artifact(_)), "{err:?}");
+}
+
+/// A policy's deadline counts the time it runs, not the time it spends yielded while other
+/// evaluations share its thread: 40 evaluations that each need a small part of the deadline,
+/// interleaved on one thread so that each takes longer than the deadline from start to end,
+/// all finish and allow.
+#[test]
+fn time_spent_yielded_to_other_evaluations_does_not_count_against_the_deadline() {
+    let policy = load(artifacts::HOSTILE);
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        deadline: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    // Iterations of `burn` that take about 25 ms here, a twentieth of the deadline.
+    let probe = 2_000_000u64;
+    let alone = evaluate_with(
+        &policy,
+        &call("burn", json!({"iterations": probe})),
+        &limits,
+        &[],
+    );
+    assert_eq!(
+        alone.decision.outcome,
+        Outcome::Allow,
+        "{:?}",
+        alone.decision
+    );
+    let iterations = (probe as f64 * 0.025 / alone.elapsed.as_secs_f64()).max(1.0) as u64;
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let evaluations = runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let (policy, c) = (
+                policy.clone(),
+                call("burn", json!({"iterations": iterations})),
+            );
+            set.spawn(async move {
+                engine()
+                    .evaluate(&policy, &c, &limits, Box::new(FixedUsage::default()))
+                    .await
+            });
+        }
+        set.join_all().await
+    });
+    for e in &evaluations {
+        assert_eq!(e.decision.outcome, Outcome::Allow, "{:?}", e.decision);
+        assert_eq!(e.decision.reason, format!("counted to {iterations}"));
+    }
+    // The case this test is about happened: some evaluation took longer than the deadline from
+    // start to end, because it yielded to the others.
+    let longest = evaluations.iter().map(|e| e.elapsed).max().unwrap();
+    assert!(longest > limits.deadline, "longest took {longest:?}");
+}
+
+/// `evaluate_blocking` drives a policy that yields at epoch ticks to its end, even when called
+/// from a task on a Tokio worker thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn evaluate_blocking_works_inside_a_runtime_task() {
+    let policy = load(artifacts::HOSTILE);
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        ..Limits::default()
+    };
+    let iterations = 5_000_000u64;
+    let e = tokio::spawn(async move {
+        evaluate_with(
+            &policy,
+            &call("burn", json!({"iterations": iterations})),
+            &limits,
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(e.decision.reason, format!("counted to {iterations}"));
+    assert!(
+        e.elapsed > Duration::from_millis(1),
+        "never reached an epoch tick: {e:?}"
+    );
 }

@@ -4,6 +4,7 @@
 //! | action | what it does |
 //! | --- | --- |
 //! | `spin` | loops forever |
+//! | `burn` | counts to the argument `iterations`, then allows |
 //! | `grow` | allocates memory until it is refused |
 //! | `recurse` | recurses without end |
 //! | `panic` | panics with the message `hostile panic` |
@@ -46,6 +47,14 @@ impl Policy for Hostile {
                 loop {
                     i = black_box(i.wrapping_add(1));
                 }
+            }
+            "burn" => {
+                let n: u64 = call.arg("iterations").unwrap_or(0);
+                let mut i: u64 = 0;
+                while black_box(i) < n {
+                    i = black_box(i + 1);
+                }
+                Decision::allow(format!("counted to {i}"))
             }
             "grow" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
