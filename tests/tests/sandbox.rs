@@ -266,7 +266,7 @@ fn precompiled_artifact_round_trips() {
 }
 
 /// A policy's deadline counts the time it runs, not the time it spends yielded while other
-/// evaluations share its thread: 40 evaluations that each need a small part of the deadline,
+/// evaluations share its thread: 80 evaluations that each need a small part of the deadline,
 /// interleaved on one thread so that each takes longer than the deadline from start to end,
 /// all finish and allow.
 #[test]
@@ -277,21 +277,23 @@ fn time_spent_yielded_to_other_evaluations_does_not_count_against_the_deadline()
         deadline: Duration::from_millis(500),
         ..Limits::default()
     };
-    // Iterations of `burn` that take about 25 ms here, a twentieth of the deadline.
+    // Iterations of `burn` that take about 25 ms here, a twentieth of the deadline, from the
+    // fastest of three probes (other tests share the machine, and only slow probes lie).
     let probe = 2_000_000u64;
-    let alone = evaluate_with(
-        &policy,
-        &call("burn", json!({"iterations": probe})),
-        &limits,
-        &[],
-    );
-    assert_eq!(
-        alone.decision.outcome,
-        Outcome::Allow,
-        "{:?}",
-        alone.decision
-    );
-    let iterations = (probe as f64 * 0.025 / alone.elapsed.as_secs_f64()).max(1.0) as u64;
+    let fastest = (0..3)
+        .map(|_| {
+            let e = evaluate_with(
+                &policy,
+                &call("burn", json!({"iterations": probe})),
+                &limits,
+                &[],
+            );
+            assert_eq!(e.decision.outcome, Outcome::Allow, "{:?}", e.decision);
+            e.elapsed
+        })
+        .min()
+        .unwrap();
+    let iterations = (probe as f64 * 0.025 / fastest.as_secs_f64()).max(1.0) as u64;
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -299,7 +301,7 @@ fn time_spent_yielded_to_other_evaluations_does_not_count_against_the_deadline()
         .unwrap();
     let evaluations = runtime.block_on(async {
         let mut set = tokio::task::JoinSet::new();
-        for _ in 0..40 {
+        for _ in 0..80 {
             let (policy, c) = (
                 policy.clone(),
                 call("burn", json!({"iterations": iterations})),
