@@ -15,7 +15,7 @@
 //!
 //! **Storage**, shaped so a batch costs the store few values (sled copies a leaf per insert):
 //! - a tenant's records are stored in blocks of up to 16 consecutive records
-//!   (their stored JSON joined by `\n`), keyed by tenant and first seq;
+//!   (their stored JSON joined by `\n`, compressed with LZ4), keyed by tenant and first seq;
 //! - an event id the writer gives a record names its seq, so finding it
 //!   needs no index; only ids chosen before the append (an escalation's, which its row and
 //!   job name first) are indexed;
@@ -221,6 +221,42 @@ const MAX_BATCH: usize = 256;
 /// Most records stored in one block (one store value).
 const BLOCK_RECORDS: usize = 16;
 
+/// Largest decompressed block a stored size prefix is believed for: 16 records, each bounded by
+/// the 1 MiB request body it can carry, with room to spare. A corrupt prefix cannot make a
+/// reader allocate more.
+const MAX_BLOCK_BYTES: usize = 32 << 20;
+
+/// A block's stored form: the records' stored JSON joined by `\n`, compressed with LZ4 after a
+/// little-endian `u32` of the uncompressed size. Records repeat their field names and share
+/// most values, so this stores a few times fewer bytes, and sled copies each several times.
+fn encode_block<'a>(records: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let mut joined = Vec::with_capacity(records.clone().map(|r| r.len() + 1).sum());
+    for (i, record) in records.enumerate() {
+        if i > 0 {
+            joined.push(b'\n');
+        }
+        joined.extend_from_slice(record);
+    }
+    lz4_flex::block::compress_prepend_size(&joined)
+}
+
+/// The records' stored JSON joined by `\n`, from a block's stored form; `None` if it is not one.
+fn decode_block(stored: &[u8]) -> Option<Vec<u8>> {
+    let (size, compressed) = stored.split_first_chunk::<4>()?;
+    let size = u32::from_le_bytes(*size) as usize;
+    if size > MAX_BLOCK_BYTES {
+        return None;
+    }
+    lz4_flex::block::decompress(compressed, size).ok()
+}
+
+/// [`decode_block`] for readers that need the block: a block that does not decode is corrupt.
+fn decoded_block(stored: &[u8]) -> std::result::Result<Vec<u8>, StoreError> {
+    decode_block(stored).ok_or(StoreError::Inconsistent(
+        "an audit block is not LZ4 data of its stated size",
+    ))
+}
+
 /// A session's waiting index entries are written out once the oldest has waited this long…
 const SESSION_TAIL_AGE: Duration = Duration::from_secs(1);
 
@@ -387,13 +423,7 @@ impl Batch {
         let mut writes = std::mem::take(&mut self.rows);
         for (tenant_id, records) in &self.records {
             for block in records.chunks(BLOCK_RECORDS) {
-                let mut bytes = Vec::with_capacity(block.iter().map(|(_, r)| r.len() + 1).sum());
-                for (i, (_, record)) in block.iter().enumerate() {
-                    if i > 0 {
-                        bytes.push(b'\n');
-                    }
-                    bytes.extend_from_slice(record);
-                }
+                let bytes = encode_block(block.iter().map(|(_, r)| r.as_slice()));
                 writes.push((Table::Audit, block_key(tenant_id, block[0].0), bytes));
             }
         }
@@ -581,6 +611,7 @@ impl Chains {
             .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
         {
             Some((_, block)) => {
+                let block = decoded_block(&block)?;
                 let last = block.rsplit(|b| *b == b'\n').next().unwrap_or_default();
                 let last = decode_record(last)?;
                 Head {
@@ -622,6 +653,7 @@ impl Chains {
         else {
             return Ok(None);
         };
+        let block = decoded_block(&block)?;
         let Some(line) = usize::try_from(seq - block_first_seq(&key))
             .ok()
             .and_then(|at| block.split(|b| *b == b'\n').nth(at))
@@ -688,6 +720,11 @@ pub fn stored_records(
             Err(e) => return vec![Err(e)],
         };
         let first = block_first_seq(&key);
+        // A block that does not decode is one position of bytes that are not a record, for
+        // `verify` to report; it cannot say how many records it held.
+        let Some(bytes) = decode_block(&bytes) else {
+            return vec![Ok((first, bytes))];
+        };
         bytes
             .split(|b| *b == b'\n')
             .enumerate()
@@ -726,6 +763,7 @@ pub fn replace_stored_record(
         return Ok(());
     };
     let at = seq - block_first_seq(&key);
+    let block = decoded_block(&block)?;
     let lines: Vec<&[u8]> = block
         .split(|b| *b == b'\n')
         .enumerate()
@@ -737,7 +775,7 @@ pub fn replace_stored_record(
     if lines.is_empty() {
         store.remove(Table::Audit, &key)?;
     } else {
-        store.put_raw(Table::Audit, &key, &lines.join(&b'\n'))?;
+        store.put_raw(Table::Audit, &key, &encode_block(lines.into_iter()))?;
     }
     Ok(())
 }
@@ -1139,6 +1177,74 @@ mod tests {
         replace_stored_record(&store, "ten_a", 5, None).unwrap();
         let broken = verify_chain(&store, "ten_a", None).unwrap().broken.unwrap();
         assert_eq!((broken.seq, broken.problem), (5, Problem::MissingSeq));
+    }
+
+    #[test]
+    fn blocks_are_stored_compressed_and_a_corrupt_one_does_not_decode() {
+        let record =
+            br#"{"seq":1,"kind":"decision","tenant_id":"ten_a","action":"payments.initiate"}"#;
+        let records = vec![record.as_slice(); 16];
+        let stored = encode_block(records.iter().copied());
+        let joined = records.join(&b'\n');
+        assert!(
+            stored.len() * 4 < joined.len(),
+            "{} of {}",
+            stored.len(),
+            joined.len()
+        );
+        assert_eq!(decode_block(&stored), Some(joined));
+
+        let mut flipped = stored.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0xff;
+        let mut huge = stored.clone();
+        huge[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        for corrupt in [
+            &flipped[..],
+            &huge[..],
+            &stored[..3],
+            &stored[..stored.len() / 2],
+            b"",
+        ] {
+            assert_ne!(decode_block(corrupt), Some(records.join(&b'\n')));
+        }
+        assert_eq!(
+            decode_block(&huge),
+            None,
+            "a size past the bound is refused"
+        );
+        assert_eq!(decode_block(&stored[..3]), None);
+    }
+
+    #[tokio::test]
+    async fn a_block_that_does_not_decode_is_reported_by_verify_not_raised() {
+        use crate::verify::{Problem, verify_chain};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let log = AuditLog::start(store.clone());
+        for from in [0, 10] {
+            let items = (from..from + 10)
+                .map(|n| ("ten_a".to_owned(), call("s", n), Effects::default()))
+                .collect();
+            assert!(log.write_batch(items).iter().all(Result::is_ok));
+        }
+        assert!(verify_chain(&store, "ten_a", None).unwrap().ok());
+        // The second batch's block (seqs 10 to 19), overwritten with bytes that are not LZ4.
+        store
+            .put_raw(
+                Table::Audit,
+                &block_key("ten_a", 10),
+                b"\x10\0\0\0not lz4 at all",
+            )
+            .unwrap();
+        let broken = verify_chain(&store, "ten_a", None).unwrap().broken.unwrap();
+        assert_eq!((broken.seq, broken.problem), (10, Problem::Undecodable));
+        // Reading a record from it is an error, never a wrong record.
+        assert!(log.chains.record_at("ten_a", 12).is_err());
+        assert_eq!(
+            log.chains.record_at("ten_a", 3).unwrap().unwrap().body.seq,
+            3
+        );
     }
 
     #[tokio::test]
