@@ -23,6 +23,7 @@
 //! - the session index is kept in memory and written a session at a time about once a second
 //!   (see `SessionTail`), and rebuilt from the chain after a crash.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -210,6 +211,7 @@ pub struct Effects {
     pub escalation: Option<(Vec<u8>, Vec<u8>)>,
 }
 
+#[derive(Clone, Copy)]
 struct Head {
     next_seq: u64,
     prev_hash: [u8; 32],
@@ -552,12 +554,11 @@ impl Chains {
             .map(|(key, amount)| Ok((key.clone(), current(key)? + amount)))
             .collect::<Result<Vec<_>>>()?;
         if !batch.heads.contains_key(&tenant_id) {
-            if !heads.contains_key(&tenant_id) {
-                let head = self.load_stored_head(&tenant_id)?;
-                heads.insert(tenant_id.clone(), head);
-            }
-            let head = &heads[&tenant_id];
-            let head = Head { ..*head };
+            // Loaded once: loading also re-indexes the sessions above the tenant's mark.
+            let head = match heads.entry(tenant_id.clone()) {
+                Entry::Occupied(head) => *head.get(),
+                Entry::Vacant(slot) => *slot.insert(self.load_stored_head(&tenant_id)?),
+            };
             batch.heads.insert(tenant_id.clone(), head);
         }
         let head = batch.heads.get_mut(&tenant_id).expect("inserted above");

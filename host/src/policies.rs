@@ -4,8 +4,9 @@
 //! artifact are files, stored once per id in `<data-dir>/policies/` (`<id>.wasm`,
 //! `<id>.cwasm`): an artifact is mapped rather than read, so only the code a policy runs
 //! becomes resident, and none of it sits in the store's cache. Each tenant has its own list of
-//! uploaded policies (metadata, in the store) and at most one active one. Activation swaps an `Arc` under a lock: calls already evaluating keep
-//! the `Arc` they took and finish on the old version.
+//! uploaded policies (metadata, in the store) and at most one active one. Activation swaps an
+//! `Arc` under a lock: calls already evaluating keep the `Arc` they took and finish on the old
+//! version.
 
 use std::collections::HashMap;
 use std::io::Write as _;
