@@ -12,6 +12,11 @@ use serde_json::{Value, json};
 use writ::server::{Gateway, ServeConfig, demo_setup, shutdown_signal};
 use writ::{Engine, EngineConfig, Limits, cases};
 
+/// jemalloc rather than glibc's allocator: under load, glibc's `malloc` and `free` took about
+/// a fifth of the gateway workers' time (BENCHMARKS.md has the profile and the measurements).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "writ", version, about = "Runtime authority for AI agents")]
 struct Cli {
