@@ -289,7 +289,7 @@ impl App {
         let policies = Policies::load(engine.clone(), store.clone())?;
         let audit = AuditLog::start(store.clone());
         let escalations = Escalations::load(store.clone())?;
-        let catalog = Catalog::new(store.clone());
+        let catalog = Catalog::load(store.clone(), tenants.all().iter().map(|t| t.id.as_str()))?;
         let vault = Vault::new(store.clone(), master_key);
         let (jobs, interrupted) = Jobs::load(store.clone(), vault.clone())?;
         let mut checkpoints = HashMap::new();
@@ -779,7 +779,7 @@ impl App {
             Some(wait) => (now + wait.as_millis() as u64).min(esc.deadline_ms),
             None => esc.deadline_ms,
         };
-        match self.await_resolution(&esc, rx, until).await? {
+        match self.await_resolution(&esc, rx, true, until).await? {
             Some(resolved) => Ok(self.outcome_of(&resolved)),
             None if until >= esc.deadline_ms => {
                 let resolved = self.expire(&tenant.id, &esc.id).await?;
@@ -789,21 +789,30 @@ impl App {
         }
     }
 
-    /// Waits until `esc` is resolved or `until_ms` passes.
+    /// Waits until `esc` is resolved or `until_ms` passes. `subscribed_before_commit`: `rx` was
+    /// subscribed before the escalation's row was committed, so no one could resolve it
+    /// unseen and the stored row need not be read (a held call's own escalation).
     async fn await_resolution(
         &self,
         esc: &Escalation,
         mut rx: tokio::sync::watch::Receiver<Option<Escalation>>,
+        subscribed_before_commit: bool,
         until_ms: u64,
     ) -> Result<Option<Escalation>> {
-        if let Some(stored) = self.inner.escalations.get(&esc.tenant_id, &esc.id)?
+        if !subscribed_before_commit
+            && let Some(stored) = self.inner.escalations.get(&esc.tenant_id, &esc.id)?
             && stored.status != Status::Pending
         {
             return Ok(Some(stored));
         }
         let wait = Duration::from_millis(until_ms.saturating_sub(crate::now_ms()));
-        match tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await {
-            Ok(Ok(resolved)) => Ok(resolved.clone()),
+        let waited = tokio::time::timeout(wait, rx.wait_for(Option::is_some))
+            .await
+            .map(|r| r.map(|resolved| resolved.clone()));
+        match waited {
+            Ok(Ok(resolved)) => Ok(resolved),
+            // Timed out: every resolution since the subscription is on the channel.
+            Err(_) if subscribed_before_commit => Ok(rx.borrow().clone()),
             // Timed out, or the channel was replaced: read what is stored.
             _ => Ok(self
                 .inner
@@ -1131,7 +1140,7 @@ impl App {
         let esc = self.escalation(who, id)?;
         let rx = self.inner.escalations.subscribe(&esc.id);
         let until = (crate::now_ms() + timeout.as_millis() as u64).min(esc.deadline_ms);
-        let current = match self.await_resolution(&esc, rx, until).await? {
+        let current = match self.await_resolution(&esc, rx, false, until).await? {
             Some(resolved) => resolved,
             // Past its deadline (e.g. just after a restart, before the sweeper ran).
             None if crate::now_ms() >= esc.deadline_ms => {
@@ -1222,13 +1231,15 @@ impl App {
         arguments: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<Option<ResolvedRequest>> {
         let tenant_id = tenant_role(who, &[Role::Agent])?;
+        if !self.inner.catalog.has_service(tenant_id, service) {
+            return Ok(None);
+        }
         match self.inner.catalog.get(tenant_id, service, tool_name)? {
             Some(entry) => Ok(Some(entry.resolve(arguments)?)),
-            None if self.inner.catalog.has_service(tenant_id, service)? => Err(AppError::Invalid {
+            None => Err(AppError::Invalid {
                 code: "unknown_tool",
                 message: format!("the catalog of `{service}` has no tool `{tool_name}`"),
             }),
-            None => Ok(None),
         }
     }
 

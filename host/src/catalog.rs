@@ -2,7 +2,8 @@
 //! resolves to a downstream HTTP request, which credential it carries and how, and whether it
 //! is destructive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
 
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
@@ -193,16 +194,41 @@ impl ToolEntry {
     }
 }
 
-/// A tenant's catalog in the store. Cheap to clone.
+/// The tenants' catalogs in the store. Cheap to clone.
+///
+/// Which services each tenant has entries for is also kept in memory, so a call to a service
+/// outside the tenant's catalog (the common case: most calls name no catalogued service) is
+/// answered without touching the store. Entries are never removed and [`Catalog::put`] is the
+/// only writer, so the set only grows, and it grows after the entry is stored.
 #[derive(Clone)]
 pub struct Catalog {
     store: Store,
+    services: Arc<RwLock<HashMap<String, HashSet<String>>>>,
 }
 
 impl Catalog {
-    /// The catalog over `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// The catalogs of `tenants` in `store`, with each tenant's services read once.
+    pub fn load<'a>(
+        store: Store,
+        tenants: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Self, CatalogError> {
+        let catalog = Self {
+            store,
+            services: Arc::default(),
+        };
+        let mut services = HashMap::new();
+        for tenant_id in tenants {
+            let names: HashSet<String> = catalog
+                .list(tenant_id)?
+                .into_iter()
+                .map(|e| e.service)
+                .collect();
+            if !names.is_empty() {
+                services.insert(tenant_id.to_owned(), names);
+            }
+        }
+        *catalog.services.write().expect("catalog services lock") = services;
+        Ok(catalog)
     }
 
     /// Adds or replaces an entry, after validating it.
@@ -213,6 +239,12 @@ impl Catalog {
             &[entry.service.as_bytes(), entry.tool_name.as_bytes()],
         );
         self.store.put(Table::Catalog, &key, entry)?;
+        self.services
+            .write()
+            .expect("catalog services lock")
+            .entry(tenant_id.to_owned())
+            .or_default()
+            .insert(entry.service.clone());
         Ok(())
     }
 
@@ -227,10 +259,13 @@ impl Catalog {
         Ok(self.store.get(Table::Catalog, &key)?)
     }
 
-    /// Whether the tenant has any entry for `service`.
-    pub fn has_service(&self, tenant_id: &str, service: &str) -> Result<bool, CatalogError> {
-        let prefix = tenant_key(tenant_id, &[service.as_bytes(), b""]);
-        Ok(!self.store.scan_keys(Table::Catalog, &prefix)?.is_empty())
+    /// Whether the tenant has any entry for `service` (from memory).
+    pub fn has_service(&self, tenant_id: &str, service: &str) -> bool {
+        self.services
+            .read()
+            .expect("catalog services lock")
+            .get(tenant_id)
+            .is_some_and(|names| names.contains(service))
     }
 
     /// Every entry of the tenant.
@@ -334,5 +369,36 @@ mod tests {
             .insert("X-Evil".into(), "a\r\nInjected: yes".into());
         assert!(e.validate().is_err());
         assert!(entry().validate().is_ok());
+    }
+
+    #[test]
+    fn services_are_known_from_memory_after_a_put_and_after_a_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let catalog = Catalog::load(store, ["t1", "t2"]).unwrap();
+            assert!(!catalog.has_service("t1", "github"));
+            catalog.put("t1", &entry()).unwrap();
+            assert!(catalog.has_service("t1", "github"));
+            assert!(!catalog.has_service("t2", "github"));
+            assert!(!catalog.has_service("t1", "stripe"));
+            assert!(!catalog.has_service("t", "github"));
+
+            // A refused entry is neither stored nor known.
+            let mut bad = entry();
+            bad.service = "stripe".into();
+            bad.method = "TRACE".into();
+            assert!(catalog.put("t1", &bad).is_err());
+            assert!(!catalog.has_service("t1", "stripe"));
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let catalog = Catalog::load(store, ["t1", "t2"]).unwrap();
+        assert!(catalog.has_service("t1", "github"));
+        assert!(!catalog.has_service("t2", "github"));
+        assert_eq!(
+            catalog.get("t1", "github", "github.repos.delete").unwrap(),
+            Some(entry())
+        );
+        assert_eq!(catalog.list("t1").unwrap(), vec![entry()]);
     }
 }
