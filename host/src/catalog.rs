@@ -196,9 +196,8 @@ impl ToolEntry {
 
 /// The tenants' catalogs in the store. Cheap to clone.
 ///
-/// Which services each tenant has entries for is also kept in memory, so a call to a service
-/// outside the tenant's catalog (the common case: most calls name no catalogued service) is
-/// answered without touching the store. Entries are never removed and [`Catalog::put`] is the
+/// Which services each tenant has entries for is also kept in memory, so a call naming a
+/// service outside the tenant's catalog is answered without touching the store. Entries are never removed and [`Catalog::put`] is the
 /// only writer, so the set only grows, and it grows after the entry is stored.
 #[derive(Clone)]
 pub struct Catalog {
