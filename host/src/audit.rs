@@ -794,6 +794,7 @@ impl AuditLog {
         let thread = std::thread::Builder::new()
             .name("writ-audit".into())
             .spawn(move || {
+                writer_chains.store.write_log_buffers_on_this_thread();
                 while let Some(first) = pending.blocking_recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {

@@ -237,6 +237,8 @@ pub use {
     },
 };
 
+pub use self::pagecache::write_buffers_inline;
+
 pub use self::{
     batch::Batch,
     config::{Config, Mode},

@@ -1023,7 +1023,23 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     header: Header,
     from_reserve: bool,
 ) -> Result<()> {
-    seal_and_maybe_write_inline(iobufs, iobuf, header, from_reserve, false)
+    seal_and_maybe_write_inline(iobufs, iobuf, header, from_reserve, writes_inline())
+}
+
+std::thread_local! {
+    static WRITES_INLINE: std::cell::Cell<bool> = std::cell::Cell::new(false);
+}
+
+/// Writ: with `true`, the log-buffer writes that fall to the calling thread (sealing a
+/// buffer no one is writing into any more, or leaving the last reservation of a sealed one)
+/// happen on that thread, which waits for them, instead of on the I/O pool. For a thread
+/// that is about to wait for the write anyway, such as one that commits and then flushes.
+pub fn write_buffers_inline(on: bool) {
+    WRITES_INLINE.with(|w| w.set(on));
+}
+
+pub(crate) fn writes_inline() -> bool {
+    WRITES_INLINE.with(|w| w.get())
 }
 
 /// Writ: as `maybe_seal_and_write_iobuf`, but with `write_inline` the calling thread writes

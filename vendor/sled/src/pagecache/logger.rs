@@ -433,6 +433,21 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
+            // Writ: a thread that asked for it writes the buffer itself.
+            if iobuf::writes_inline() {
+                if let Err(e) = self.iobufs.write_to_log(iobuf) {
+                    error!(
+                        "hit error while writing iobuf with lsn {}: {:?}",
+                        lsn, e
+                    );
+                    self.iobufs.config.set_global_error(e.clone());
+                    // Wake whoever waits on stability, so they see the error.
+                    drop(self.iobufs.intervals.lock());
+                    let _notified = self.iobufs.interval_updated.notify_all();
+                    return Err(e);
+                }
+                return Ok(());
+            }
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
             threadpool::spawn(move || {

@@ -62,6 +62,7 @@ pub use self::{
         SEG_HEADER_LEN,
     },
     disk_pointer::DiskPtr,
+    iobuf::write_buffers_inline,
     logger::{Log, LogRead},
 };
 
