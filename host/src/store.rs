@@ -367,7 +367,7 @@ impl Store {
             trees.as_slice().transaction(|trees| {
                 for (table, key, value) in writes {
                     let at = tables.iter().position(|t| t == table).expect("collected");
-                    trees[at].insert(key.as_slice(), value.as_slice())?;
+                    trees[at].set(key.as_slice(), value.as_slice());
                 }
                 Ok(())
             });

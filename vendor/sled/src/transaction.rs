@@ -273,6 +273,18 @@ impl TransactionalTree {
         Ok(old)
     }
 
+    /// Writ: sets a key without reading its current value first, as `insert` does to return
+    /// it. The read is not needed for isolation (commits are serialized by the global write
+    /// lock), and it costs a tree traversal per key.
+    pub fn set<K, V>(&self, key: K, value: V)
+    where
+        K: AsRef<[u8]> + Into<IVec>,
+        V: Into<IVec>,
+    {
+        let mut writes = self.writes.borrow_mut();
+        let _last_write = writes.insert(key.into(), Some(value.into()));
+    }
+
     /// Remove a key
     pub fn remove<K>(
         &self,
