@@ -128,7 +128,7 @@ pub fn verify_chain(
             let detail = format!("record names tenant {}", body.tenant_id);
             return Ok(fail(expected, Problem::WrongTenant, detail, expected, prev));
         }
-        if body.prev_hash != hex::encode(prev) {
+        if body.prev_hash != *crate::audit::hash_hex(&prev) {
             let detail = format!(
                 "prev_hash {} is not the previous hash {}",
                 body.prev_hash,
@@ -143,7 +143,7 @@ pub fn verify_chain(
             ));
         }
         let hash = body.hash(&prev);
-        if record.hash != hex::encode(hash) {
+        if record.hash != *crate::audit::hash_hex(&hash) {
             let detail = format!(
                 "stored hash {}, recomputed {}",
                 record.hash,
