@@ -314,10 +314,23 @@ pub(crate) struct IoBufs {
     pub segment_accountant: Mutex<SegmentAccountant>,
     pub segment_cleaner: SegmentCleaner,
     deferred_segment_ops: stack::Stack<SegmentOp>,
+    // Writ: buffers written to the file but not yet synced (see `Unsynced`).
+    pub(crate) unsynced: Mutex<Vec<Unsynced>>,
     #[cfg(feature = "io_uring")]
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
     pub io_uring: rio::Rio,
+}
+
+/// Writ: a log buffer written to the file and not yet synced: what is needed to sync it and
+/// then mark it stable.
+#[derive(Debug)]
+pub(crate) struct Unsynced {
+    log_offset: LogOffset,
+    total_len: usize,
+    base_lsn: Lsn,
+    maxed: bool,
+    stored_max_stable_lsn: Lsn,
 }
 
 impl Drop for IoBufs {
@@ -417,6 +430,7 @@ impl IoBufs {
             segment_accountant: Mutex::new(segment_accountant),
             segment_cleaner,
             deferred_segment_ops: stack::Stack::default(),
+            unsynced: Mutex::new(Vec::new()),
             #[cfg(feature = "io_uring")]
             submission_mutex: Mutex::new(()),
             #[cfg(feature = "io_uring")]
@@ -567,6 +581,48 @@ impl IoBufs {
     // Write an IO buffer's data to stable storage and set up the
     // next IO buffer for writing.
     pub(crate) fn write_to_log(&self, iobuf: &IoBuf) -> Result<()> {
+        let written = self.write_unsynced(iobuf)?;
+        self.sync_and_finish(vec![written])
+    }
+
+    /// Writ: writes `iobuf` as `write_to_log` does and then syncs it together with every
+    /// buffer left unsynced by `exit_reservation` on a thread writing inline, in one
+    /// `sync_file_range` over the range they span.
+    pub(crate) fn write_to_log_with_unsynced(&self, iobuf: &IoBuf) -> Result<()> {
+        let written = self.write_unsynced(iobuf)?;
+        let mut all = std::mem::take(&mut *self.unsynced.lock());
+        all.push(written);
+        self.sync_and_finish(all)
+    }
+
+    /// Writ: syncs and marks stable the buffers left unsynced, if any. Returns whether there
+    /// were any. Called before anyone waits for stability, so none waits on them forever.
+    pub(crate) fn sync_unsynced(&self) -> Result<bool> {
+        let all = std::mem::take(&mut *self.unsynced.lock());
+        if all.is_empty() {
+            return Ok(false);
+        }
+        self.sync_and_finish(all)?;
+        Ok(true)
+    }
+
+    /// Writ: syncs the file over the range `written` spans (one `sync_file_range`), then
+    /// marks each stable. Syncing bytes between them that belong to other buffers is harmless.
+    fn sync_and_finish(&self, written: Vec<Unsynced>) -> Result<()> {
+        let start = written.iter().map(|w| w.log_offset).min();
+        let end = written.iter().map(|w| w.log_offset + w.total_len as LogOffset).max();
+        if let (Some(start), Some(end)) = (start, end) {
+            self.sync_range(start, usize::try_from(end - start).unwrap())?;
+        }
+        for w in written {
+            self.finish_write(w)?;
+        }
+        Ok(())
+    }
+
+    /// Writ: the first half of `write_to_log`: pads the buffer and writes it to the file,
+    /// without syncing it or marking it stable.
+    pub(crate) fn write_unsynced(&self, iobuf: &IoBuf) -> Result<Unsynced> {
         let _measure = Measure::new(&M.write_to_log);
         let header = iobuf.get_header();
         let log_offset = iobuf.offset;
@@ -728,6 +784,27 @@ impl IoBufs {
         {
             let f = &self.config.file;
             pwrite_all(f, data, log_offset)?;
+        }
+        Ok(Unsynced {
+            log_offset,
+            total_len,
+            base_lsn,
+            maxed,
+            stored_max_stable_lsn,
+        })
+    }
+
+    /// Writ: syncs `len` bytes of the log file from `log_offset` (the second part of
+    /// `write_to_log`).
+    fn sync_range(&self, log_offset: LogOffset, total_len: usize) -> Result<()> {
+        #[cfg(feature = "io_uring")]
+        {
+            // The io_uring path above syncs as it writes.
+            let _ = (log_offset, total_len);
+        }
+        #[cfg(not(feature = "io_uring"))]
+        {
+            let f = &self.config.file;
             if !self.config.temporary {
                 #[cfg(target_os = "linux")]
                 {
@@ -756,6 +833,19 @@ impl IoBufs {
                 f.sync_all()?;
             }
         }
+        Ok(())
+    }
+
+    /// Writ: the last part of `write_to_log`, once the buffer is synced: marks it stable.
+    fn finish_write(&self, written: Unsynced) -> Result<()> {
+        let Unsynced {
+            log_offset,
+            total_len,
+            base_lsn,
+            maxed,
+            stored_max_stable_lsn,
+        } = written;
+        let segment_size = self.config.segment_size;
         io_fail!(self, "buffer write post");
 
         if total_len > 0 {
@@ -939,6 +1029,12 @@ pub(in crate::pagecache) fn make_stable_inner(
             // the next io buffer, which may have dirty
             // data we need to flush (and maybe no other
             // thread is still alive to do so)
+            continue;
+        }
+
+        // Writ: buffers written but left unsynced are synced before anyone waits.
+        if iobufs.sync_unsynced()? {
+            stable = iobufs.stable();
             continue;
         }
 
@@ -1209,7 +1305,7 @@ fn seal_and_maybe_write_inline(
             lsn
         );
         if write_inline {
-            if let Err(e) = iobufs.write_to_log(iobuf) {
+            if let Err(e) = iobufs.write_to_log_with_unsynced(iobuf) {
                 error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
                 iobufs.config.set_global_error(e.clone());
                 let intervals = iobufs.intervals.lock();

@@ -433,20 +433,28 @@ impl Log {
                  to log from exit_reservation",
                 lsn
             );
-            // Writ: a thread that asked for it writes the buffer itself.
+            // Writ: a thread that asked for it writes the buffer itself, and leaves the sync
+            // to its flush (or anyone's wait for stability), which syncs it with the
+            // flushed buffer in one call.
             if iobuf::writes_inline() {
-                if let Err(e) = self.iobufs.write_to_log(iobuf) {
-                    error!(
-                        "hit error while writing iobuf with lsn {}: {:?}",
-                        lsn, e
-                    );
-                    self.iobufs.config.set_global_error(e.clone());
-                    // Wake whoever waits on stability, so they see the error.
-                    drop(self.iobufs.intervals.lock());
-                    let _notified = self.iobufs.interval_updated.notify_all();
-                    return Err(e);
-                }
-                return Ok(());
+                return match self.iobufs.write_unsynced(iobuf) {
+                    Ok(written) => {
+                        self.iobufs.unsynced.lock().push(written);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        error!(
+                            "hit error while writing iobuf with lsn {}: {:?}",
+                            lsn, e
+                        );
+                        self.iobufs.config.set_global_error(e.clone());
+                        // Wake whoever waits on stability, so they see the error.
+                        drop(self.iobufs.intervals.lock());
+                        let _notified =
+                            self.iobufs.interval_updated.notify_all();
+                        Err(e)
+                    }
+                };
             }
             let iobufs = self.iobufs.clone();
             let iobuf = iobuf.clone();
