@@ -106,6 +106,8 @@ fn hot_path(c: &mut Criterion) {
         let _enter = rt.enter();
         AuditLog::start(store.clone())
     };
+    // As on the gateway's audit writer: this thread writes the log buffers it fills or seals.
+    store.write_log_buffers_on_this_thread();
     let mut seq = 0u64;
     group.bench_function("audit append, no flush", |b| {
         b.iter_batched(
