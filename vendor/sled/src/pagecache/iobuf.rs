@@ -596,13 +596,21 @@ impl IoBufs {
     }
 
     /// Writ: syncs and marks stable the buffers left unsynced, if any. Returns whether there
-    /// were any. Called before anyone waits for stability, so none waits on them forever.
+    /// were any. Called before anyone waits for stability, so none waits on them forever. A
+    /// failure is recorded as the global error, as a failed pool write is, and waiters are
+    /// woken to see it: the buffers it leaves unmarked will never be marked.
     pub(crate) fn sync_unsynced(&self) -> Result<bool> {
         let all = std::mem::take(&mut *self.unsynced.lock());
         if all.is_empty() {
             return Ok(false);
         }
-        self.sync_and_finish(all)?;
+        if let Err(e) = self.sync_and_finish(all) {
+            error!("hit error while syncing written iobufs: {:?}", e);
+            self.config.set_global_error(e.clone());
+            drop(self.intervals.lock());
+            let _notified = self.interval_updated.notify_all();
+            return Err(e);
+        }
         Ok(true)
     }
 
