@@ -970,13 +970,13 @@ fn decode_record(bytes: &[u8]) -> Result<Record> {
     })
 }
 
-/// `blake3(prev_hash ‖ canonical bytes)`: a record's hash.
 /// A 32-byte hash as lowercase hex, without allocating (`hex::encode` builds its string a
 /// char at a time, which was 1 % of the gateway's CPU under load when used here).
 pub(crate) fn hash_hex(hash: &[u8; 32]) -> impl std::ops::Deref<Target = str> + std::fmt::Display {
     blake3::Hash::from_bytes(*hash).to_hex()
 }
 
+/// `blake3(prev_hash ‖ canonical bytes)`: a record's hash.
 fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
     *blake3::Hasher::new()
         .update(prev_hash)

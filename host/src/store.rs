@@ -198,11 +198,12 @@ impl Store {
         Ok(())
     }
 
-    /// Makes the calling thread write the log buffers its own writes fill or seal, and wait for
-    /// them, instead of handing them to sled's I/O threads (patch 5 in
+    /// Makes the calling thread write the log buffers its own writes fill or seal instead of
+    /// handing them to sled's I/O threads, and leave a commit's batch-manifest buffer to be
+    /// synced with its next flush's buffer in one call (changes 5 and 7 in
     /// `vendor/sled/WRIT-PATCH.md`). For a thread that flushes after every commit, such as the
-    /// audit writer: its flush waits for every earlier buffer anyway, and each hand-off costs a
-    /// pool thread's wake-up and sleep.
+    /// audit writer: its flush waits for every earlier buffer anyway, and each hand-off cost a
+    /// pool thread's wake-up and each separate sync a disk round trip.
     pub fn write_log_buffers_on_this_thread(&self) {
         sled::write_buffers_inline(true);
     }
