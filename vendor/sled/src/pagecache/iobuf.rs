@@ -606,12 +606,19 @@ impl IoBufs {
         }
         if let Err(e) = self.sync_and_finish(all) {
             error!("hit error while syncing written iobufs: {:?}", e);
-            self.config.set_global_error(e.clone());
-            drop(self.intervals.lock());
-            let _notified = self.interval_updated.notify_all();
-            return Err(e);
+            return Err(self.fail(e));
         }
         Ok(true)
+    }
+
+    /// Writ: records `e` as the global error, as a failed pool write does, and wakes whoever
+    /// waits on stability so that they see it; returns `e`.
+    pub(crate) fn fail(&self, e: Error) -> Error {
+        self.config.set_global_error(e.clone());
+        // Holding the mutex linearizes this with the waiters' check.
+        drop(self.intervals.lock());
+        let _notified = self.interval_updated.notify_all();
+        e
     }
 
     /// Writ: syncs the file over the range `written` spans (one `sync_file_range`), then
@@ -1315,11 +1322,7 @@ fn seal_and_maybe_write_inline(
         if write_inline {
             if let Err(e) = iobufs.write_to_log_with_unsynced(iobuf) {
                 error!("hit error while writing iobuf with lsn {}: {:?}", lsn, e);
-                iobufs.config.set_global_error(e.clone());
-                let intervals = iobufs.intervals.lock();
-                drop(intervals);
-                let _notified = iobufs.interval_updated.notify_all();
-                return Err(e);
+                return Err(iobufs.fail(e));
             }
             return Ok(());
         }

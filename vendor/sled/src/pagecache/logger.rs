@@ -447,12 +447,7 @@ impl Log {
                             "hit error while writing iobuf with lsn {}: {:?}",
                             lsn, e
                         );
-                        self.iobufs.config.set_global_error(e.clone());
-                        // Wake whoever waits on stability, so they see the error.
-                        drop(self.iobufs.intervals.lock());
-                        let _notified =
-                            self.iobufs.interval_updated.notify_all();
-                        Err(e)
+                        Err(self.iobufs.fail(e))
                     }
                 };
             }
