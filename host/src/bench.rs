@@ -308,6 +308,8 @@ pub struct Latency {
 pub struct Report {
     /// `floor` or `writ`.
     pub target: String,
+    /// Which round of a multi-round run (from 1); each round loads the floor, then the gateway.
+    pub round: usize,
     /// Concurrent connections.
     pub connections: usize,
     /// Measured requests answered or failed.
@@ -424,6 +426,7 @@ pub async fn run_load(
     let client_cpu_us_per_request = per_request(client_start, cpu_seconds(std::process::id()));
     Ok(Report {
         target: target.to_owned(),
+        round: 1,
         connections: config.connections,
         requests,
         errors,
@@ -608,8 +611,14 @@ pub fn distinct_component(policy: &[u8], tag: &str) -> Vec<u8> {
     bytes
 }
 
+/// The pending-escalation cap of the tenants the bench creates: more than any bounded run opens.
+pub const BENCH_MAX_PENDING: usize = 100_000_000;
+/// The escalation hold of the tenants the bench creates, seconds: longer than any bounded run.
+pub const BENCH_HOLD_S: u64 = 24 * 3600;
+
 /// Creates `count` tenants named `{prefix}-{i}` on the gateway at `base` (operator key), each
-/// with its own copy of `policy` active and an agent and reviewer key.
+/// with its own copy of `policy` active and an agent and reviewer key,
+/// and with [`BENCH_MAX_PENDING`] and [`BENCH_HOLD_S`] as its escalation limits.
 pub async fn setup_tenants(
     base: &str,
     operator_key: &str,
@@ -639,6 +648,18 @@ pub async fn setup_tenants(
         )
         .await?;
         let id = field(&tenant, "tenant_id")?;
+        // Over-limit calls must stay ESCALATE for the whole run: no pending cap to reach, and
+        // no hold that runs out (and turns the run into one that also expires escalations).
+        call(
+            reqwest::Method::PATCH,
+            format!("/v1/admin/tenants/{id}"),
+            operator_key,
+            Some(json!({
+                "max_pending_escalations": BENCH_MAX_PENDING,
+                "escalation_hold_s": BENCH_HOLD_S,
+            })),
+        )
+        .await?;
         let mut keys = Vec::new();
         for role in ["admin", "agent", "reviewer"] {
             let key = call(
@@ -875,9 +896,11 @@ impl Spawned {
 
 /// The reports as a table: one row per run, then Writ as a share of the floor.
 pub fn table(reports: &[Report]) -> String {
+    let rounds = reports.iter().map(|r| r.round).max().unwrap_or(1);
     let mut out = format!(
-        "{:<6} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
+        "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
         "target",
+        "round",
         "conns",
         "requests",
         "errors",
@@ -894,8 +917,9 @@ pub fn table(reports: &[Report]) -> String {
             .server_cpu_us_per_request
             .map_or("n/a".to_owned(), |us| format!("{us:.1}"));
         out += &format!(
-            "{:<6} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11}\n",
+            "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11}\n",
             r.target,
+            r.round,
             r.connections,
             r.requests,
             r.errors,
@@ -907,20 +931,61 @@ pub fn table(reports: &[Report]) -> String {
             cpu,
         );
     }
-    if let (Some(floor), Some(writ)) = (
-        reports.iter().find(|r| r.target == "floor"),
-        reports.iter().find(|r| r.target == "writ"),
-    ) && floor.requests_per_second > 0.0
-    {
-        out += &format!(
-            "writ / floor: {:.1}% of the floor's requests/s\n",
-            100.0 * writ.requests_per_second / floor.requests_per_second
+    let ratios = ratios(reports);
+    if let Some(median) = median(&ratios) {
+        if rounds == 1 {
+            out += &format!("writ / floor: {median:.1}% of the floor's requests/s\n");
+        } else {
+            let each: Vec<String> = ratios.iter().map(|r| format!("{r:.1}%")).collect();
+            out += &format!(
+                "writ / floor: median {median:.1}% of the floor's requests/s over {} rounds ({})\n",
+                ratios.len(),
+                each.join(", ")
+            );
+        }
+    }
+    let mut decisions: BTreeMap<&str, BTreeMap<String, u64>> = BTreeMap::new();
+    for r in reports {
+        merge(
+            decisions.entry(r.target.as_str()).or_default(),
+            r.decisions.clone(),
         );
     }
-    for r in reports.iter().filter(|r| !r.decisions.is_empty()) {
-        out += &format!("{} decisions: {:?}\n", r.target, r.decisions);
+    for (target, counts) in decisions.iter().filter(|(_, c)| !c.is_empty()) {
+        out += &format!("{target} decisions: {counts:?}\n");
     }
     out
+}
+
+/// Writ's requests/s as a percentage of the floor's, for each round that loaded both (in
+/// round order).
+pub fn ratios(reports: &[Report]) -> Vec<f64> {
+    let of = |target: &str, round: usize| {
+        reports
+            .iter()
+            .find(|r| r.target == target && r.round == round)
+    };
+    let rounds = reports.iter().map(|r| r.round).max().unwrap_or(0);
+    (1..=rounds)
+        .filter_map(|round| match (of("floor", round), of("writ", round)) {
+            (Some(floor), Some(writ)) if floor.requests_per_second > 0.0 => {
+                Some(100.0 * writ.requests_per_second / floor.requests_per_second)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
 }
 
 #[cfg(test)]
@@ -1019,5 +1084,62 @@ mod tests {
         );
         assert_eq!(decision_of(br#"{"decision":"ALLOWED"}"#), "other");
         assert_eq!(decision_of(br#"{"error":{}}"#), "none");
+    }
+
+    fn report(target: &str, round: usize, requests_per_second: f64) -> Report {
+        Report {
+            target: target.into(),
+            round,
+            connections: 1,
+            requests: 1,
+            errors: 0,
+            seconds: 1.0,
+            requests_per_second,
+            latency_us: Latency {
+                p50: 1,
+                p90: 1,
+                p99: 1,
+                max: 1,
+                mean: 1.0,
+            },
+            statuses: BTreeMap::new(),
+            decisions: BTreeMap::from([("ALLOW".to_owned(), 1)]),
+            sent: BTreeMap::new(),
+            server_cpu_us_per_request: None,
+            client_cpu_us_per_request: None,
+        }
+    }
+
+    #[test]
+    fn ratios_pair_each_round_and_the_median_is_reported() {
+        let reports = [
+            report("floor", 1, 100.0),
+            report("writ", 1, 30.0),
+            report("floor", 2, 80.0),
+            report("writ", 2, 20.0),
+            report("floor", 3, 50.0),
+            report("writ", 3, 20.0),
+        ];
+        assert_eq!(ratios(&reports), [30.0, 25.0, 40.0]);
+        assert_eq!(median(&ratios(&reports)), Some(30.0));
+        assert_eq!(median(&[25.0, 40.0]), Some(32.5));
+        assert_eq!(median(&[]), None);
+        // A round without the floor (`--no-floor`) has no ratio.
+        assert!(ratios(&[report("writ", 1, 30.0)]).is_empty());
+
+        let table = table(&reports);
+        assert!(
+            table.contains(
+                "median 30.0% of the floor's requests/s over 3 rounds (30.0%, 25.0%, 40.0%)"
+            ),
+            "{table}"
+        );
+        // Decisions are summed over the rounds.
+        assert!(table.contains("writ decisions: {\"ALLOW\": 3}"), "{table}");
+        let one = super::table(&reports[..2]);
+        assert!(
+            one.contains("writ / floor: 30.0% of the floor's requests/s"),
+            "{one}"
+        );
     }
 }

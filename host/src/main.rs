@@ -105,6 +105,11 @@ struct BenchArgs {
     /// Skip the floor run.
     #[arg(long)]
     no_floor: bool,
+    /// Rounds to run, each loading the floor and then the gateway (1..=10); with more than
+    /// one, the report gives each round's ratio and their median, which is steadier on a
+    /// machine whose speed drifts.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Before the load, hold this many escalations open at once and report the memory they
     /// take (on a tenant of their own).
     #[arg(long, default_value_t = 0)]
@@ -410,6 +415,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         (1..=1000).contains(&args.tenants),
         "tenants must be 1..=1000"
     );
+    anyhow::ensure!((1..=10).contains(&args.rounds), "rounds must be 1..=10");
     let policy = std::fs::read(&args.policy)
         .with_context(|| format!("reading {}", args.policy.display()))?;
     let exe = std::env::current_exe().context("finding the writ binary")?;
@@ -461,18 +467,34 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         None
     };
 
-    let mut reports = Vec::new();
-    if !args.no_floor {
+    let floor = if args.no_floor {
+        None
+    } else {
         let mut command = tokio::process::Command::new(&exe);
         command.arg("bench-floor");
-        let floor = Spawned::start(command).await?;
-        say(&format!("loading the floor on {}", floor.addr));
-        let keys = ["floor".to_owned()];
-        reports.push(bench::run_load("floor", floor.addr, &keys, floor.pid(), &config).await?);
-    }
-    say(&format!("loading the gateway on {addr}"));
+        Some(Spawned::start(command).await?)
+    };
     let keys: Vec<String> = tenants.iter().map(|t| t.agent_key.clone()).collect();
-    reports.push(bench::run_load("writ", addr, &keys, pid, &config).await?);
+    let mut reports = Vec::new();
+    for round in 1..=args.rounds {
+        let of = if args.rounds > 1 {
+            format!(" (round {round} of {})", args.rounds)
+        } else {
+            String::new()
+        };
+        if let Some(floor) = &floor {
+            say(&format!("loading the floor on {}{of}", floor.addr));
+            let floor_keys = ["floor".to_owned()];
+            let mut report =
+                bench::run_load("floor", floor.addr, &floor_keys, floor.pid(), &config).await?;
+            report.round = round;
+            reports.push(report);
+        }
+        say(&format!("loading the gateway on {addr}{of}"));
+        let mut report = bench::run_load("writ", addr, &keys, pid, &config).await?;
+        report.round = round;
+        reports.push(report);
+    }
     let rss_after_load = pid.and_then(bench::rss_bytes);
 
     let mib = |b: Option<u64>| {
@@ -502,6 +524,10 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "tenants": args.tenants,
         "policy": args.policy.display().to_string(),
         "runs": reports,
+        "writ_over_floor_percent": {
+            "by_round": bench::ratios(&reports),
+            "median": bench::median(&bench::ratios(&reports)),
+        },
         "gateway_rss_bytes": {"after_setup": rss_after_setup, "after_load": rss_after_load},
         "held": held,
     });

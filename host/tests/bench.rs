@@ -29,6 +29,8 @@ fn bench_loads_the_floor_and_the_gateway_and_reports_every_decision() {
         "0",
         "--held",
         "5",
+        "--rounds",
+        "2",
         "--json",
         "-",
     ]);
@@ -38,11 +40,24 @@ fn bench_loads_the_floor_and_the_gateway_and_reports_every_decision() {
     // The table goes to stderr when the JSON takes stdout.
     assert!(stderr.contains("writ / floor:"), "{stderr}");
 
+    // Two rounds, each loading the floor and then the gateway.
     let runs = report["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 2);
-    let (floor, writ) = (&runs[0], &runs[1]);
-    assert_eq!(floor["target"], "floor");
-    assert_eq!(writ["target"], "writ");
+    let order: Vec<(&str, u64)> = runs
+        .iter()
+        .map(|r| (r["target"].as_str().unwrap(), r["round"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        order,
+        [("floor", 1), ("writ", 1), ("floor", 2), ("writ", 2)],
+        "{report}"
+    );
+    let ratios = &report["writ_over_floor_percent"];
+    assert_eq!(ratios["by_round"].as_array().unwrap().len(), 2, "{ratios}");
+    assert!(
+        ratios["median"].as_f64().is_some_and(|m| m > 0.0),
+        "{ratios}"
+    );
+    assert!(stderr.contains("over 2 rounds"), "{stderr}");
     for run in runs {
         assert_eq!(run["requests"], 400, "{run}");
         assert_eq!(run["errors"], 0, "{run}");
@@ -58,17 +73,21 @@ fn bench_loads_the_floor_and_the_gateway_and_reports_every_decision() {
             );
         }
     }
-    assert_eq!(floor["decisions"]["ALLOW"], 400);
-
-    // Every kind of the mix was sent and got the decision payments-limits gives it.
-    let sent = |kind: &str| writ["sent"][kind].as_u64().unwrap_or(0);
-    let decided = |d: &str| writ["decisions"][d].as_u64().unwrap_or(0);
-    for kind in ["payment", "email", "unknown", "over_limit"] {
-        assert!(sent(kind) > 0, "{kind} not sent: {writ}");
+    for writ in runs.iter().filter(|r| r["target"] == "writ") {
+        // Every kind of the mix was sent and got the decision payments-limits gives it, in
+        // every round.
+        let sent = |kind: &str| writ["sent"][kind].as_u64().unwrap_or(0);
+        let decided = |d: &str| writ["decisions"][d].as_u64().unwrap_or(0);
+        for kind in ["payment", "email", "unknown", "over_limit"] {
+            assert!(sent(kind) > 0, "{kind} not sent: {writ}");
+        }
+        assert_eq!(decided("ALLOW"), sent("payment") + sent("email"), "{writ}");
+        assert_eq!(decided("BLOCK"), sent("unknown"), "{writ}");
+        assert_eq!(decided("ESCALATE"), sent("over_limit"), "{writ}");
     }
-    assert_eq!(decided("ALLOW"), sent("payment") + sent("email"), "{writ}");
-    assert_eq!(decided("BLOCK"), sent("unknown"), "{writ}");
-    assert_eq!(decided("ESCALATE"), sent("over_limit"), "{writ}");
+    for floor in runs.iter().filter(|r| r["target"] == "floor") {
+        assert_eq!(floor["decisions"]["ALLOW"], 400);
+    }
 
     // Five calls were held at once, then rejected and answered BLOCK.
     assert_eq!(report["held"]["held"], 5);
@@ -90,6 +109,8 @@ fn bench_refuses_targets_off_loopback_and_out_of_bounds_settings() {
         (vec!["--mix", "payment=0"], "the mix has no weight"),
         (vec!["--mix", "refund=5"], "mix kind `refund`"),
         (vec!["--tenants", "0"], "tenants must be"),
+        (vec!["--rounds", "0"], "rounds must be"),
+        (vec!["--rounds", "11"], "rounds must be"),
     ] {
         let mut all = vec!["--policy", artifacts::PAYMENTS_LIMITS];
         all.extend(args.iter().copied());
