@@ -795,7 +795,7 @@ impl App {
     async fn await_resolution(
         &self,
         esc: &Escalation,
-        mut rx: tokio::sync::watch::Receiver<Option<Escalation>>,
+        mut rx: escalations::Subscription,
         subscribed_before_commit: bool,
         until_ms: u64,
     ) -> Result<Option<Escalation>> {

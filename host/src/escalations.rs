@@ -150,6 +150,44 @@ struct Inner {
     deadlines: BTreeSet<(u64, String, String)>,
 }
 
+/// A subscription to one escalation's resolution ([`Escalations::subscribe`]): a watch
+/// receiver that, when dropped, also drops the escalation's channel if it was the last one.
+pub struct Subscription {
+    /// Taken only by `drop`, under the lock.
+    rx: Option<watch::Receiver<Option<Escalation>>>,
+    id: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl std::ops::Deref for Subscription {
+    type Target = watch::Receiver<Option<Escalation>>;
+
+    fn deref(&self) -> &Self::Target {
+        self.rx.as_ref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Subscription {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.rx.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // Under the lock, so no one subscribes between this receiver going and the check.
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.rx.take());
+        if inner
+            .channels
+            .get(&self.id)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            inner.channels.remove(&self.id);
+        }
+    }
+}
+
 impl Escalations {
     /// Loads the pending escalations' counts and deadlines from the store.
     pub fn load(store: Store) -> Result<Self, StoreError> {
@@ -225,15 +263,23 @@ impl Escalations {
     }
 
     /// A channel that receives the escalation once it is resolved. Subscribe before checking
-    /// the stored status, so a resolution in between is not missed.
-    pub fn subscribe(&self, id: &str) -> watch::Receiver<Option<Escalation>> {
-        self.inner
+    /// the stored status, so a resolution in between is not missed. The channel lives while
+    /// someone is subscribed: an escalation nobody waits on (answered at once with `?wait=0`)
+    /// keeps no channel while it is pending.
+    pub fn subscribe(&self, id: &str) -> Subscription {
+        let rx = self
+            .inner
             .lock()
             .expect("escalations lock")
             .channels
             .entry(id.to_owned())
             .or_insert_with(|| watch::channel(None).0)
-            .subscribe()
+            .subscribe();
+        Subscription {
+            rx: Some(rx),
+            id: id.to_owned(),
+            inner: self.inner.clone(),
+        }
     }
 
     /// Pending escalations whose deadline is at or before `now_ms`: (tenant, id).
@@ -256,5 +302,73 @@ impl Escalations {
             .entry(tenant_id.to_owned())
             .or_default()
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escalation(id: &str, status: Status) -> Escalation {
+        Escalation {
+            id: id.into(),
+            tenant_id: "t".into(),
+            status,
+            action: "payments.initiate".into(),
+            arguments: "{}".into(),
+            agent_id: "agent".into(),
+            session_id: "session".into(),
+            policy_id: "p".into(),
+            reason: "over the limit".into(),
+            codes: vec![],
+            charges: vec![],
+            call_hash: "h".into(),
+            call_timestamp_ms: 1,
+            opened_ms: 1,
+            deadline_ms: 60_001,
+            opened_event_id: "evt_1".into(),
+            decided_ms: None,
+            decided_by: None,
+            note: None,
+            resolved_event_id: None,
+            request: None,
+            job_id: None,
+        }
+    }
+
+    fn channels(e: &Escalations) -> usize {
+        e.inner.lock().unwrap().channels.len()
+    }
+
+    #[test]
+    fn a_channel_lives_only_while_someone_is_subscribed() {
+        let dir = tempfile::tempdir().unwrap();
+        let escalations = Escalations::load(Store::open(dir.path()).unwrap()).unwrap();
+        let pending = escalation("esc_1", Status::Pending);
+        escalations.opened(&pending);
+
+        // Answered at once (`?wait=0`): nothing is kept for it while it is pending.
+        drop(escalations.subscribe("esc_1"));
+        assert_eq!(channels(&escalations), 0);
+
+        // Two waiters share one channel; it goes with the last of them.
+        let first = escalations.subscribe("esc_1");
+        let mut second = escalations.subscribe("esc_1");
+        assert_eq!(channels(&escalations), 1);
+        drop(first);
+        assert_eq!(channels(&escalations), 1);
+
+        // A waiter still subscribed receives the resolution.
+        let mut approved = pending.clone();
+        approved.status = Status::Approved;
+        escalations.resolved(&approved);
+        assert_eq!(channels(&escalations), 0);
+        assert_eq!(
+            second.borrow_and_update().as_ref().map(|e| e.status),
+            Some(Status::Approved)
+        );
+        drop(second);
+        assert_eq!(channels(&escalations), 0);
+        assert!(escalations.due(u64::MAX).is_empty());
     }
 }
