@@ -717,7 +717,7 @@ impl App {
         }
         let now = crate::now_ms();
         let esc = Escalation {
-            id: crate::tenants::new_id("esc_"),
+            id: crate::tenants::new_ordered_id("esc_"),
             tenant_id: tenant.id.clone(),
             status: Status::Pending,
             action: req.action.clone(),
@@ -741,7 +741,7 @@ impl App {
             call_timestamp_ms: now,
             opened_ms: now,
             deadline_ms: now + tenant.limits.escalation_hold_s * 1000,
-            opened_event_id: crate::tenants::new_id("evt_"),
+            opened_event_id: crate::tenants::new_ordered_id("evt_"),
             decided_ms: None,
             decided_by: None,
             note: None,
@@ -919,7 +919,7 @@ impl App {
         resolved.decided_ms = Some(now);
         resolved.decided_by = who.map(|w| w.subject.clone());
         resolved.note = note.clone();
-        resolved.resolved_event_id = Some(crate::tenants::new_id("evt_"));
+        resolved.resolved_event_id = Some(crate::tenants::new_ordered_id("evt_"));
         // An approved call with a downstream request runs exactly what the reviewer saw, once:
         // the job is created here, under the decision lock, and started after the record.
         let job = match (&esc.request, status) {

@@ -135,7 +135,7 @@ impl Jobs {
         decision_event_id: &str,
     ) -> Result<Job, StoreError> {
         let job = Job {
-            id: crate::tenants::new_id("job_"),
+            id: crate::tenants::new_ordered_id("job_"),
             tenant_id: tenant_id.to_owned(),
             status: JobStatus::Pending,
             request,
