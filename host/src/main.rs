@@ -475,6 +475,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(Spawned::start(command).await?)
     };
     let keys: Vec<String> = tenants.iter().map(|t| t.agent_key.clone()).collect();
+    let floor_keys = ["floor".to_owned()];
     let mut reports = Vec::new();
     for round in 1..=args.rounds {
         let of = if args.rounds > 1 {
@@ -484,7 +485,6 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         };
         if let Some(floor) = &floor {
             say(&format!("loading the floor on {}{of}", floor.addr));
-            let floor_keys = ["floor".to_owned()];
             let mut report =
                 bench::run_load("floor", floor.addr, &floor_keys, floor.pid(), &config).await?;
             report.round = round;
@@ -518,6 +518,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             h.answered
         );
     }
+    let ratios = bench::ratios(&reports);
     let report = json!({
         "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
         "config": config,
@@ -525,8 +526,8 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "policy": args.policy.display().to_string(),
         "runs": reports,
         "writ_over_floor_percent": {
-            "by_round": bench::ratios(&reports),
-            "median": bench::median(&bench::ratios(&reports)),
+            "median": bench::median(&ratios),
+            "by_round": ratios,
         },
         "gateway_rss_bytes": {"after_setup": rss_after_setup, "after_load": rss_after_load},
         "held": held,
