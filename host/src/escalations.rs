@@ -175,7 +175,9 @@ impl std::ops::DerefMut for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        // Under the lock, so no one subscribes between this receiver going and the check.
+        // Under the lock, so no one subscribes between this receiver going and the check. It
+        // goes first: the channel under this id may be a newer one (after a resolution), which
+        // must stay while it has receivers of its own.
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         drop(self.rx.take());
         if inner

@@ -201,9 +201,10 @@ impl Store {
     /// Makes the calling thread write the log buffers its own writes fill or seal instead of
     /// handing them to sled's I/O threads, and leave a commit's batch-manifest buffer to be
     /// synced with its next flush's buffer in one call (changes 5 and 7 in
-    /// `vendor/sled/WRIT-PATCH.md`). The setting is the thread's, for every store it writes to. For a thread that flushes after every commit, such as the
-    /// audit writer: its flush waits for every earlier buffer anyway, and each hand-off cost a
-    /// pool thread's wake-up and each separate sync a disk round trip.
+    /// `vendor/sled/WRIT-PATCH.md`). The setting is the thread's, for every store it writes
+    /// to. For a thread that flushes after every commit, such as the audit writer: its flush
+    /// waits for every earlier buffer anyway, and each hand-off cost a pool thread's wake-up
+    /// and each separate sync a disk round trip.
     pub fn write_log_buffers_on_this_thread(&self) {
         sled::write_buffers_inline(true);
     }
