@@ -6,7 +6,7 @@
 //!
 //! Also here: setting up bench tenants over the HTTP API (each with its own copy of the policy,
 //! so every tenant compiles and holds its own component), holding escalations open to measure
-//! their memory, and reading a process's resident memory.
+//! their memory, and reading a process's resident memory and CPU time and the machine's idle time.
 //!
 //! Everything is bounded (connections, requests, seconds) and refuses any address that is not
 //! loopback: this is a tool for measuring one's own machine, not for loading someone else's.
@@ -333,6 +333,10 @@ pub struct Report {
     pub server_cpu_us_per_request: Option<f64>,
     /// CPU time the load generator (this process) spent per measured request, microseconds.
     pub client_cpu_us_per_request: Option<f64>,
+    /// Share of the machine's CPU time that went unused (idle or waiting on I/O) in the
+    /// measured window, percent (Linux). With the generator and the target sharing the cores,
+    /// time left here is time neither had work to run: e.g. every connection waiting on a disk.
+    pub machine_idle_percent: Option<f64>,
 }
 
 struct Shared {
@@ -395,11 +399,16 @@ pub async fn run_load(
             .collect();
         tasks.spawn(connection(conn, shared.clone(), requests));
     }
-    // CPU time of the target and of this process, read when the measured window opens.
+    // CPU time of the target, of this process and of the machine, read when the measured
+    // window opens.
     let measure_from = shared.measure_from;
     let cpu_at_start = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
-        (pid.and_then(cpu_seconds), cpu_seconds(std::process::id()))
+        (
+            pid.and_then(cpu_seconds),
+            cpu_seconds(std::process::id()),
+            machine_cpu_ticks(),
+        )
     });
     let mut latency = latency_histogram();
     let (mut statuses, mut decisions, mut sent) =
@@ -417,13 +426,17 @@ pub async fn run_load(
     }
     let seconds = last.duration_since(shared.measure_from).as_secs_f64();
     let requests = latency.len();
-    let (server_start, client_start) = cpu_at_start.await.unwrap_or_default();
+    let (server_start, client_start, machine_start) = cpu_at_start.await.unwrap_or_default();
     let per_request = |start: Option<f64>, end: Option<f64>| match (start, end) {
         (Some(start), Some(end)) if requests > 0 => Some((end - start) * 1e6 / requests as f64),
         _ => None,
     };
     let server_cpu_us_per_request = per_request(server_start, pid.and_then(cpu_seconds));
     let client_cpu_us_per_request = per_request(client_start, cpu_seconds(std::process::id()));
+    let machine_idle_percent = match (machine_start, machine_cpu_ticks()) {
+        (Some(start), Some(end)) => end.idle_percent_since(&start),
+        _ => None,
+    };
     Ok(Report {
         target: target.to_owned(),
         round: 1,
@@ -448,6 +461,7 @@ pub async fn run_load(
         sent,
         server_cpu_us_per_request,
         client_cpu_us_per_request,
+        machine_idle_percent,
     })
 }
 
@@ -730,6 +744,48 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SECOND)
 }
 
+/// The machine's CPU time so far, all CPUs, in the kernel's ticks: `/proc/stat`'s `cpu` line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// Idle, and idle waiting on I/O.
+    pub unused: u64,
+    /// Everything: user, nice, system, idle, I/O wait, interrupts, soft interrupts, steal.
+    pub total: u64,
+}
+
+impl CpuTicks {
+    /// The share of the time between `start` and `self` that went unused, percent; `None` if
+    /// no time passed.
+    pub fn idle_percent_since(&self, start: &CpuTicks) -> Option<f64> {
+        let total = self.total.checked_sub(start.total).filter(|t| *t > 0)?;
+        let unused = self.unused.saturating_sub(start.unused);
+        Some(100.0 * unused as f64 / total as f64)
+    }
+
+    /// Parses `/proc/stat`.
+    fn parse(stat: &str) -> Option<Self> {
+        let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+        // user nice system idle iowait irq softirq steal, then guest time already counted
+        // in user and nice.
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .map(str::parse)
+            .collect::<std::result::Result<_, _>>()
+            .ok()?;
+        Some(Self {
+            unused: ticks.get(3)? + ticks.get(4).copied().unwrap_or(0),
+            total: ticks.iter().sum(),
+        })
+    }
+}
+
+/// The machine's CPU time so far (Linux `/proc`; `None` elsewhere).
+pub fn machine_cpu_ticks() -> Option<CpuTicks> {
+    CpuTicks::parse(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
 /// What holding escalations open cost.
 #[derive(Debug, Clone, Serialize)]
 pub struct HeldReport {
@@ -898,7 +954,7 @@ impl Spawned {
 pub fn table(reports: &[Report]) -> String {
     let rounds = reports.iter().map(|r| r.round).max().unwrap_or(1);
     let mut out = format!(
-        "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11}\n",
+        "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7}\n",
         "target",
         "round",
         "conns",
@@ -909,15 +965,19 @@ pub fn table(reports: &[Report]) -> String {
         "p90 ms",
         "p99 ms",
         "max ms",
-        "cpu µs/req"
+        "cpu µs/req",
+        "idle %"
     );
     let ms = |us: u64| us as f64 / 1000.0;
     for r in reports {
         let cpu = r
             .server_cpu_us_per_request
             .map_or("n/a".to_owned(), |us| format!("{us:.1}"));
+        let idle = r
+            .machine_idle_percent
+            .map_or("n/a".to_owned(), |p| format!("{p:.1}"));
         out += &format!(
-            "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11}\n",
+            "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>7}\n",
             r.target,
             r.round,
             r.connections,
@@ -929,6 +989,7 @@ pub fn table(reports: &[Report]) -> String {
             ms(r.latency_us.p99),
             ms(r.latency_us.max),
             cpu,
+            idle,
         );
     }
     let ratios = ratios(reports);
@@ -1107,6 +1168,36 @@ mod tests {
             sent: BTreeMap::new(),
             server_cpu_us_per_request: None,
             client_cpu_us_per_request: None,
+            machine_idle_percent: None,
+        }
+    }
+
+    #[test]
+    fn idle_time_is_read_from_proc_stat() {
+        let at = |user: u64, idle: u64, iowait: u64| {
+            CpuTicks::parse(&format!(
+                "cpu  {user} 0 100 {idle} {iowait} 5 5 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 1 2\n"
+            ))
+            .expect("parses")
+        };
+        assert_eq!(
+            at(1000, 400, 100),
+            CpuTicks {
+                unused: 500,
+                total: 1610
+            }
+        );
+        // 900 more ticks, of which 90 idle and 10 waiting on I/O.
+        let percent = at(1800, 490, 110).idle_percent_since(&at(1000, 400, 100));
+        assert_eq!(percent, Some(100.0 * 100.0 / 900.0));
+        assert_eq!(
+            at(1000, 400, 100).idle_percent_since(&at(1000, 400, 100)),
+            None
+        );
+        assert_eq!(CpuTicks::parse("cpu0 1 2 3\n"), None);
+        assert_eq!(CpuTicks::parse("cpu  1 x 3 4\n"), None);
+        if cfg!(target_os = "linux") {
+            assert!(machine_cpu_ticks().is_some_and(|t| t.total >= t.unused));
         }
     }
 

@@ -72,6 +72,12 @@ fn bench_loads_the_floor_and_the_gateway_and_reports_every_decision() {
                 "{cpu}: {run}"
             );
         }
+        // The machine's unused share, when any tick passed in so short a window.
+        let idle = &run["machine_idle_percent"];
+        assert!(
+            idle.is_null() || idle.as_f64().is_some_and(|p| (0.0..=100.0).contains(&p)),
+            "machine_idle_percent: {run}"
+        );
     }
     for writ in runs.iter().filter(|r| r["target"] == "writ") {
         // Every kind of the mix was sent and got the decision payments-limits gives it, in
