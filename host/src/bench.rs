@@ -6,7 +6,8 @@
 //!
 //! Also here: setting up bench tenants over the HTTP API (each with its own copy of the policy,
 //! so every tenant compiles and holds its own component), holding escalations open to measure
-//! their memory, and reading a process's resident memory and CPU time and the machine's idle time.
+//! their memory, and reading a process's resident memory and CPU time and the machine's idle
+//! time.
 //!
 //! Everything is bounded (connections, requests, seconds) and refuses any address that is not
 //! loopback: this is a tool for measuring one's own machine, not for loading someone else's.
