@@ -287,7 +287,8 @@ impl App {
             .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
         let tenants = Tenants::load(store.clone())?;
         let policies = Policies::load(engine.clone(), store.clone())?;
-        let audit = AuditLog::start(store.clone());
+        let metrics = Metrics::default();
+        let audit = AuditLog::start_observed(store.clone(), metrics.audit_writer.clone());
         let escalations = Escalations::load(store.clone())?;
         let catalog = Catalog::load(store.clone(), tenants.all().iter().map(|t| t.id.as_str()))?;
         let vault = Vault::new(store.clone(), master_key);
@@ -311,7 +312,7 @@ impl App {
                 tenants,
                 policies,
                 audit,
-                metrics: Metrics::default(),
+                metrics,
                 activation: tokio::sync::Mutex::new(()),
                 escalations,
                 idempotency: Mutex::default(),

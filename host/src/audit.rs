@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::AuditWriterMetrics;
 use crate::store::{Store, StoreError, Table, Write};
 use crate::tenants::{tenant_key, tenant_prefix};
 
@@ -458,19 +459,25 @@ impl Drop for Writer {
 
 impl Chains {
     /// One writer round: commit the batch in one transaction, flush once, answer everyone.
-    fn write_and_flush(&self, batch: Vec<Pending>) {
+    fn write_and_flush(&self, batch: Vec<Pending>, metrics: &AuditWriterMetrics) {
         let (items, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|p| ((p.tenant_id, p.body, p.effects), p.reply))
             .unzip();
         let mut results = self.write_batch(items);
-        if results.iter().any(Result::is_ok)
-            && let Err(e) = self.store.flush()
-        {
-            tracing::error!(error = %e, "audit flush failed");
-            for r in results.iter_mut().filter(|r| r.is_ok()) {
-                *r = Err(AuditError::FlushFailed);
+        if results.iter().any(Result::is_ok) {
+            let started = Instant::now();
+            let flushed = self.store.flush();
+            metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = flushed {
+                tracing::error!(error = %e, "audit flush failed");
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(AuditError::FlushFailed);
+                }
             }
+            metrics.batch_records.observe(results.len() as f64);
         }
         for (reply, result) in replies.into_iter().zip(results) {
             // A caller that has gone away no longer needs its answer; the record stands.
@@ -784,6 +791,11 @@ pub fn replace_stored_record(
 impl AuditLog {
     /// Opens the log and starts its writer thread.
     pub fn start(store: Store) -> Self {
+        Self::start_observed(store, AuditWriterMetrics::default())
+    }
+
+    /// [`AuditLog::start`], the writer observing each batch in `metrics`.
+    pub fn start_observed(store: Store, metrics: AuditWriterMetrics) -> Self {
         let chains = Chains {
             store,
             heads: Arc::default(),
@@ -803,7 +815,7 @@ impl AuditLog {
                             Err(_) => break,
                         }
                     }
-                    writer_chains.write_and_flush(batch);
+                    writer_chains.write_and_flush(batch, &metrics);
                 }
             })
             .expect("spawn the audit writer");

@@ -947,6 +947,29 @@ async fn operations_endpoints_answer() {
     assert!(metrics.contains("writ_evaluation_seconds_count 1"));
     assert!(metrics.contains("writ_evaluation_fuel_count 1"));
     assert!(metrics.contains("writ_audit_append_seconds_count"));
+    // The audit writer's batches (the call's record and the set-up's administrative ones):
+    // each batch flushed once, and every record in one.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let batches = value("writ_audit_batch_records_count");
+    assert!(batches >= 1.0, "{metrics}");
+    assert_eq!(
+        value("writ_audit_flush_seconds_count"),
+        batches,
+        "{metrics}"
+    );
+    let (_, records) = gw
+        .call(Method::GET, "/v1/audit", Some(&t.admin), None)
+        .await;
+    assert_eq!(
+        value("writ_audit_batch_records_sum"),
+        records["records"].as_array().map_or(0, Vec::len) as f64,
+        "{records}"
+    );
     let (status, spec) = gw.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, 200);
     for path in [
