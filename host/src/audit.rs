@@ -465,7 +465,8 @@ impl Chains {
             .map(|p| ((p.tenant_id, p.body, p.effects), p.reply))
             .unzip();
         let mut results = self.write_batch(items);
-        if results.iter().any(Result::is_ok) {
+        let written = results.iter().filter(|r| r.is_ok()).count();
+        if written > 0 {
             let started = Instant::now();
             let flushed = self.store.flush();
             metrics
@@ -477,7 +478,7 @@ impl Chains {
                     *r = Err(AuditError::FlushFailed);
                 }
             }
-            metrics.batch_records.observe(results.len() as f64);
+            metrics.batch_records.observe(written as f64);
         }
         for (reply, result) in replies.into_iter().zip(results) {
             // A caller that has gone away no longer needs its answer; the record stands.

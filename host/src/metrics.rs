@@ -35,7 +35,7 @@ pub struct Metrics {
 /// handles: [`Metrics`] registers them; a default set is observed but exposed nowhere.
 #[derive(Debug, Clone)]
 pub struct AuditWriterMetrics {
-    /// Records per batch committed.
+    /// Records written per batch (those refused for a usage conflict are not).
     pub batch_records: Histogram,
     /// Each batch's durable flush (the wait on the disk), in seconds: its tail is what every
     /// connection waiting on that batch waits.
