@@ -174,6 +174,17 @@ impl Default for AppConfig {
     }
 }
 
+impl AppConfig {
+    /// Sizes the sandbox's instance pool to `slots`, and caps the evaluations run at once and
+    /// the warm slots kept to it, so an admitted evaluation always finds a slot.
+    pub fn with_pool_slots(mut self, slots: u32) -> Self {
+        self.engine.max_instances = slots;
+        self.engine.max_warm_slots = self.engine.max_warm_slots.min(slots);
+        self.max_concurrent_evaluations = self.max_concurrent_evaluations.min(slots as usize);
+        self
+    }
+}
+
 /// A tool call as the API received it.
 #[derive(Debug, Clone)]
 pub struct ExecuteRequest {

@@ -37,6 +37,12 @@ enum Command {
         /// Set up a `demo` tenant with this policy component active, and print fresh keys.
         #[arg(long)]
         demo_policy: Option<PathBuf>,
+        /// Instance slots in the sandbox's pool. Each reserves address space for the largest
+        /// linear memory (about 4 GiB), so a tool that cannot reserve a terabyte (valgrind)
+        /// needs fewer. Evaluations at once and warm slots are capped to it.
+        #[arg(long, env = "WRIT_POOL_SLOTS", default_value_t = EngineConfig::default().max_instances,
+              value_parser = clap::value_parser!(u32).range(1..=4096))]
+        pool_slots: u32,
     },
     /// Manage tenants on a running gateway (operator key).
     Tenant {
@@ -286,7 +292,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             data_dir,
             demo_policy,
-        } => serve(listen, data_dir, demo_policy).await,
+            pool_slots,
+        } => serve(listen, data_dir, demo_policy, pool_slots).await,
         Command::Tenant {
             command: TenantCommand::Create { name, remote },
         } => {
@@ -360,8 +367,10 @@ async fn serve(
     listen: SocketAddr,
     data_dir: PathBuf,
     demo_policy: Option<PathBuf>,
+    pool_slots: u32,
 ) -> anyhow::Result<ExitCode> {
     let mut config = ServeConfig::new(listen, data_dir);
+    config.app = config.app.with_pool_slots(pool_slots);
     config.operator_key = std::env::var("WRIT_OPERATOR_KEY")
         .ok()
         .filter(|k| !k.is_empty());

@@ -126,3 +126,60 @@ fn bench_refuses_targets_off_loopback_and_out_of_bounds_settings() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// A gateway whose pool has fewer slots than the connections loading it: evaluations are
+/// admitted only as slots allow, so every call still gets its policy's decision.
+#[test]
+fn a_gateway_with_a_small_pool_answers_more_connections_than_it_has_slots() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = "wk_op_pool_test_0123456789abcdef0123456789abcdef";
+    let mut gateway = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--pool-slots",
+            "2",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("WRIT_OPERATOR_KEY", key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start writ serve");
+    let url = BufReader::new(gateway.stdout.take().unwrap())
+        .lines()
+        .map(|line| line.expect("gateway stdout"))
+        .find_map(|line| line.strip_prefix("listening on ").map(str::to_owned))
+        .expect("the gateway says where it listens");
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args([
+            "bench",
+            "--policy",
+            artifacts::PAYMENTS_LIMITS,
+            "--gateway",
+            &url,
+        ])
+        .args(["--no-floor", "--connections", "8", "--requests", "300"])
+        .args(["--warmup", "0", "--json", "-"])
+        .env("WRIT_OPERATOR_KEY", key)
+        .output()
+        .expect("run writ bench");
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let run = &report["runs"][0];
+    assert_eq!(run["requests"], 300, "{run}");
+    assert_eq!(run["errors"], 0, "{run}");
+    let sent = |kind: &str| run["sent"][kind].as_u64().unwrap_or(0);
+    let decided = |d: &str| run["decisions"][d].as_u64().unwrap_or(0);
+    assert_eq!(decided("ALLOW"), sent("payment") + sent("email"), "{run}");
+    assert_eq!(decided("BLOCK"), sent("unknown"), "{run}");
+    assert_eq!(decided("ESCALATE"), sent("over_limit"), "{run}");
+}

@@ -1034,3 +1034,45 @@ async fn operator_key_is_generated_once_into_a_private_file() {
     }
     assert!(!found, "the operator key was written to the store");
 }
+
+/// A pool with fewer slots than the calls arriving at once: evaluations wait for a slot rather
+/// than fail for want of one, so each call gets its policy's decision. The policy runs long
+/// enough to yield at epoch ticks, which is when a worker would start another evaluation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_pool_slots_wait_for_one() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut config =
+        writ::server::ServeConfig::new("127.0.0.1:0".parse().unwrap(), temp.path().into());
+    config.operator_key = Some("wk_op_test_operator_key".into());
+    config.app = config.app.with_pool_slots(2);
+    let gw = std::sync::Arc::new(TestGateway::start_with(config).await);
+    let t = gw.tenant("acme", Some(artifacts::HOSTILE)).await;
+    // Fuel and time for a few milliseconds of counting: several epoch ticks.
+    let (status, body) = gw
+        .call(
+            Method::PATCH,
+            &format!("/v1/admin/tenants/{}", t.id),
+            Some(&gw.operator_key),
+            Some(json!({"fuel": 1_000_000_000u64, "deadline_ms": 10_000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let iterations = 3_000_000u64;
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let (gw, key) = (gw.clone(), t.agent.clone());
+        calls.spawn(async move {
+            let params = json!({"iterations": iterations});
+            gw.execute(&key, &format!("s{i}"), "burn", params).await
+        });
+    }
+    for (status, body) in calls.join_all().await {
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["decision"], "ALLOW", "{body}");
+        assert_eq!(body["reason"], format!("counted to {iterations}"), "{body}");
+    }
+    let Ok(gw) = std::sync::Arc::try_unwrap(gw) else {
+        panic!("the calls are done")
+    };
+    gw.stop().await;
+}
