@@ -127,8 +127,9 @@ fn bench_refuses_targets_off_loopback_and_out_of_bounds_settings() {
     }
 }
 
-/// A gateway whose pool has fewer slots than the connections loading it: evaluations are
-/// admitted only as slots allow, so every call still gets its policy's decision.
+/// `writ serve --pool-slots 2` serves 8 connections, every call getting its policy's decision.
+/// (That admission waits for a slot is tested with calls long enough to overlap, in
+/// `tests/tests/gateway.rs`.)
 #[test]
 fn a_gateway_with_a_small_pool_answers_more_connections_than_it_has_slots() {
     use std::io::{BufRead, BufReader};
