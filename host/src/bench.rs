@@ -746,7 +746,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// The machine's CPU time so far, all CPUs, in the kernel's ticks: `/proc/stat`'s `cpu` line.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CpuTicks {
     /// Idle, and idle waiting on I/O.
     pub unused: u64,

@@ -184,9 +184,7 @@ async fn management_commands_drive_a_running_gateway() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_verify_and_export_work_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config =
-        writ::server::ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
-    config.operator_key = Some("wk_op_cli".into());
+    let mut config = writ_tests::gateway::TestGateway::config(dir.path());
     config.app.checkpoint_every_records = 1;
     let gw = writ_tests::gateway::TestGateway::start_with(config).await;
     let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;

@@ -49,9 +49,15 @@ impl TestGateway {
 
     /// Starts a gateway on the store in `dir` (kept after stop, for restart tests).
     pub async fn start_in(dir: &Path) -> Self {
+        Self::start_with(Self::config(dir)).await
+    }
+
+    /// The settings [`Self::start_in`] uses: an ephemeral loopback port, the store in `dir`,
+    /// a fixed operator key. Tests that change a setting start from these.
+    pub fn config(dir: &Path) -> ServeConfig {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
         config.operator_key = Some("wk_op_test_operator_key".into());
-        Self::start_with(config).await
+        config
     }
 
     /// Starts a gateway with `config`.

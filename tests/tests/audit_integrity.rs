@@ -263,9 +263,7 @@ async fn export_is_verified_by_the_independent_python_verifier() {
 #[tokio::test]
 async fn verify_endpoint_reports_the_chain_and_checkpoints_are_signed_as_it_grows() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config =
-        writ::server::ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().into());
-    config.operator_key = Some("wk_op_test".into());
+    let mut config = TestGateway::config(dir.path());
     config.app.checkpoint_every_records = 5;
     config.app.checkpoint_every = Duration::from_secs(3600);
     let gw = TestGateway::start_with(config).await;

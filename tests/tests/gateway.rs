@@ -1041,9 +1041,7 @@ async fn operator_key_is_generated_once_into_a_private_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_the_pool_slots_wait_for_one() {
     let temp = tempfile::tempdir().unwrap();
-    let mut config =
-        writ::server::ServeConfig::new("127.0.0.1:0".parse().unwrap(), temp.path().into());
-    config.operator_key = Some("wk_op_test_operator_key".into());
+    let mut config = TestGateway::config(temp.path());
     config.app = config.app.with_pool_slots(2);
     let gw = std::sync::Arc::new(TestGateway::start_with(config).await);
     let t = gw.tenant("acme", Some(artifacts::HOSTILE)).await;
