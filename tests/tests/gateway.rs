@@ -182,6 +182,28 @@ async fn bad_input_is_a_clear_4xx_and_records_nothing() {
             400,
             "invalid_request",
         ),
+        (
+            "{\"session_id\":\"s\",\"agent_id\":\"a\",\"action\":\"x\",\"parameters\": \n\t[{}]}"
+                .into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"session_id":"s","agent_id":"a","action":"x","parameters":null}"#.into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"session_id":"s","agent_id":"a","action":"x","parameters":{},"context":"{}"}"#
+                .into(),
+            400,
+            "invalid_request",
+        ),
+        (
+            r#"{"session_id":"s","agent_id":"a","action":"x","parameters":{"a":1,}}"#.into(),
+            400,
+            "invalid_json",
+        ),
         (deep, 400, "too_deep"),
         (huge, 413, "payload_too_large"),
     ];
@@ -201,6 +223,47 @@ async fn bad_input_is_a_clear_4xx_and_records_nothing() {
         0,
         "a bad request was recorded"
     );
+}
+
+/// The arguments are kept as the text the agent sent (validated, not re-encoded): the policy
+/// reads that text, and the audit record holds it byte for byte.
+#[tokio::test]
+async fn arguments_are_evaluated_and_recorded_as_the_text_sent() {
+    let gw = TestGateway::start().await;
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let send = |arguments: &'static str, context: &'static str| {
+        let body = format!(
+            r#"{{"session_id":"s","agent_id":"a","action":"payments.initiate","parameters": {arguments} ,"context":{context}}}"#
+        );
+        let (gw, key) = (&gw, t.agent.clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(gw.url("/v1/gateway/execute?wait=0"))
+                .header("X-PROVENANCE-API-KEY", key)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let under = "{\n  \"recipient_id\": \"rec_1\",\n  \"amount\": 20, \"currency\": \"USD\"\n}";
+    let over = r#"{"currency":"USD","amount":  5000,"recipient_id":"rec_2"}"#;
+    assert_eq!(send(under, "null").await["decision"], "ALLOW");
+    assert_eq!(
+        send(over, r#"{"env": "prod"}"#).await["decision"],
+        "ESCALATE"
+    );
+    let recorded: Vec<Value> = gw
+        .audit(&t.admin)
+        .await
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" || r["kind"] == "escalation_opened")
+        .map(|r| r["arguments"].clone())
+        .collect();
+    assert_eq!(recorded, vec![json!(under), json!(over)]);
 }
 
 #[tokio::test]

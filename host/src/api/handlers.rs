@@ -28,6 +28,11 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
+/// Whether raw JSON text (valid JSON, as serde_json checked it) is an object.
+fn is_object(raw: &serde_json::value::RawValue) -> bool {
+    raw.get().trim_start().starts_with('{')
+}
+
 /// Asks for a decision on a tool call (Provenance wire format).
 #[utoipa::path(post, path = "/v1/gateway/execute", tag = "execute",
     params(ExecuteQuery),
@@ -49,15 +54,16 @@ pub async fn execute(
     check_name("session_id", &body.session_id)?;
     check_name("agent_id", &body.agent_id)?;
     check_name("action", &body.action)?;
-    if !body.parameters.is_object() {
+    if !is_object(&body.parameters) {
         return Err(ApiError::bad_request(
             "invalid_request",
             "`parameters` must be a JSON object",
         ));
     }
+    // `null` is read as no context (`Option`'s `None`).
     let context = match body.context {
-        None | Some(serde_json::Value::Null) => "{}".to_owned(),
-        Some(c) if c.is_object() => c.to_string(),
+        None => "{}".to_owned(),
+        Some(c) if is_object(&c) => String::from(Box::<str>::from(c)),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_request",
@@ -82,7 +88,7 @@ pub async fn execute(
                 agent_id: body.agent_id,
                 action: body.action,
                 client_hint: body.decision,
-                arguments: body.parameters.to_string(),
+                arguments: String::from(Box::<str>::from(body.parameters)),
                 context,
                 wait: query.wait.map(std::time::Duration::from_secs),
                 target: None,

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::ExecuteOutcome;
@@ -21,13 +22,14 @@ pub struct ExecuteBody {
     /// The client's expected decision: recorded, never used to decide.
     #[serde(default)]
     pub decision: Option<String>,
-    /// The call's arguments: a JSON object.
+    /// The call's arguments: a JSON object, kept as the text received (validated, not
+    /// re-encoded): the policy, the audit record and an escalation's call hash all see it.
     #[schema(value_type = Object)]
-    pub parameters: Value,
-    /// Optional context: a JSON object.
+    pub parameters: Box<RawValue>,
+    /// Optional context: a JSON object, kept as the text received.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
-    pub context: Option<Value>,
+    pub context: Option<Box<RawValue>>,
 }
 
 /// Query of `POST /v1/gateway/execute`.
