@@ -161,7 +161,18 @@ pub struct Record {
 impl RecordBody {
     /// The canonical bytes: JSON, keys sorted, no whitespace.
     pub fn canonical(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("records serialize")
+        // Sized up front (serde_json starts at 128 bytes and doubles): the field names and
+        // fixed-size values take about 500 bytes, the free text more with its escapes, and
+        // the stored form appends the hash (see `stored_bytes`).
+        let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + s.len() / 4);
+        let capacity = 640
+            + 2 * text(&self.arguments)
+            + text(&self.reason)
+            + text(&self.detail)
+            + self.codes.iter().map(|c| c.len() + 3).sum::<usize>();
+        let mut out = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut out, self).expect("records serialize");
+        out
     }
 
     /// The record's hash given its `prev_hash`.
@@ -575,7 +586,7 @@ impl Chains {
         if !chosen_event_id {
             body.event_id = event_id_for(seq);
         }
-        body.prev_hash = hash_hex(&head.prev_hash).to_string();
+        body.prev_hash = String::from(&*hash_hex(&head.prev_hash));
         body.seq = seq;
         body.timestamp_ms = crate::now_ms();
         body.tenant_id = tenant_id;
@@ -586,7 +597,7 @@ impl Chains {
         batch.usage.extend(usage);
         let record = Record {
             body,
-            hash: hash_hex(&hash).to_string(),
+            hash: String::from(&*hash_hex(&hash)),
         };
         let tenant_id = &record.body.tenant_id;
         if chosen_event_id {
@@ -680,7 +691,13 @@ impl Chains {
 /// The event id the writer gives record `seq`: its seq in hex, so it is found without an
 /// index, and 64 random bits, so it is not guessable from the seq.
 fn event_id_for(seq: u64) -> String {
-    format!("evt_{seq:016x}{:016x}", rand::random::<u64>())
+    let mut hex = [0u8; 32];
+    let bytes = (u128::from(seq) << 64 | u128::from(rand::random::<u64>())).to_be_bytes();
+    hex::encode_to_slice(bytes, &mut hex).expect("32 hex digits for 16 bytes");
+    let mut id = String::with_capacity(4 + hex.len());
+    id.push_str("evt_");
+    id.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+    id
 }
 
 /// The seq an event id names, if the writer made it (see [`event_id_for`]).
@@ -1046,6 +1063,22 @@ mod tests {
             tenant_id: "ten_1".into(),
             timestamp_ms: 1,
         }
+    }
+
+    #[test]
+    fn a_writer_event_id_names_its_seq_in_lowercase_hex() {
+        for seq in [0, 1, 0xabc, u64::MAX] {
+            let id = event_id_for(seq);
+            assert_eq!(id.len(), 36, "{id}");
+            assert!(
+                id[4..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+            assert_eq!(&id[4..20], format!("{seq:016x}"));
+            assert_eq!(event_id_seq(&id), Some(seq));
+        }
+        assert_ne!(event_id_for(7), event_id_for(7), "the random half differs");
     }
 
     #[test]

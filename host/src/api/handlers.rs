@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use super::ApiState;
 use super::error::ApiError;
 use super::extract::{AppJson, Auth, PolicyBody};
+use super::reply::JsonReply;
 use super::wire::*;
 use crate::app::ExecuteRequest;
 use crate::tenants::Role;
@@ -50,7 +51,7 @@ pub async fn execute(
     Auth(who): Auth,
     Query(query): Query<ExecuteQuery>,
     AppJson(body): AppJson<ExecuteBody>,
-) -> Result<Json<ExecuteResponse>, ApiError> {
+) -> Result<JsonReply<ExecuteResponse>, ApiError> {
     check_name("session_id", &body.session_id)?;
     check_name("agent_id", &body.agent_id)?;
     check_name("action", &body.action)?;
@@ -95,7 +96,7 @@ pub async fn execute(
             },
         )
         .await?;
-    Ok(Json(outcome.into()))
+    Ok(JsonReply(outcome.into()))
 }
 
 /// Creates a tenant (operator key).
@@ -842,8 +843,8 @@ pub async fn get_job(
 }
 
 /// The floor's execute: parse the body, answer ALLOW (see [`super::floor_router`]).
-pub async fn floor_execute(Json(body): Json<ExecuteBody>) -> Json<ExecuteResponse> {
-    Json(ExecuteResponse {
+pub async fn floor_execute(Json(body): Json<ExecuteBody>) -> JsonReply<ExecuteResponse> {
+    JsonReply(ExecuteResponse {
         decision: "ALLOW",
         reason: "floor: parsed, not evaluated".into(),
         event_id: "evt_floor".into(),

@@ -5,6 +5,7 @@
 mod error;
 mod extract;
 mod handlers;
+mod reply;
 pub mod wire;
 
 use axum::Json;
