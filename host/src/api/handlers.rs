@@ -34,6 +34,11 @@ fn is_object(raw: &serde_json::value::RawValue) -> bool {
     raw.get().trim_start().starts_with('{')
 }
 
+/// Raw JSON text as the received bytes, without copying them.
+fn raw_text(raw: Box<serde_json::value::RawValue>) -> String {
+    Box::<str>::from(raw).into()
+}
+
 /// Asks for a decision on a tool call (Provenance wire format).
 #[utoipa::path(post, path = "/v1/gateway/execute", tag = "execute",
     params(ExecuteQuery),
@@ -64,7 +69,7 @@ pub async fn execute(
     // `null` is read as no context (`Option`'s `None`).
     let context = match body.context {
         None => "{}".to_owned(),
-        Some(c) if is_object(&c) => String::from(Box::<str>::from(c)),
+        Some(c) if is_object(&c) => raw_text(c),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_request",
@@ -89,7 +94,7 @@ pub async fn execute(
                 agent_id: body.agent_id,
                 action: body.action,
                 client_hint: body.decision,
-                arguments: String::from(Box::<str>::from(body.parameters)),
+                arguments: raw_text(body.parameters),
                 context,
                 wait: query.wait.map(std::time::Duration::from_secs),
                 target: None,
