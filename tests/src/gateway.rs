@@ -146,6 +146,21 @@ impl TestGateway {
             .await
     }
 
+    /// `POST /v1/gateway/execute` (`query` after the path, e.g. `?wait=0`) with `body` sent
+    /// as it is, for bodies a `Value` cannot express (malformed, or spaced as an agent spaced it).
+    pub async fn execute_raw(&self, key: &str, query: &str, body: String) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(self.url(&format!("/v1/gateway/execute{query}")))
+            .header("X-PROVENANCE-API-KEY", key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().await.unwrap())
+    }
+
     /// `POST /v1/gateway/execute`, holding an escalated call up to `wait` seconds (the tenant's
     /// hold when `None`).
     pub async fn execute_waiting(

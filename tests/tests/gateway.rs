@@ -119,22 +119,6 @@ async fn tenant_without_active_policy_is_blocked_and_recorded() {
 async fn bad_input_is_a_clear_4xx_and_records_nothing() {
     let gw = TestGateway::start().await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
-    let raw = |body: String| {
-        let gw = &gw;
-        let key = t.agent.clone();
-        async move {
-            let r = reqwest::Client::new()
-                .post(gw.url("/v1/gateway/execute"))
-                .header("X-PROVENANCE-API-KEY", key)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            (status, r.json::<Value>().await.unwrap())
-        }
-    };
     let deep = format!(
         r#"{{"session_id":"s","agent_id":"a","action":"x","parameters":{{"a":{}1{}}}}}"#,
         "[".repeat(70),
@@ -209,7 +193,7 @@ async fn bad_input_is_a_clear_4xx_and_records_nothing() {
     ];
     for (body, status, code) in cases {
         let shown: String = body.chars().take(80).collect();
-        let (got, error) = raw(body).await;
+        let (got, error) = gw.execute_raw(&t.agent, "", body).await;
         assert_eq!(got, status, "{shown}: {error}");
         assert_eq!(error["error"]["code"], code, "{shown}: {error}");
         assert!(
@@ -235,18 +219,11 @@ async fn arguments_are_evaluated_and_recorded_as_the_text_sent() {
         let body = format!(
             r#"{{"session_id":"s","agent_id":"a","action":"payments.initiate","parameters": {arguments} ,"context":{context}}}"#
         );
-        let (gw, key) = (&gw, t.agent.clone());
+        let (gw, key) = (&gw, &t.agent);
         async move {
-            let r = reqwest::Client::new()
-                .post(gw.url("/v1/gateway/execute?wait=0"))
-                .header("X-PROVENANCE-API-KEY", key)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.json::<Value>().await.unwrap()
+            let (status, answer) = gw.execute_raw(key, "?wait=0", body).await;
+            assert_eq!(status, 200);
+            answer
         }
     };
     let under = "{\n  \"recipient_id\": \"rec_1\",\n  \"amount\": 20, \"currency\": \"USD\"\n}";
