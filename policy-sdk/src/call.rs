@@ -1,8 +1,10 @@
 //! The tool call a policy evaluates, and a builder for native tests.
 
-use std::cell::OnceCell;
-use std::collections::HashMap;
-use std::fmt;
+use alloc::borrow::ToOwned;
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use core::cell::OnceCell;
+use core::fmt;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -49,7 +51,7 @@ impl fmt::Display for ArgError {
     }
 }
 
-impl std::error::Error for ArgError {}
+impl core::error::Error for ArgError {}
 
 /// Where [`ToolCall::usage`] reads counters from.
 #[derive(Debug, Clone)]
@@ -58,7 +60,7 @@ enum UsageSource {
     #[cfg(target_arch = "wasm32")]
     Host,
     /// Values set by a test; unset counters read 0.
-    Fixed(HashMap<(String, Window), f64>),
+    Fixed(BTreeMap<(String, Window), f64>),
 }
 
 /// A tool call that an agent asks to perform.
@@ -92,7 +94,7 @@ impl ToolCall {
                 target: None,
                 timestamp_ms: 0,
                 parsed_arguments: OnceCell::new(),
-                usage: UsageSource::Fixed(HashMap::new()),
+                usage: UsageSource::Fixed(BTreeMap::new()),
             },
         }
     }

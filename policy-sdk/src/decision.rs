@@ -1,5 +1,8 @@
 //! The decision a policy returns, and its builders.
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 /// What the gateway should do with a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -56,6 +56,13 @@
 //! Do not print from a policy: `println!` and every other WASI call trap, and the call is
 //! blocked. Use [`log`] instead; a panic's message reaches the gateway's log on its own.
 
+#![no_std]
+
+extern crate alloc;
+// Natively (unit tests) and with the `std` feature, the standard library is there to use.
+#[cfg(any(feature = "std", not(target_arch = "wasm32")))]
+extern crate std;
+
 // Lets the generated bindings name this crate by its public path from inside it too.
 extern crate self as writ_policy;
 
@@ -80,7 +87,7 @@ pub trait Policy {
 /// A window over which [`ToolCall::usage`] sums a counter's charges.
 ///
 /// The minute, hour and day are fixed UTC windows containing the call's timestamp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Window {
     /// The call's session.
     Session,
@@ -115,7 +122,7 @@ pub fn log(level: Level, message: &str) {
     #[cfg(target_arch = "wasm32")]
     __private::log(level, message);
     #[cfg(not(target_arch = "wasm32"))]
-    eprintln!("[{level:?}] {message}");
+    std::eprintln!("[{level:?}] {message}");
 }
 
 /// Exports a [`Policy`] implementation as the component's `evaluate` function.

@@ -26,23 +26,27 @@ fn assert_engine_still_healthy() {
 }
 
 #[rstest]
-#[case::infinite_loop("spin", "policy_fuel_exhausted")]
-#[case::unbounded_memory("grow", "policy_memory_limit")]
-#[case::deep_recursion("recurse", "policy_trap")]
-#[case::panic("panic", "policy_trap")]
-#[case::huge_reason("huge-reason", "policy_invalid_result")]
-#[case::too_many_codes("many-codes", "policy_invalid_result")]
-#[case::malformed_code("bad-code", "policy_invalid_result")]
-#[case::nan_charge("nan-charge", "policy_invalid_result")]
-#[case::negative_charge("negative-charge", "policy_invalid_result")]
-#[case::infinite_charge("infinite-charge", "policy_invalid_result")]
-#[case::stdout("print", "policy_trap")]
-#[case::environment("env", "policy_trap")]
-#[case::clock("clock", "policy_trap")]
-#[case::randomness("random", "policy_trap")]
-#[case::usage_flood("usage-flood", "policy_trap")]
-fn hostile_guest_is_blocked(#[case] action: &str, #[case] code: &str) {
-    let policy = load(artifacts::HOSTILE);
+#[case::infinite_loop(artifacts::HOSTILE, "spin", "policy_fuel_exhausted")]
+#[case::unbounded_memory(artifacts::HOSTILE, "grow", "policy_memory_limit")]
+#[case::deep_recursion(artifacts::HOSTILE, "recurse", "policy_trap")]
+#[case::panic(artifacts::HOSTILE, "panic", "policy_trap")]
+#[case::huge_reason(artifacts::HOSTILE, "huge-reason", "policy_invalid_result")]
+#[case::too_many_codes(artifacts::HOSTILE, "many-codes", "policy_invalid_result")]
+#[case::malformed_code(artifacts::HOSTILE, "bad-code", "policy_invalid_result")]
+#[case::nan_charge(artifacts::HOSTILE, "nan-charge", "policy_invalid_result")]
+#[case::negative_charge(artifacts::HOSTILE, "negative-charge", "policy_invalid_result")]
+#[case::infinite_charge(artifacts::HOSTILE, "infinite-charge", "policy_invalid_result")]
+#[case::stdout(artifacts::HOSTILE, "print", "policy_trap")]
+#[case::environment(artifacts::HOSTILE, "env", "policy_trap")]
+#[case::clock(artifacts::HOSTILE, "clock", "policy_trap")]
+#[case::randomness(artifacts::HOSTILE, "random", "policy_trap")]
+#[case::usage_flood(artifacts::HOSTILE, "usage-flood", "policy_trap")]
+// A lean policy (`writ-policy` without `std`) gets its heap, panic handler and `cabi_realloc`
+// from the SDK instead of the standard library: misbehaving, it is blocked the same way.
+#[case::lean_panic(artifacts::LEAN_HOSTILE, "panic", "policy_trap")]
+#[case::lean_unbounded_memory(artifacts::LEAN_HOSTILE, "grow", "policy_memory_limit")]
+fn hostile_guest_is_blocked(#[case] guest: &str, #[case] action: &str, #[case] code: &str) {
+    let policy = load(guest);
     let started = Instant::now();
     let e = evaluate(&policy, &call(action, json!({})));
     assert!(
@@ -61,6 +65,81 @@ fn hostile_guest_is_blocked(#[case] action: &str, #[case] code: &str) {
     assert!(!e.decision.reason.is_empty());
     assert!(e.decision.reason.len() <= 4096);
     assert_engine_still_healthy();
+}
+
+#[test]
+fn lean_guest_panic_message_reaches_the_reason_and_the_log() {
+    let policy = load(artifacts::LEAN_HOSTILE);
+    let e = evaluate(&policy, &call("panic", json!({})));
+    assert!(
+        e.decision.reason.contains("lean panic"),
+        "{}",
+        e.decision.reason
+    );
+    assert!(
+        e.logs
+            .iter()
+            .any(|l| l.message.starts_with("policy panicked") && l.message.contains("lean panic")),
+        "{:?}",
+        e.logs
+    );
+}
+
+#[test]
+fn lean_guest_heap_serves_grown_over_aligned_and_passed_in_blocks() {
+    let policy = load(artifacts::LEAN_HOSTILE);
+    // 300 kB of arguments: the host writes them into the guest through `cabi_realloc`.
+    let text = "x".repeat(300_000);
+    for _ in 0..3 {
+        let e = evaluate(&policy, &call("allocate", json!({ "text": text })));
+        assert_eq!(e.decision.outcome, Outcome::Allow, "{:?}", e.decision);
+        assert_eq!(
+            e.decision.reason,
+            "sum 4999950000 misaligned 0 bytes 4950 text 300000"
+        );
+    }
+}
+
+/// The component-level imports of a guest, by name.
+fn imports(path: &str) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let mut names = Vec::new();
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        if let wasmparser::Payload::ComponentImportSection(reader) = payload.unwrap() {
+            for import in reader {
+                names.push(import.unwrap().name.0.to_owned());
+            }
+        }
+    }
+    names
+}
+
+#[test]
+fn example_policies_are_lean_and_import_only_the_writ_interfaces() {
+    for (name, path) in [
+        ("allow-all", artifacts::ALLOW_ALL),
+        ("irreversible-gate", artifacts::IRREVERSIBLE_GATE),
+        ("payments-limits", artifacts::PAYMENTS_LIMITS),
+        ("rate-limit", artifacts::RATE_LIMIT),
+        ("spend-cap", artifacts::SPEND_CAP),
+        ("lean-hostile", artifacts::LEAN_HOSTILE),
+    ] {
+        // Besides interfaces, a component imports the types it uses, by plain name.
+        let imports = imports(path);
+        assert!(
+            imports
+                .iter()
+                .filter(|i| i.contains(':'))
+                .all(|i| i.starts_with("writ:policy/")),
+            "{name} imports {imports:?}"
+        );
+    }
+    // A policy on std imports the WASI interfaces Rust's standard library links.
+    assert!(
+        imports(artifacts::HOSTILE)
+            .iter()
+            .any(|i| i.starts_with("wasi:"))
+    );
 }
 
 #[test]

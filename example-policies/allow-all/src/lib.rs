@@ -2,6 +2,8 @@
 //!
 //! Useful as a baseline for measuring the sandbox's own cost, and as a template.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
 use writ_policy::{Decision, Policy, ToolCall};
 
 /// Allows every call.

@@ -4,6 +4,12 @@
 //! in `.delete` or `.destroy`, or whose target is a POST the tenant's catalog marks destructive.
 //! Everything else is allowed. Risk comes from what the call does, not only what it is named.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
 use writ_policy::{Decision, Policy, ToolCall};
 
 /// Escalates irreversible calls.

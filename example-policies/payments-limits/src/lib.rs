@@ -7,6 +7,12 @@
 //! - `email.send` is allowed;
 //! - any other action is blocked (`action_not_allowed`).
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
 use writ_policy::{Decision, Policy, ToolCall};
 
 /// The largest payment allowed without a human.

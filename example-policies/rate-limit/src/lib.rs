@@ -3,6 +3,11 @@
 //! Each allowed call charges 1 to `calls:<agent>:<action>`; a call that finds [`PER_MINUTE`]
 //! already charged in the current minute is blocked (`rate_limited`).
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::format;
 use writ_policy::{Decision, Policy, ToolCall, Window};
 
 /// Calls allowed per agent and action in one UTC minute.

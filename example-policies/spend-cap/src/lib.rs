@@ -5,6 +5,12 @@
 //! take the tenant's total for the current UTC day over [`DAY_CAP`] is escalated
 //! (`day_cap_exceeded`). Other actions are allowed and charge nothing.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
 use serde::Deserialize;
 use writ_policy::{Decision, Policy, ToolCall, Window};
 
