@@ -55,6 +55,37 @@
 //!
 //! Do not print from a policy: `println!` and every other WASI call trap, and the call is
 //! blocked. Use [`log`] instead; a panic's message reaches the gateway's log on its own.
+//!
+//! # Lean policies
+//!
+//! Rust's standard library links about twenty WASI functions into every component (for
+//! printing, the environment, exiting), and the gateway links a trapping stub for each of them
+//! at every call's fresh instance. A policy that needs nothing of `std` beyond `alloc` can leave
+//! them out: turn this crate's default `std` feature off and make the crate `no_std` on wasm32.
+//! The component then imports only `writ:policy`, and each evaluation costs about 15 % less
+//! (`payments-limits`: 7.7 µs against 9.1 µs). The SDK gives such a policy what `std` would: a
+//! heap (wasi-libc's `malloc`), a panic handler that logs the message and traps (the call is
+//! blocked), and the canonical ABI's `cabi_realloc`. Natively, for unit tests, the crate is
+//! ordinary `std` Rust either way.
+//!
+//! ```toml
+//! [dependencies]
+//! writ-policy = { version = "0.1", default-features = false }
+//! ```
+//!
+//! ```ignore
+//! #![cfg_attr(target_arch = "wasm32", no_std)]
+//!
+//! extern crate alloc;
+//!
+//! use alloc::format;
+//! use writ_policy::{Decision, Policy, ToolCall};
+//! ```
+//!
+//! `String`, `Vec`, `format!` and `BTreeMap` come from `alloc`; `HashMap`, `std::io` and the
+//! like are not there. If any crate the policy links uses `std`, the build fails with a
+//! duplicate `panic_impl`: keep the `std` feature for such a policy. The example policies are
+//! all lean.
 
 #![no_std]
 
