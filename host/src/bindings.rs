@@ -14,6 +14,8 @@ wasmtime::component::bindgen!({
     // `evaluate` is called with `call_async`: a policy runs on a fiber that yields to the
     // runtime at every epoch tick (see `Engine::evaluate`).
     exports: { default: async },
+    // The call is lowered into the guest straight from the host's strings, not from copies.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 pub use self::writ::policy::host::{Host, Level};

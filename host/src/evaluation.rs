@@ -299,7 +299,7 @@ impl Engine {
         let result = async {
             store.set_fuel(limits.fuel)?;
             let instance = policy.pre().instantiate_async(&mut store).await?;
-            instance.call_evaluate(&mut store, &to_wit(call)).await
+            instance.call_evaluate(&mut store, to_wit(call)).await
         }
         .await;
         let fuel_consumed = limits.fuel - store.get_fuel().unwrap_or(0);
@@ -352,18 +352,18 @@ async fn yield_once() {
     .await;
 }
 
-fn to_wit(call: &ToolCall) -> WitToolCall {
+fn to_wit(call: &ToolCall) -> WitToolCall<'_> {
     WitToolCall {
-        action: call.action.clone(),
-        arguments: call.arguments.clone(),
-        context: call.context.clone(),
-        agent_id: call.agent_id.clone(),
-        session_id: call.session_id.clone(),
-        tenant_id: call.tenant_id.clone(),
+        action: &call.action,
+        arguments: &call.arguments,
+        context: &call.context,
+        agent_id: &call.agent_id,
+        session_id: &call.session_id,
+        tenant_id: &call.tenant_id,
         target: call.target.as_ref().map(|t| WitTarget {
-            service: t.service.clone(),
-            method: t.method.clone(),
-            url: t.url.clone(),
+            service: &t.service,
+            method: &t.method,
+            url: &t.url,
             destructive: t.destructive,
         }),
         timestamp_ms: call.timestamp_ms,
