@@ -24,7 +24,7 @@ fn main() {
     // Each guest is built on its own, as its author would build it: cargo unifies a crate's
     // features within one build, and the example policies are lean (`writ-policy` without
     // `std`: no WASI imports) while the hostile test guest uses std (whose WASI imports must
-    // trap).
+    // trap). A target directory of its own: the outer cargo holds the lock on the workspace's.
     let target_dir = root.join("target").join("guests");
     let mut guests = Vec::new();
     for dir in ["example-policies", "tests/guests"] {
