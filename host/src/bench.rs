@@ -468,9 +468,22 @@ impl Scraped {
     }
 }
 
+/// An HTTP client for the gateway on loopback: never through a proxy the environment names.
+fn loopback_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| BenchError::Setup(format!("an HTTP client: {e}")))
+}
+
 /// The `/metrics` text of the gateway at `addr`, if it serves one.
 async fn scrape_metrics(addr: SocketAddr) -> Option<String> {
-    let response = reqwest::get(format!("http://{addr}/metrics")).await.ok()?;
+    let response = loopback_client()
+        .ok()?
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .ok()?;
     if !response.status().is_success() {
         return None;
     }
@@ -785,7 +798,7 @@ pub async fn setup_tenants(
     prefix: &str,
     count: usize,
 ) -> Result<Vec<BenchTenant>> {
-    let client = reqwest::Client::new();
+    let client = loopback_client()?;
     let base = base.trim_end_matches('/');
     let call = async |method: reqwest::Method, path: String, key: &str, body: Option<Value>| {
         let mut request = client
@@ -958,7 +971,7 @@ pub async fn hold_escalations(
         return Err(BenchError::Invalid(format!("held must be 1..={MAX_HELD}")));
     }
     let base = base.trim_end_matches('/');
-    let client = reqwest::Client::new();
+    let client = loopback_client()?;
     let pending = async || -> Result<Vec<String>> {
         let list = answer(
             client
