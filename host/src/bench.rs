@@ -436,20 +436,16 @@ impl Scraped {
     /// What was added since `earlier` (the same histogram, read before); `None` if the
     /// buckets differ or a count went down (another process, or a restart).
     fn since(&self, earlier: &Self) -> Option<Self> {
-        let same_bounds = self.buckets.len() == earlier.buckets.len()
-            && self
-                .buckets
-                .iter()
-                .zip(&earlier.buckets)
-                .all(|(a, b)| a.0 == b.0);
-        if !same_bounds {
+        if self.buckets.len() != earlier.buckets.len() {
             return None;
         }
         let buckets = self
             .buckets
             .iter()
             .zip(&earlier.buckets)
-            .map(|(now, then)| Some((now.0, now.1.checked_sub(then.1)?)))
+            .map(|(&(le, now), &(was_le, then))| {
+                (le == was_le).then_some((le, now.checked_sub(then)?))
+            })
             .collect::<Option<Vec<_>>>()?;
         Some(Self {
             buckets,
