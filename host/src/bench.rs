@@ -1104,11 +1104,13 @@ impl Spawned {
     }
 }
 
-/// The reports as a table: one row per run, then Writ as a share of the floor.
+/// The reports as a table: one row per run, then Writ as a share of the floor. `cpu µs/req` is
+/// the target's CPU per request, `gen µs/req` the load generator's: on shared cores both come
+/// out of the same machine, so the generator's cost per request is part of each target's.
 pub fn table(reports: &[Report]) -> String {
     let rounds = reports.iter().map(|r| r.round).max().unwrap_or(1);
     let mut out = format!(
-        "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11} {:>7}\n",
+        "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>11} {:>11} {:>7}\n",
         "target",
         "round",
         "conns",
@@ -1120,18 +1122,17 @@ pub fn table(reports: &[Report]) -> String {
         "p99 ms",
         "max ms",
         "cpu µs/req",
+        "gen µs/req",
         "idle %"
     );
     let ms = |us: u64| us as f64 / 1000.0;
+    let us = |us: Option<f64>| us.map_or("n/a".to_owned(), |us| format!("{us:.1}"));
     for r in reports {
-        let cpu = r
-            .server_cpu_us_per_request
-            .map_or("n/a".to_owned(), |us| format!("{us:.1}"));
         let idle = r
             .machine_idle_percent
             .map_or("n/a".to_owned(), |p| format!("{p:.1}"));
         out += &format!(
-            "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>7}\n",
+            "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>11} {:>7}\n",
             r.target,
             r.round,
             r.connections,
@@ -1142,7 +1143,8 @@ pub fn table(reports: &[Report]) -> String {
             ms(r.latency_us.p90),
             ms(r.latency_us.p99),
             ms(r.latency_us.max),
-            cpu,
+            us(r.server_cpu_us_per_request),
+            us(r.client_cpu_us_per_request),
             idle,
         );
     }
@@ -1449,5 +1451,31 @@ mod tests {
             one.contains("writ / floor: 30.0% of the floor's requests/s"),
             "{one}"
         );
+    }
+
+    #[test]
+    fn the_table_gives_the_target_and_the_generator_cpu_per_request() {
+        let mut writ = report("writ", 1, 30.0);
+        writ.server_cpu_us_per_request = Some(130.26);
+        writ.client_cpu_us_per_request = Some(35.5);
+        let table = table(&[report("floor", 1, 100.0), writ]);
+        let lines: Vec<&str> = table.lines().collect();
+        let columns = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        let header = columns(lines[0]);
+        let at = |name: &str| header.iter().position(|h| h == name).expect(name);
+        // "cpu µs/req" and "gen µs/req" are two words each in the header.
+        assert_eq!(
+            &header[at("cpu")..at("cpu") + 4],
+            ["cpu", "µs/req", "gen", "µs/req"]
+        );
+        let floor = columns(lines[1]);
+        let writ = columns(lines[2]);
+        let n = floor.len();
+        assert_eq!(&floor[n - 3..], ["n/a", "n/a", "n/a"], "{table}");
+        assert_eq!(&writ[n - 3..], ["130.3", "35.5", "n/a"], "{table}");
     }
 }
