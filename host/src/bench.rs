@@ -1126,11 +1126,8 @@ pub fn table(reports: &[Report]) -> String {
         "idle %"
     );
     let ms = |us: u64| us as f64 / 1000.0;
-    let us = |us: Option<f64>| us.map_or("n/a".to_owned(), |us| format!("{us:.1}"));
+    let one_decimal = |v: Option<f64>| v.map_or("n/a".to_owned(), |v| format!("{v:.1}"));
     for r in reports {
-        let idle = r
-            .machine_idle_percent
-            .map_or("n/a".to_owned(), |p| format!("{p:.1}"));
         out += &format!(
             "{:<6} {:>5} {:>5} {:>9} {:>7} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>11} {:>11} {:>7}\n",
             r.target,
@@ -1143,9 +1140,9 @@ pub fn table(reports: &[Report]) -> String {
             ms(r.latency_us.p90),
             ms(r.latency_us.p99),
             ms(r.latency_us.max),
-            us(r.server_cpu_us_per_request),
-            us(r.client_cpu_us_per_request),
-            idle,
+            one_decimal(r.server_cpu_us_per_request),
+            one_decimal(r.client_cpu_us_per_request),
+            one_decimal(r.machine_idle_percent),
         );
     }
     let ratios = ratios(reports);
