@@ -27,7 +27,7 @@ pub fn run<P: Policy>(call: types::ToolCall) -> types::Decision {
     std::panic::set_hook(alloc::boxed::Box::new(|info| {
         host::log(
             host::Level::Error,
-            &alloc::format!("policy panicked: {info}"),
+            &alloc::format!("{}{info}", crate::PANIC_LOG_PREFIX),
         );
     }));
     let call = ToolCall::from_host(
@@ -188,7 +188,7 @@ mod lean {
     fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         host::log(
             host::Level::Error,
-            &alloc::format!("policy panicked: {info}"),
+            &alloc::format!("{}{info}", crate::PANIC_LOG_PREFIX),
         );
         core::arch::wasm32::unreachable()
     }

@@ -1,4 +1,4 @@
-//! Write [Writ](https://github.com/) policies in Rust.
+//! Write Writ policies in Rust.
 //!
 //! A Writ policy decides whether an AI agent's tool call may go ahead. It is compiled to a
 //! WebAssembly component for `wasm32-wasip2` and uploaded to the gateway, which runs it in a
@@ -62,8 +62,8 @@
 //! printing, the environment, exiting), and the gateway links a trapping stub for each of them
 //! at every call's fresh instance. A policy that needs nothing of `std` beyond `alloc` can leave
 //! them out: turn this crate's default `std` feature off and make the crate `no_std` on wasm32.
-//! The component then imports only `writ:policy`, and each evaluation costs about 15 % less
-//! (`payments-limits`: 7.7 µs against 9.1 µs). The SDK gives such a policy what `std` would: a
+//! The component then imports only `writ:policy`, and each evaluation costs less (no stubs to
+//! link; BENCHMARKS.md has the figures). The SDK gives such a policy what `std` would: a
 //! heap (wasi-libc's `malloc`), a panic handler that logs the message and traps (the call is
 //! blocked), and the canonical ABI's `cabi_realloc`. Natively, for unit tests, the crate is
 //! ordinary `std` Rust either way.
@@ -106,6 +106,11 @@ pub mod __private;
 
 pub use call::{ArgError, Target, ToolCall, ToolCallBuilder};
 pub use decision::{Charge, Decision, Outcome};
+
+/// How the SDK's panic handler starts the error line it logs through `host.log` before the
+/// instance traps. The gateway recognises a panic by it and puts the message in the BLOCK's
+/// reason; both sides use this one constant.
+pub const PANIC_LOG_PREFIX: &str = "policy panicked: ";
 
 /// A policy: a pure function from a tool call to a decision.
 ///

@@ -6,8 +6,8 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use writ::{FixedUsage, Limits, Window};
 use writ_policy::{Decision, Policy, ToolCall};
+use writ_runtime::{FixedUsage, Limits, Window};
 use writ_tests::{artifacts, call, engine, load};
 
 /// One policy's case: the component, the call, the usage values it reads, and its native twin.

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use writ::api::wire::ExecuteBody;
-use writ::app::{App, ExecuteRequest};
-use writ::audit::{AuditLog, Effects, Kind, RecordBody};
-use writ::server::{Gateway, ServeConfig, demo_setup};
-use writ::store::Store;
-use writ::usage::{CallScope, StoreUsage};
-use writ::{FixedUsage, Limits, UsageSource, Window};
+use writ_gateway::access::{Agent, Require, Reviewer, TenantScope};
+use writ_gateway::app::{App, ExecuteRequest};
+use writ_gateway::audit::{AuditLog, Effects, Kind, RecordBody};
+use writ_gateway::server::{Gateway, ServeConfig, demo_setup};
+use writ_gateway::store::Store;
+use writ_gateway::usage::{CallScope, StoreUsage};
+use writ_runtime::{FixedUsage, Limits, UsageSource, Window};
 use writ_tests::{artifacts, call, component, engine, load};
+use writ_wire::ExecuteBody;
 
 /// A gateway's application (not serving) on a temp store, with the demo tenant set up.
 struct Setup {
@@ -36,6 +37,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Setup {
         let keys = demo_setup(
             &gateway.app,
             &gateway.operator_key,
+            "payments_limits",
             component(artifacts::PAYMENTS_LIMITS),
         )
         .await
@@ -85,7 +87,9 @@ fn hot_path(c: &mut Criterion) {
     })
     .to_string();
     group.bench_function("parse request JSON", |b| {
-        b.iter(|| writ::api::parse_json::<ExecuteBody>(body.as_bytes(), 64).expect("parses"))
+        b.iter(|| {
+            writ_gateway::api::parse_json::<ExecuteBody>(body.as_bytes(), 64).expect("parses")
+        })
     });
 
     let policy = load(artifacts::PAYMENTS_LIMITS);
@@ -155,7 +159,7 @@ fn hot_path(c: &mut Criterion) {
     let scope = CallScope {
         tenant_id: "ten_bench".into(),
         session_id: "sess-1".into(),
-        timestamp_ms: writ::now_ms(),
+        timestamp_ms: writ_gateway::clock::Clock::now_ms(&writ_gateway::clock::SystemClock),
     };
     let counter = scope.key("spend", Window::Day);
     let charged = log.write_batch(vec![(
@@ -185,8 +189,20 @@ fn escalations(c: &mut Criterion) {
     const N: usize = 10_000;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let s = setup(&rt);
-    let agent = s.app.tenants().authenticate(&s.agent).unwrap();
-    let reviewer = s.app.tenants().authenticate(&s.reviewer).unwrap();
+    let agent: TenantScope<Agent> = s
+        .app
+        .tenants()
+        .authenticate(&s.agent)
+        .unwrap()
+        .require()
+        .unwrap();
+    let reviewer: TenantScope<Reviewer> = s
+        .app
+        .tenants()
+        .authenticate(&s.reviewer)
+        .unwrap()
+        .require()
+        .unwrap();
     let mut group = c.benchmark_group("escalations");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(60));
@@ -201,6 +217,7 @@ fn escalations(c: &mut Criterion) {
                         let (app, agent) = (s.app.clone(), agent.clone());
                         opens.spawn(async move {
                             let outcome = app
+                                .execute()
                                 .execute(
                                     &agent,
                                     ExecuteRequest {
@@ -227,7 +244,10 @@ fn escalations(c: &mut Criterion) {
                     for (i, id) in ids.into_iter().enumerate() {
                         let (app, reviewer) = (s.app.clone(), reviewer.clone());
                         resolves.spawn(async move {
-                            app.decide(&reviewer, &id, i % 2 == 0, None).await.unwrap()
+                            app.escalations()
+                                .decide(&reviewer, &id, i % 2 == 0, None)
+                                .await
+                                .unwrap()
                         });
                     }
                     resolves.join_all().await;

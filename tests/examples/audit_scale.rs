@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use writ::audit::{AuditLog, Effects, Kind, RecordBody};
-use writ::store::Store;
+use writ_gateway::audit::{AuditLog, Effects, Kind, RecordBody};
+use writ_gateway::store::Store;
 
 #[tokio::main]
 async fn main() {
@@ -43,14 +43,14 @@ async fn main() {
     let append = started.elapsed();
 
     let started = Instant::now();
-    let v = writ::verify::verify_chain(&store, tenant, None).unwrap();
+    let v = writ_gateway::verify::verify_chain(&store, tenant, None).unwrap();
     let verify = started.elapsed();
     assert!(v.ok() && v.records == n as u64);
 
     let started = Instant::now();
     let mut bytes = 0usize;
     let mut lines = 0usize;
-    writ::verify::export(&store, tenant, None, |line| {
+    writ_gateway::verify::export(&store, tenant, None, |line| {
         bytes += line.len() + 1;
         lines += 1;
         true

@@ -7,8 +7,8 @@
 use std::time::Instant;
 
 use serde_json::json;
-use writ::{Engine, EngineConfig};
-use writ::{FixedUsage, Limits};
+use writ_runtime::{Engine, EngineConfig};
+use writ_runtime::{FixedUsage, Limits};
 use writ_tests::{artifacts, call, component};
 
 fn main() {

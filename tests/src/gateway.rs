@@ -7,7 +7,8 @@ use reqwest::{Client, Method, Response};
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use writ::server::{Gateway, ServeConfig};
+use writ_client::wire::CreateKeyBody;
+use writ_gateway::server::{Gateway, ServeConfig};
 
 use crate::component;
 
@@ -77,7 +78,10 @@ impl TestGateway {
             _temp: None,
             shutdown: Some(tx),
             task: Some(task),
-            client: Client::new(),
+            client: Client::builder()
+                .no_proxy()
+                .build()
+                .expect("an HTTP client"),
         }
     }
 
@@ -211,38 +215,40 @@ impl TestGateway {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// A typed API client acting with `key`.
+    pub fn client(&self, key: &str) -> writ_client::Client {
+        writ_client::Client::with_http(self.client.clone(), &self.url(""), key)
+    }
+
     /// Creates a tenant with an agent, reviewer and admin key, and `policy` (a guest path)
     /// active if given.
     pub async fn tenant(&self, name: &str, policy: Option<&str>) -> TestTenant {
-        let op = Some(self.operator_key.as_str());
-        let (status, t) = self
-            .call(
-                Method::POST,
-                "/v1/admin/tenants",
-                op,
-                Some(json!({"name": name})),
-            )
-            .await;
-        assert_eq!(status, 201, "{t}");
-        let id = t["tenant_id"].as_str().unwrap().to_owned();
+        let operator = self.client(&self.operator_key);
+        let id = operator
+            .create_tenant(name)
+            .await
+            .expect("tenant created")
+            .tenant_id;
         let key = async |role: &str, subject: &str| {
-            let (status, k) = self
-                .call(
-                    Method::POST,
-                    &format!("/v1/admin/tenants/{id}/keys"),
-                    op,
-                    Some(json!({"role": role, "subject": subject})),
-                )
-                .await;
-            assert_eq!(status, 201, "{k}");
-            k["api_key"].as_str().unwrap().to_owned()
+            let key = CreateKeyBody {
+                role: role.into(),
+                subject: subject.into(),
+                agent_id: None,
+            };
+            operator
+                .create_key(&id, &key)
+                .await
+                .expect("key created")
+                .api_key
         };
         let agent = key("agent", "agent-owner").await;
         let reviewer = key("reviewer", "reviewer@example.com").await;
         let admin = key("admin", "admin@example.com").await;
         if let Some(path) = policy {
-            let (status, body) = self.upload(&admin, "policy", component(path), true).await;
-            assert_eq!(status, 201, "{body}");
+            self.client(&admin)
+                .upload_policy("policy", true, component(path))
+                .await
+                .expect("policy uploaded");
         }
         TestTenant {
             id,
@@ -254,17 +260,16 @@ impl TestGateway {
 
     /// Every audit record of the key's tenant.
     pub async fn audit(&self, key: &str) -> Vec<Value> {
+        let client = self.client(key);
         let mut out = Vec::new();
         let mut after: Option<u64> = None;
         loop {
-            let path = match after {
-                Some(a) => format!("/v1/audit?limit=1000&after_seq={a}"),
-                None => "/v1/audit?limit=1000".to_owned(),
-            };
-            let (status, page) = self.call(Method::GET, &path, Some(key), None).await;
-            assert_eq!(status, 200, "{page}");
-            out.extend(page["records"].as_array().unwrap().iter().cloned());
-            match page["next_after_seq"].as_u64() {
+            let page = client
+                .audit(None, after, Some(1000))
+                .await
+                .expect("audit page");
+            out.extend(page.records);
+            match page.next_after_seq {
                 Some(a) => after = Some(a),
                 None => return out,
             }

@@ -1,17 +1,15 @@
 //! Support for Writ's integration tests and benchmarks: the guest components built by
-//! `build.rs`, a shared engine, and call builders.
+//! `writ-test-artifacts`, a shared engine, and call builders.
 
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use writ::{
+use writ_runtime::{
     CompiledPolicy, Engine, EngineConfig, Evaluation, FixedUsage, Limits, ToolCall, Window,
 };
 
 /// Paths of the guest components, built from `example-policies/` and `tests/guests/`.
-pub mod artifacts {
-    include!(concat!(env!("OUT_DIR"), "/artifacts.rs"));
-}
+pub use writ_test_artifacts as artifacts;
 
 /// One engine shared by a test binary, as the gateway shares one per process.
 pub fn engine() -> &'static Engine {

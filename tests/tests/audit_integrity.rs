@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use writ::audit::{Record, replace_stored_record, stored_record};
-use writ::checkpoint::{self, Checkpoint, CheckpointSigner};
-use writ::store::{Store, Table};
-use writ::verify::{Problem, verify_chain};
+use writ_gateway::audit::{Record, replace_stored_record, stored_record};
+use writ_gateway::checkpoint::{self, Checkpoint, CheckpointSigner};
+use writ_gateway::store::{Store, Table};
+use writ_gateway::verify::{Problem, verify_chain};
 use writ_tests::gateway::{TestGateway, assert_chain_valid};
 use writ_tests::{artifacts, python};
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
 
-use writ::bench::{self, CallKind, LoadConfig, Mix, Report, Stop};
+use writ_bench::{self as bench, CallKind, LoadConfig, Mix, Report, Stop};
 use writ_tests::gateway::{TestGateway, assert_chain_valid};
 use writ_tests::{artifacts, component};
 
@@ -90,7 +90,7 @@ async fn a_bounded_load_is_answered_recorded_and_reported() {
 async fn the_floor_answers_the_same_load_without_an_audit() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(axum::serve(listener, writ::api::floor_router()).into_future());
+    let server = tokio::spawn(axum::serve(listener, writ_bench::floor::router()).into_future());
 
     let keys = ["wk_no_key_is_checked".to_owned()];
     let report = load("floor", addr, &keys).await;

@@ -1036,9 +1036,13 @@ async fn operations_endpoints_answer() {
 async fn operator_key_is_generated_once_into_a_private_file() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
-    let config =
-        || writ::server::ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf());
-    let first = writ::server::Gateway::open(config()).await.unwrap();
+    let config = || {
+        writ_gateway::server::ServeConfig::new(
+            "127.0.0.1:0".parse().unwrap(),
+            dir.path().to_path_buf(),
+        )
+    };
+    let first = writ_gateway::server::Gateway::open(config()).await.unwrap();
     assert!(first.operator_key_generated);
     assert!(first.operator_key.starts_with("wk_op_"));
     let file = dir.path().join("operator.key");

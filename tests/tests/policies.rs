@@ -3,7 +3,7 @@
 
 use rstest::rstest;
 use serde_json::json;
-use writ::{Limits, Outcome, Target, Window};
+use writ_runtime::{Limits, Outcome, Target, Window};
 use writ_tests::{artifacts, call, evaluate, evaluate_with, load};
 
 #[rstest]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use rstest::rstest;
 use serde_json::json;
-use writ::{FixedUsage, Limits, LoadError, Outcome};
+use writ_runtime::{FixedUsage, Limits, LoadError, Outcome};
 use writ_tests::{artifacts, call, component, engine, evaluate, evaluate_with, load};
 
 /// Generous upper bound for any single hostile evaluation in a debug build on a loaded machine:
@@ -240,7 +240,7 @@ fn concurrent_evaluations_do_not_interfere() {
     });
 }
 
-fn compile_wat(text: &str) -> Result<writ::CompiledPolicy, LoadError> {
+fn compile_wat(text: &str) -> Result<writ_runtime::CompiledPolicy, LoadError> {
     engine().compile(&wat::parse_str(text).expect("valid WAT"))
 }
 

@@ -1,0 +1,714 @@
+//! The `writ` command: parses arguments and hands over to the library (or, for the management
+//! subcommands, to a running gateway's HTTP API).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+use writ_client::{Client, ClientError, wire};
+use writ_gateway::server::{Gateway, ServeConfig, demo_setup, shutdown_signal};
+use writ_runtime::{Engine, EngineConfig, Limits, cases};
+
+/// jemalloc rather than glibc's allocator, which was a large share of the workers' time under
+/// load (docs/bench-log.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[derive(Parser)]
+#[command(name = "writ", version, about = "Runtime authority for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "WRIT_LISTEN", default_value = "127.0.0.1:4587")]
+        listen: SocketAddr,
+        /// Directory of the store and key files.
+        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
+        data_dir: PathBuf,
+        /// Set up a `demo` tenant with this policy component active, and print fresh keys.
+        #[arg(long)]
+        demo_policy: Option<PathBuf>,
+        /// Instance slots in the sandbox's pool. Each reserves address space for the largest
+        /// linear memory (about 4 GiB), so a tool that cannot reserve a terabyte (valgrind)
+        /// needs fewer. Evaluations at once and warm slots are capped to it.
+        #[arg(long, env = "WRIT_POOL_SLOTS", default_value_t = EngineConfig::default().max_instances,
+              value_parser = clap::value_parser!(u32).range(1..=4096))]
+        pool_slots: u32,
+    },
+    /// Manage tenants on a running gateway (operator key).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+    /// Manage keys on a running gateway (operator or tenant admin key).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Work with policy components.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Verify or export audit chains from a stopped gateway's store.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Load a gateway on loopback and compare it with the bare-axum floor (see BENCHMARKS.md).
+    Bench(Box<BenchArgs>),
+    /// Serve the bench's floor route (started by `writ bench`).
+    #[command(hide = true)]
+    BenchFloor {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// The policy component every bench tenant runs (each gets its own copy).
+    #[arg(long)]
+    policy: PathBuf,
+    /// A running gateway on loopback; default: start one on a temporary data directory.
+    #[arg(long)]
+    gateway: Option<String>,
+    /// The operator key of `--gateway`.
+    #[arg(long, env = "WRIT_OPERATOR_KEY", hide_env_values = true)]
+    operator_key: Option<String>,
+    /// Process id of `--gateway`, to report its memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Tenants to create, each with its own active policy; requests rotate over all of them.
+    #[arg(long, default_value_t = 1)]
+    tenants: usize,
+    /// Concurrent connections.
+    #[arg(long, short = 'c', default_value_t = 64)]
+    connections: usize,
+    /// Stop after this many measured requests (instead of --duration).
+    #[arg(long, short = 'n')]
+    requests: Option<u64>,
+    /// Stop after this many measured seconds.
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured load before each run, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Call mix: weights of payment (under the limit), email, unknown (action) and
+    /// over_limit (payment, sent with ?wait=0).
+    #[arg(long, default_value = "payment=70,email=15,unknown=10,over_limit=5")]
+    mix: writ_bench::Mix,
+    /// Skip the floor run.
+    #[arg(long)]
+    no_floor: bool,
+    /// Rounds to run, each loading the floor and then the gateway (1..=10); with more than
+    /// one, the report gives each round's ratio and their median, which is steadier on a
+    /// machine whose speed drifts.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Before the load, hold this many escalations open at once and report the memory they
+    /// take (on a tenant of their own).
+    #[arg(long, default_value_t = 0)]
+    held: usize,
+    /// Also write the report as JSON to this file (`-`: standard output, table to stderr).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute every hash; prints one JSON line per tenant; exits 1 if any chain is broken.
+    Verify {
+        /// The stopped gateway's data directory.
+        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
+        data_dir: PathBuf,
+        /// Only this tenant (default: the checkpoint's tenant, else every tenant).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A signed checkpoint the chain must still contain (detects truncation and rewrite).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// The verifier key (`writ+…`, from GET /v1/audit/public-key); default: the data
+        /// directory's checkpoint.key.
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Write a tenant's chain as JSON Lines to standard output.
+    Export {
+        /// The stopped gateway's data directory.
+        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
+        data_dir: PathBuf,
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Only records with a greater seq.
+        #[arg(long)]
+        after_seq: Option<u64>,
+    },
+}
+
+/// Where the gateway is and which key to use.
+#[derive(Args)]
+struct Remote {
+    /// The gateway's base URL.
+    #[arg(long, env = "WRIT_GATEWAY", default_value = "http://127.0.0.1:4587")]
+    gateway: String,
+    /// The API key; defaults to `./writ-data/operator.key` when that file exists.
+    #[arg(long, env = "WRIT_API_KEY", hide_env_values = true)]
+    key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant; prints it as JSON.
+    Create {
+        /// Display name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key; prints it, with its secret (shown once), as JSON.
+    Create {
+        /// The tenant.
+        #[arg(long)]
+        tenant: String,
+        /// agent, reviewer or admin.
+        #[arg(long)]
+        role: String,
+        /// Who holds the key (e.g. a reviewer's email).
+        #[arg(long)]
+        subject: String,
+        /// Bind an agent key to this agent id.
+        #[arg(long)]
+        agent_id: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke a key.
+    Revoke {
+        /// The key id (`key_…`).
+        key_id: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Upload a policy component to a running gateway (tenant admin key).
+    Push {
+        /// The component (`.wasm`).
+        component: PathBuf,
+        /// A name for it.
+        #[arg(long)]
+        name: String,
+        /// Make it the active policy.
+        #[arg(long)]
+        activate: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Run a JSON file of test cases against a policy component; exits 1 if any fails.
+    Test {
+        /// The policy component (`.wasm`, built for wasm32-wasip2).
+        component: PathBuf,
+        /// The cases file (see `writ_runtime::cases` for the format).
+        cases: PathBuf,
+        /// Fuel per evaluation.
+        #[arg(long, default_value_t = Limits::default().fuel)]
+        fuel: u64,
+        /// Deadline per evaluation, in milliseconds.
+        #[arg(long, default_value_t = Limits::default().deadline.as_millis() as u64)]
+        deadline_ms: u64,
+        /// Memory per evaluation, in MiB.
+        #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
+        memory_mib: usize,
+        /// Also print what the policy logged.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match Cli::parse().command {
+        Command::Policy {
+            command:
+                PolicyCommand::Test {
+                    component,
+                    cases,
+                    fuel,
+                    deadline_ms,
+                    memory_mib,
+                    verbose,
+                },
+        } => policy_test(
+            component,
+            cases,
+            Limits {
+                fuel,
+                deadline: Duration::from_millis(deadline_ms),
+                memory_bytes: memory_mib << 20,
+            },
+            verbose,
+        ),
+        Command::Audit { command } => audit(command),
+        command => tokio::runtime::Runtime::new()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(run(command))),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve {
+            listen,
+            data_dir,
+            demo_policy,
+            pool_slots,
+        } => serve(listen, data_dir, demo_policy, pool_slots).await,
+        Command::Tenant {
+            command: TenantCommand::Create { name, remote },
+        } => print_answer(client(&remote)?.create_tenant(&name).await),
+        Command::Key {
+            command:
+                KeyCommand::Create {
+                    tenant,
+                    role,
+                    subject,
+                    agent_id,
+                    remote,
+                },
+        } => {
+            let key = wire::CreateKeyBody {
+                role,
+                subject,
+                agent_id,
+            };
+            print_answer(client(&remote)?.create_key(&tenant, &key).await)
+        }
+        Command::Key {
+            command: KeyCommand::Revoke { key_id, remote },
+        } => print_answer(client(&remote)?.revoke_key(&key_id).await),
+        Command::Policy {
+            command:
+                PolicyCommand::Push {
+                    component,
+                    name,
+                    activate,
+                    remote,
+                },
+        } => {
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("reading {}", component.display()))?;
+            print_answer(client(&remote)?.upload_policy(&name, activate, bytes).await)
+        }
+        Command::Bench(args) => bench(*args).await,
+        Command::BenchFloor { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            println!("listening on http://{}", listener.local_addr()?);
+            axum::serve(listener, writ_bench::floor::router().into_make_service())
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy {
+            command: PolicyCommand::Test { .. },
+        }
+        | Command::Audit { .. } => unreachable!("handled without a runtime"),
+    }
+}
+
+async fn serve(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    demo_policy: Option<PathBuf>,
+    pool_slots: u32,
+) -> anyhow::Result<ExitCode> {
+    let mut config = ServeConfig::new(listen, data_dir);
+    config.app = config.app.with_pool_slots(pool_slots);
+    config.operator_key = std::env::var("WRIT_OPERATOR_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    config.master_key = std::env::var("WRIT_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let gateway = Gateway::open(config).await?;
+    let addr = gateway.local_addr();
+    if gateway.operator_key_generated {
+        println!(
+            "Operator key (written to the data dir's operator.key, shown once): {}",
+            gateway.operator_key
+        );
+    }
+    if let Some(path) = demo_policy {
+        let policy = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path
+            .file_stem()
+            .map_or_else(|| "demo".into(), |s| s.to_string_lossy().into_owned());
+        let keys = demo_setup(&gateway.app, &gateway.operator_key, &name, policy).await?;
+        println!("Demo tenant {} with {name} active.", keys.tenant_id);
+        println!("  agent key:    {}", keys.agent);
+        println!("  reviewer key: {}", keys.reviewer);
+        println!("  admin key:    {}", keys.admin);
+        println!("Try:");
+        println!(
+            "  curl -s http://{addr}/v1/gateway/execute -H 'X-PROVENANCE-API-KEY: {}' \\\n    -H 'content-type: application/json' \\\n    -d '{{\"session_id\":\"s1\",\"agent_id\":\"agent-1\",\"action\":\"payments.initiate\",\"decision\":\"ALLOW\",\"parameters\":{{\"amount\":50,\"currency\":\"GBP\",\"recipient_id\":\"rec_abc123\"}}}}'",
+            keys.agent
+        );
+    }
+    println!("listening on http://{addr}");
+    tracing::info!(%addr, "serving");
+    gateway.serve(shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ bench`: set up tenants, optionally hold escalations, load the floor then the gateway,
+/// and report.
+async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    use writ_bench::{self as bench, LoadConfig, Spawned, Stop};
+    let config = LoadConfig {
+        connections: args.connections,
+        stop: args
+            .requests
+            .map_or(Stop::Seconds(args.duration), Stop::Requests),
+        warmup_s: args.warmup,
+        mix: args.mix,
+    };
+    config.validate()?;
+    anyhow::ensure!(
+        (1..=1000).contains(&args.tenants),
+        "tenants must be 1..=1000"
+    );
+    anyhow::ensure!((1..=10).contains(&args.rounds), "rounds must be 1..=10");
+    let policy = std::fs::read(&args.policy)
+        .with_context(|| format!("reading {}", args.policy.display()))?;
+    let exe = std::env::current_exe().context("finding the writ binary")?;
+    let say = |line: &str| eprintln!("writ bench: {line}");
+
+    // The gateway: the one given, or a fresh one on a temporary data directory.
+    let data_dir = tempfile::Builder::new().prefix("writ-bench-").tempdir()?;
+    let (_started, addr, operator_key, pid) = match &args.gateway {
+        Some(url) => {
+            let addr = bench::loopback_addr(url)?;
+            let key = args
+                .operator_key
+                .clone()
+                .context("--gateway needs --operator-key (or WRIT_OPERATOR_KEY)")?;
+            (None, addr, key, args.pid)
+        }
+        None => {
+            let key = format!("wk_op_bench_{}", hex::encode(rand::random::<[u8; 24]>()));
+            let log = std::fs::File::create(data_dir.path().join("gateway.log"))?;
+            let mut command = tokio::process::Command::new(&exe);
+            command
+                .arg("serve")
+                .arg("--listen=127.0.0.1:0")
+                .arg("--data-dir")
+                .arg(data_dir.path().join("data"))
+                .env("WRIT_OPERATOR_KEY", &key)
+                .stderr(log);
+            let gateway = Spawned::start(command).await?;
+            let (addr, pid) = (gateway.addr, gateway.pid());
+            say(&format!("started a gateway on {addr} (pid {pid:?})"));
+            (Some(gateway), addr, key, pid)
+        }
+    };
+    let base = format!("http://{addr}");
+    say(&format!(
+        "setting up {} tenant(s), each with its own copy of {}",
+        args.tenants,
+        args.policy.display()
+    ));
+    let tenants =
+        bench::setup_tenants(&base, &operator_key, &policy, "bench", args.tenants).await?;
+    let rss_after_setup = pid.and_then(bench::rss_bytes);
+
+    let held = if args.held > 0 {
+        say(&format!("holding {} escalations open", args.held));
+        let tenant = bench::setup_tenants(&base, &operator_key, &policy, "bench-held", 1).await?;
+        Some(bench::hold_escalations(&base, addr, &tenant[0], args.held, pid).await?)
+    } else {
+        None
+    };
+
+    let floor = if args.no_floor {
+        None
+    } else {
+        let mut command = tokio::process::Command::new(&exe);
+        command.arg("bench-floor");
+        Some(Spawned::start(command).await?)
+    };
+    let keys: Vec<String> = tenants.iter().map(|t| t.agent_key.clone()).collect();
+    let floor_keys = ["floor".to_owned()];
+    let mut reports = Vec::new();
+    for round in 1..=args.rounds {
+        let of = if args.rounds > 1 {
+            format!(" (round {round} of {})", args.rounds)
+        } else {
+            String::new()
+        };
+        if let Some(floor) = &floor {
+            say(&format!("loading the floor on {}{of}", floor.addr));
+            let mut report =
+                bench::run_load("floor", floor.addr, &floor_keys, floor.pid(), &config).await?;
+            report.round = round;
+            reports.push(report);
+        }
+        say(&format!("loading the gateway on {addr}{of}"));
+        let mut report = bench::run_load("writ", addr, &keys, pid, &config).await?;
+        report.round = round;
+        reports.push(report);
+    }
+    let rss_after_load = pid.and_then(bench::rss_bytes);
+
+    let mib = |b: Option<u64>| {
+        b.map_or("n/a".to_owned(), |b| {
+            format!("{:.1} MiB", b as f64 / 1048576.0)
+        })
+    };
+    let mut table = bench::table(&reports);
+    table += &format!(
+        "gateway RSS: {} after setting up {} tenant(s), {} after the load\n",
+        mib(rss_after_setup),
+        args.tenants,
+        mib(rss_after_load)
+    );
+    if let Some(h) = &held {
+        table += &format!(
+            "held escalations: {} held, RSS {} idle, {} held ({} answered BLOCK after rejection)\n",
+            h.held,
+            mib(h.rss_idle_bytes),
+            mib(h.rss_held_bytes),
+            h.answered
+        );
+    }
+    let ratios = bench::ratios(&reports);
+    let report = json!({
+        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "config": config,
+        "tenants": args.tenants,
+        "policy": args.policy.display().to_string(),
+        "runs": reports,
+        "writ_over_floor_percent": {
+            "median": bench::median(&ratios),
+            "by_round": ratios,
+        },
+        "gateway_rss_bytes": {"after_setup": rss_after_setup, "after_load": rss_after_load},
+        "held": held,
+    });
+    match args.json.as_deref() {
+        Some(path) if path == std::path::Path::new("-") => {
+            eprint!("{table}");
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Some(path) => {
+            print!("{table}");
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        None => print!("{table}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn api_key(remote: &Remote) -> anyhow::Result<String> {
+    if let Some(key) = &remote.key {
+        return Ok(key.clone());
+    }
+    std::fs::read_to_string("writ-data/operator.key")
+        .map(|k| k.trim().to_owned())
+        .context("no key: pass --key or set WRIT_API_KEY")
+}
+
+fn client(remote: &Remote) -> anyhow::Result<Client> {
+    Ok(Client::new(&remote.gateway, &api_key(remote)?)?)
+}
+
+/// Prints the gateway's answer (or its error) as JSON; fails on an error.
+fn print_answer<T: serde::Serialize>(answer: Result<T, ClientError>) -> anyhow::Result<ExitCode> {
+    match answer {
+        Ok(body) => {
+            println!("{}", serde_json::to_string_pretty(&body)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(ClientError::Api {
+            status,
+            code,
+            message,
+        }) => {
+            let error = json!({"error": {"code": code, "message": message}});
+            println!("{}", serde_json::to_string_pretty(&error)?);
+            eprintln!("the gateway answered {status}");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn policy_test(
+    component: PathBuf,
+    cases_path: PathBuf,
+    limits: Limits,
+    verbose: bool,
+) -> anyhow::Result<ExitCode> {
+    let bytes =
+        std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
+    let text = std::fs::read_to_string(&cases_path)
+        .with_context(|| format!("reading {}", cases_path.display()))?;
+    let cases = cases::parse(&text)?;
+    let engine = Engine::new(&EngineConfig::default())
+        .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
+    let policy = engine
+        .compile(&bytes)
+        .with_context(|| format!("loading {}", component.display()))?;
+    let results = cases::run(&engine, &policy, &cases, &limits);
+    print!("{}", cases::table(&results));
+    if verbose {
+        for r in &results {
+            for line in &r.evaluation.logs {
+                println!("[{}] {:?}: {}", r.name, line.level, line.message);
+            }
+        }
+    }
+    Ok(if results.iter().all(|r| r.passed()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use writ_gateway::checkpoint;
+    use writ_gateway::store::Table;
+    match command {
+        AuditCommand::Verify {
+            data_dir,
+            tenant,
+            checkpoint: checkpoint_file,
+            public_key,
+        } => {
+            let store = open_stopped_store(&data_dir)?;
+            let public = match public_key {
+                Some(vkey) => checkpoint::parse_verifier_key(&vkey)?,
+                None => checkpoint::CheckpointSigner::load(&data_dir)?.public_key(),
+            };
+            let cp = match &checkpoint_file {
+                Some(path) => {
+                    let note = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    match checkpoint::verify(&note, &public) {
+                        Ok(cp) => Some(cp),
+                        Err(e) => {
+                            println!(
+                                "{}",
+                                json!({"ok": false, "problem": "bad_checkpoint", "detail": e.to_string()})
+                            );
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    }
+                }
+                None => None,
+            };
+            let tenants: Vec<String> = match (tenant, &cp) {
+                (Some(t), _) => vec![t],
+                (None, Some(cp)) => vec![cp.tenant_id.clone()],
+                (None, None) => store
+                    .scan::<Value>(Table::Tenants, b"")?
+                    .into_iter()
+                    .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+                    .collect(),
+            };
+            let mut all_ok = true;
+            for tenant_id in tenants {
+                let cp = cp.as_ref().filter(|c| c.tenant_id == tenant_id);
+                let v = writ_gateway::verify::verify_chain(&store, &tenant_id, cp)?;
+                all_ok &= v.ok();
+                println!(
+                    "{}",
+                    json!({
+                        "tenant_id": tenant_id,
+                        "ok": v.ok(),
+                        "records": v.records,
+                        "head_seq": v.head.map(|(s, _)| s),
+                        "head_hash": v.head.map(|(_, h)| hex::encode(h)),
+                        "checkpoint_size": cp.map(|c| c.size),
+                        "broken_seq": v.broken.as_ref().map(|b| b.seq),
+                        "problem": v.broken.as_ref().map(|b| b.problem.code()),
+                        "detail": v.broken.as_ref().map(|b| b.detail.clone()),
+                    })
+                );
+            }
+            Ok(if all_ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Export {
+            data_dir,
+            tenant,
+            after_seq,
+        } => {
+            let store = open_stopped_store(&data_dir)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut failed = None;
+            writ_gateway::verify::export(&store, &tenant, after_seq, |line| {
+                match out.write_all(line).and_then(|()| out.write_all(b"\n")) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_stopped_store(data_dir: &std::path::Path) -> anyhow::Result<writ_gateway::store::Store> {
+    anyhow::ensure!(
+        data_dir.join("db").exists(),
+        "no store in {}",
+        data_dir.display()
+    );
+    writ_gateway::store::Store::open(data_dir).with_context(|| {
+        format!(
+            "opening the store in {} (is the gateway still running? stop it first)",
+            data_dir.display()
+        )
+    })
+}

@@ -1,0 +1,258 @@
+//! The `writ` binary's `policy test` subcommand, run as a user would.
+
+use std::process::Command;
+
+use writ_tests::artifacts;
+
+fn writ() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_writ"))
+}
+
+fn cases_file(name: &str) -> String {
+    format!(
+        "{}/../../example-policies/{name}/cases.json",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn policy_test_passes_the_shipped_cases() {
+    let out = writ()
+        .args(["policy", "test", artifacts::PAYMENTS_LIMITS])
+        .arg(cases_file("payments-limits"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("PASS"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "6 passed, 0 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn policy_test_fails_with_a_table_naming_the_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("cases.json");
+    std::fs::write(
+        &cases,
+        serde_json::json!([
+            {"name": "right", "call": {"action": "email.send"}, "expect": {"outcome": "allow"}},
+            {"name": "wrong", "call": {"action": "email.send"}, "expect": {"outcome": "block", "codes": ["nope"]}}
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let out = writ()
+        .args(["policy", "test", artifacts::PAYMENTS_LIMITS])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL"), "{stdout}");
+    assert!(
+        stdout.contains("outcome ALLOW (expected BLOCK)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.lines().any(|l| l == "1 passed, 1 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn policy_test_refuses_a_component_with_a_forbidden_import() {
+    let dir = tempfile::tempdir().unwrap();
+    let component = dir.path().join("evil.wasm");
+    std::fs::write(
+        &component,
+        wat::parse_str(r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#).unwrap(),
+    )
+    .unwrap();
+    let out = writ()
+        .args(["policy", "test"])
+        .arg(&component)
+        .arg(cases_file("payments-limits"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("wasi:sockets/tcp@0.2.0"), "{stderr}");
+}
+
+/// `writ tenant create`, `writ key create` and `writ policy push` against a running gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn management_commands_drive_a_running_gateway() {
+    let gw = writ_tests::gateway::TestGateway::start().await;
+    let url = gw.url("");
+    let op = gw.operator_key.clone();
+    let run = |args: Vec<String>, key: String| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = writ()
+                .args(&args)
+                .env("WRIT_GATEWAY", &url)
+                .env("WRIT_API_KEY", &key)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{args:?}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_str::<serde_json::Value>(&stdout).unwrap()
+        })
+    };
+    let tenant = run(
+        vec!["tenant".into(), "create".into(), "acme".into()],
+        op.clone(),
+    )
+    .await
+    .unwrap();
+    let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+    let admin = run(
+        [
+            "key",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--role",
+            "admin",
+            "--subject",
+            "ops@acme.example",
+        ]
+        .map(String::from)
+        .to_vec(),
+        op.clone(),
+    )
+    .await
+    .unwrap();
+    let admin_key = admin["api_key"].as_str().unwrap().to_owned();
+    let agent = run(
+        [
+            "key",
+            "create",
+            "--tenant",
+            &tenant_id,
+            "--role",
+            "agent",
+            "--subject",
+            "bot",
+        ]
+        .map(String::from)
+        .to_vec(),
+        admin_key.clone(),
+    )
+    .await
+    .unwrap();
+    let pushed = run(
+        [
+            "policy",
+            "push",
+            artifacts::PAYMENTS_LIMITS,
+            "--name",
+            "payments",
+            "--activate",
+        ]
+        .map(String::from)
+        .to_vec(),
+        admin_key,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pushed["activated"], true);
+    let (status, body) = gw
+        .execute(
+            agent["api_key"].as_str().unwrap(),
+            "s",
+            "payments.initiate",
+            serde_json::json!({"amount": 800, "currency": "GBP"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["codes"], serde_json::json!(["amount_over_limit"]));
+}
+
+/// `writ audit verify --checkpoint` and `writ audit export` on a stopped gateway's store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_and_export_work_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = writ_tests::gateway::TestGateway::config(dir.path());
+    config.app.checkpoint_every_records = 1;
+    let gw = writ_tests::gateway::TestGateway::start_with(config).await;
+    let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
+    for i in 0..6 {
+        gw.execute(&t.agent, "s", "x", serde_json::json!({ "i": i }))
+            .await;
+    }
+    let mut note = String::new();
+    for _ in 0..50 {
+        let r = gw
+            .request(
+                reqwest::Method::GET,
+                "/v1/audit/checkpoint",
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        if r.status() == 200 {
+            note = r.text().await.unwrap();
+            if note.lines().nth(1) == Some("10") {
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(note.lines().nth(1), Some("10"), "{note}");
+    gw.stop().await;
+    let cp = dir.path().join("checkpoint.txt");
+    std::fs::write(&cp, &note).unwrap();
+
+    let run = |args: &[&str]| {
+        writ()
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    let cp_arg = cp.to_str().unwrap();
+    let out = run(&["audit", "verify", "--checkpoint", cp_arg]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["records"], 10);
+    assert_eq!(report["checkpoint_size"], 10);
+
+    let out = run(&["audit", "export", "--tenant", &t.id]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 10);
+
+    // Cut the tail: the chain alone still verifies, the checkpoint does not.
+    {
+        let store = writ_gateway::store::Store::open(dir.path()).unwrap();
+        for seq in (8..10).rev() {
+            writ_gateway::audit::replace_stored_record(&store, &t.id, seq, None).unwrap();
+        }
+        store.flush().unwrap();
+    }
+    assert!(run(&["audit", "verify"]).status.success());
+    let out = run(&["audit", "verify", "--checkpoint", cp_arg]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert_eq!(report["problem"], "truncated");
+    assert_eq!(report["broken_seq"], 8);
+
+    // A checkpoint whose signature does not verify is refused.
+    std::fs::write(&cp, note.replacen("\n10\n", "\n11\n", 1)).unwrap();
+    let out = run(&["audit", "verify", "--checkpoint", cp_arg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bad_checkpoint"));
+}

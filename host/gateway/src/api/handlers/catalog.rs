@@ -1,0 +1,111 @@
+//! The tool catalog and credential vault.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+
+use crate::access::Require;
+use crate::api::ApiState;
+use crate::api::error::ApiError;
+use crate::api::extract::{AppJson, Auth};
+use crate::api::wire::*;
+
+/// Adds or replaces a tool in the tenant's catalog (tenant admin).
+#[utoipa::path(put, path = "/v1/catalog/{service}/{tool_name}", tag = "catalog",
+    params(("service" = String, Path), ("tool_name" = String, Path)),
+    request_body = ToolBody,
+    responses((status = 200, body = ToolView), (status = 400), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn put_tool(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path((service, tool_name)): Path<(String, String)>,
+    AppJson(body): AppJson<ToolBody>,
+) -> Result<Json<ToolView>, ApiError> {
+    let entry = crate::catalog::ToolEntry {
+        service,
+        tool_name,
+        method: body.method.to_ascii_uppercase(),
+        url: body.url,
+        query: body.query,
+        body: body.body,
+        headers: body.headers,
+        credential: body.credential.map(|c| crate::catalog::CredentialUse {
+            name: c.name,
+            header: c.header,
+            format: c.format,
+        }),
+        destructive: body.destructive,
+    };
+    Ok(Json(
+        state.app.catalog().put_tool(&who.require()?, entry)?.into(),
+    ))
+}
+
+/// The tenant's tool catalog (tenant admin or reviewer).
+#[utoipa::path(get, path = "/v1/catalog", tag = "catalog",
+    responses((status = 200, body = ToolList), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn list_tools(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<ToolList>, ApiError> {
+    Ok(Json(ToolList {
+        tools: state
+            .app
+            .catalog()
+            .tools(&who.require()?)?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
+    }))
+}
+
+/// Stores a credential, encrypted at rest; it is never returned (tenant admin).
+#[utoipa::path(put, path = "/v1/credentials/{name}", tag = "catalog",
+    params(("name" = String, Path)),
+    request_body = CredentialBody,
+    responses((status = 204), (status = 400), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn put_credential(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    AppJson(body): AppJson<CredentialBody>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .app
+        .catalog()
+        .put_credential(&who.require()?, &name, &body.secret)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's credential names, never their values (tenant admin).
+#[utoipa::path(get, path = "/v1/credentials", tag = "catalog",
+    responses((status = 200, body = CredentialList), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn list_credentials(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<CredentialList>, ApiError> {
+    Ok(Json(CredentialList {
+        names: state.app.catalog().credential_names(&who.require()?)?,
+    }))
+}
+
+/// Removes a credential (tenant admin).
+#[utoipa::path(delete, path = "/v1/credentials/{name}", tag = "catalog",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn delete_credential(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .app
+        .catalog()
+        .delete_credential(&who.require()?, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}

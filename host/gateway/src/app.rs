@@ -1,0 +1,332 @@
+//! The composition root: opens every part of the gateway over one store and wires the services
+//! together, and owns their background tasks. Each operation lives in its service
+//! ([`crate::service`]); this file only builds and hands them out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use writ_runtime::engine::{Engine, EngineConfig};
+
+use crate::audit::{AuditLog, SharedLedger};
+use crate::catalog::Catalog;
+use crate::checkpoint::CheckpointSigner;
+use crate::clock::{self, SharedClock};
+use crate::escalations::Escalations;
+use crate::jobs::Jobs;
+use crate::metrics::Metrics;
+use crate::notify::Notifier;
+use crate::policies::Policies;
+use crate::service::{
+    AuditService, CatalogService, CheckpointService, EscalationService, ExecuteService, JobService,
+    PolicyService, TenantService,
+};
+use crate::store::{Store, StoreError};
+use crate::tenants::Tenants;
+use crate::vault::Vault;
+
+pub use crate::error::{AppError, Result};
+pub use crate::service::audit::SessionSummary;
+pub use crate::service::execute::{ExecuteOutcome, ExecuteRequest};
+
+/// Gateway settings.
+#[derive(Clone)]
+pub struct AppConfig {
+    /// The engine's settings.
+    pub engine: EngineConfig,
+    /// Evaluations running at once; more wait for a slot.
+    pub max_concurrent_evaluations: usize,
+    /// Re-evaluations when the usage counters a policy read change before its charges commit.
+    pub usage_retries: usize,
+    /// A chain is checkpointed once it has grown by this many records...
+    pub checkpoint_every_records: u64,
+    /// ...or has grown at all and its last checkpoint is this old.
+    pub checkpoint_every: Duration,
+    /// Where the gateway takes its time from.
+    pub clock: SharedClock,
+}
+
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("engine", &self.engine)
+            .field(
+                "max_concurrent_evaluations",
+                &self.max_concurrent_evaluations,
+            )
+            .field("usage_retries", &self.usage_retries)
+            .field("checkpoint_every_records", &self.checkpoint_every_records)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            engine: EngineConfig::default(),
+            max_concurrent_evaluations: 16,
+            usage_retries: 3,
+            checkpoint_every_records: 1000,
+            checkpoint_every: Duration::from_secs(60),
+            clock: clock::system(),
+        }
+    }
+}
+
+impl AppConfig {
+    /// Sizes the sandbox's instance pool to `slots`, and caps the evaluations run at once and
+    /// the warm slots kept to it, so an admitted evaluation always finds a slot.
+    pub fn with_pool_slots(mut self, slots: u32) -> Self {
+        self.engine.max_instances = slots;
+        self.engine.max_warm_slots = self.engine.max_warm_slots.min(slots);
+        self.max_concurrent_evaluations = self.max_concurrent_evaluations.min(slots as usize);
+        self
+    }
+}
+
+/// The gateway: every service, shared by all requests. Cheap to clone (one reference count).
+#[derive(Clone)]
+pub struct App {
+    inner: Arc<Services>,
+}
+
+struct Services {
+    execute: ExecuteService,
+    escalations: EscalationService,
+    jobs: JobService,
+    tenants: TenantService,
+    policies: PolicyService,
+    catalog: CatalogService,
+    audit: AuditService,
+    checkpoints: CheckpointService,
+    metrics: Arc<Metrics>,
+    store: Store,
+    clock: SharedClock,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Signs checkpoints as chains grow, until the app is shut down or dropped. It holds the app
+/// only while it works, so dropping the last [`App`] releases the store.
+fn spawn_checkpoint_signer(inner: &Arc<Services>) {
+    let (weak, cancel, tick) = (
+        Arc::downgrade(inner),
+        inner.cancel.clone(),
+        inner.checkpoints.tick(),
+    );
+    inner.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(tick) => {}
+            }
+            let Some(inner) = weak.upgrade() else { break };
+            if let Err(e) = inner.checkpoints.sign_due(false).await {
+                tracing::error!(error = %e, "checkpointing failed");
+            }
+        }
+    });
+}
+
+/// Expires pending escalations at their deadlines, until the app is shut down or dropped: it
+/// sleeps until the earliest deadline, woken early when an escalation opens with an earlier
+/// one, and holds the app only while it works.
+fn spawn_expiry_sweeper(inner: &Arc<Services>) {
+    let (weak, cancel) = (Arc::downgrade(inner), inner.cancel.clone());
+    let earlier_deadline = inner.escalations.registry.earlier_deadline();
+    inner.tasks.spawn(async move {
+        loop {
+            let pause = match weak.upgrade() {
+                Some(inner) => inner.escalations.sweep().await,
+                None => break,
+            };
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = earlier_deadline.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    });
+}
+
+impl App {
+    /// Opens every part over `store`, starts the audit writer and the background tasks. Must
+    /// run inside a tokio runtime.
+    pub fn open(
+        store: Store,
+        config: AppConfig,
+        signer: CheckpointSigner,
+        master_key: &[u8; 32],
+    ) -> anyhow::Result<Self> {
+        let clock = config.clock.clone();
+        let engine = Engine::new(&config.engine)
+            .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
+        let tenants = Tenants::load(store.clone(), clock.clone())?;
+        let policies = Policies::load(engine.clone(), store.clone(), clock.clone())?;
+        let metrics = Arc::new(Metrics::default());
+        let audit: SharedLedger = Arc::new(AuditLog::start_observed(
+            store.clone(),
+            metrics.audit_writer.clone(),
+            clock.clone(),
+        ));
+        for tenant in tenants.all() {
+            audit.load_head(&tenant.id)?;
+        }
+        let vault = Vault::new(store.clone(), master_key);
+        let catalog = Catalog::load(store.clone(), tenants.all().iter().map(|t| t.id.as_str()))?;
+        let (jobs, interrupted) = Jobs::load(store.clone(), vault.clone(), clock.clone())?;
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+
+        let jobs = JobService::new(jobs, audit.clone(), tasks.clone(), cancel.clone());
+        let escalations = EscalationService {
+            registry: Escalations::load(store.clone())?,
+            audit: audit.clone(),
+            tenants: tenants.clone(),
+            jobs: jobs.clone(),
+            notifier: Notifier::start(),
+            metrics: metrics.clone(),
+            clock: clock.clone(),
+        };
+        let checkpoints = CheckpointService::load(
+            audit.clone(),
+            store.clone(),
+            signer,
+            clock.clone(),
+            tenants.all().into_iter().map(|t| t.id),
+            config.checkpoint_every_records,
+            config.checkpoint_every,
+        )?;
+        let execute = ExecuteService {
+            engine,
+            store: store.clone(),
+            tenants: tenants.clone(),
+            policies: policies.clone(),
+            audit: audit.clone(),
+            metrics: metrics.clone(),
+            escalations: escalations.clone(),
+            jobs: jobs.clone(),
+            clock: clock.clone(),
+            evaluations: Arc::new(Semaphore::new(config.max_concurrent_evaluations)),
+            usage_retries: config.usage_retries,
+        };
+        let services = Services {
+            tenants: TenantService {
+                tenants,
+                audit: audit.clone(),
+                max_memory_mib: (config.engine.max_memory_bytes >> 20) as u32,
+            },
+            policies: PolicyService {
+                policies,
+                audit: audit.clone(),
+                activation: Arc::default(),
+            },
+            catalog: CatalogService { catalog, vault },
+            audit: AuditService {
+                audit,
+                store: store.clone(),
+                checkpoints: checkpoints.clone(),
+            },
+            execute,
+            escalations,
+            jobs,
+            checkpoints,
+            metrics,
+            store,
+            clock,
+            tasks,
+            cancel,
+        };
+        services.jobs.record_interrupted(interrupted);
+        let inner = Arc::new(services);
+        spawn_checkpoint_signer(&inner);
+        spawn_expiry_sweeper(&inner);
+        Ok(Self { inner })
+    }
+
+    /// The decision pipeline.
+    pub fn execute(&self) -> &ExecuteService {
+        &self.inner.execute
+    }
+
+    /// Held calls.
+    pub fn escalations(&self) -> &EscalationService {
+        &self.inner.escalations
+    }
+
+    /// Downstream jobs.
+    pub fn jobs(&self) -> &JobService {
+        &self.inner.jobs
+    }
+
+    /// Tenants, keys and webhooks.
+    pub fn tenants(&self) -> &TenantService {
+        &self.inner.tenants
+    }
+
+    /// Policies.
+    pub fn policies(&self) -> &PolicyService {
+        &self.inner.policies
+    }
+
+    /// The tool catalog and credentials.
+    pub fn catalog(&self) -> &CatalogService {
+        &self.inner.catalog
+    }
+
+    /// Audit queries, verification and export.
+    pub fn audit(&self) -> &AuditService {
+        &self.inner.audit
+    }
+
+    /// Signed checkpoints.
+    pub fn checkpoints(&self) -> &CheckpointService {
+        &self.inner.checkpoints
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
+    /// Flushes the store: every write so far becomes durable. Blocking.
+    pub fn flush(&self) -> std::result::Result<(), StoreError> {
+        self.inner.store.flush()
+    }
+
+    /// Whether the gateway can serve: the store answers a read.
+    pub fn ready(&self) -> bool {
+        self.inner
+            .store
+            .get_raw(crate::store::Table::Tenants, b"")
+            .is_ok()
+    }
+
+    /// Stops the background tasks (sweeper, checkpoint signer, running jobs' bookkeeping) and
+    /// waits for them, then signs a last checkpoint of every grown chain and flushes.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.inner.cancel.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+        self.inner.checkpoints.sign_due(true).await
+    }
+}

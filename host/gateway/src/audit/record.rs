@@ -1,0 +1,221 @@
+//! The record: its fields, canonical encoding and chain hash, its stored form, and the event
+//! ids the writer gives.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// What kind of event a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
+pub enum Kind {
+    /// A policy decision on a tool call.
+    Decision,
+    /// A policy was activated.
+    PolicyActivated,
+    /// A key was created.
+    KeyCreated,
+    /// A key was revoked.
+    KeyRevoked,
+    /// A call was escalated and is held for a human.
+    EscalationOpened,
+    /// A held call was approved, rejected, or expired.
+    EscalationResolved,
+    /// A downstream job finished (completed or failed).
+    JobFinished,
+}
+
+impl Kind {
+    /// The name stored in `kind`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+/// A charge as recorded: the amount as the decimal text Rust's `Display` gives the `f64`, so
+/// verifiers never re-format a float.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordCharge {
+    /// Decimal text of the amount.
+    pub amount: String,
+    /// The counter.
+    pub counter: String,
+}
+
+/// Everything in a record except its hash. **Fields are declared in lexicographic order**: that
+/// order is the canonical encoding's key order. Every field is always present (`null` when it
+/// does not apply).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordBody {
+    /// The evaluated action.
+    pub action: Option<String>,
+    /// The key subject who performed a human or administrative action.
+    pub actor: Option<String>,
+    /// The agent that made the call.
+    pub agent_id: Option<String>,
+    /// The call's arguments, as the JSON text the gateway received them.
+    pub arguments: Option<String>,
+    /// Charges recorded with the decision (only on an ALLOW).
+    pub charges: Vec<RecordCharge>,
+    /// The client's hint (`decision` in the Provenance request); never changes the outcome.
+    pub client_hint: Option<String>,
+    /// Machine-readable codes.
+    pub codes: Vec<String>,
+    /// Kind-specific detail, as JSON text (e.g. a created key's id and role).
+    pub detail: Option<String>,
+    /// The escalation, for escalated calls.
+    pub escalation_id: Option<String>,
+    /// Unique id of this record (`evt_…`), given to the caller.
+    pub event_id: String,
+    /// Fuel the policy burned.
+    pub fuel: Option<u64>,
+    /// [`Kind::as_str`].
+    pub kind: String,
+    /// Evaluation time in microseconds.
+    pub latency_us: Option<u64>,
+    /// `ALLOW`, `BLOCK` or `ESCALATE`.
+    pub outcome: Option<String>,
+    /// The policy that decided (blake3 hex of its component).
+    pub policy_id: Option<String>,
+    /// Hash of the previous record (hex), zeros for the first.
+    pub prev_hash: String,
+    /// Human-readable reason.
+    pub reason: Option<String>,
+    /// Position in the tenant's chain, gapless from 0.
+    pub seq: u64,
+    /// The call's session.
+    pub session_id: Option<String>,
+    /// The tenant.
+    pub tenant_id: String,
+    /// When the record was appended, ms since the epoch.
+    pub timestamp_ms: u64,
+}
+
+/// A record of the chain: the body and its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The hashed content.
+    #[serde(flatten)]
+    pub body: RecordBody,
+    /// `blake3(prev_hash bytes ‖ canonical(body))`, hex.
+    pub hash: String,
+}
+
+impl RecordBody {
+    /// The canonical bytes: JSON, keys sorted, no whitespace.
+    pub fn canonical(&self) -> Vec<u8> {
+        // Sized up front (serde_json starts at 128 bytes and doubles): the field names and
+        // fixed-size values take about 500 bytes, the free text more with its escapes, and
+        // the stored form appends the hash (see `stored_bytes`).
+        let text = |s: &Option<String>| s.as_ref().map_or(0, |s| s.len() + s.len() / 4);
+        let capacity = 640
+            + 2 * text(&self.arguments)
+            + text(&self.reason)
+            + text(&self.detail)
+            + self.codes.iter().map(|c| c.len() + 3).sum::<usize>();
+        let mut out = Vec::with_capacity(capacity);
+        serde_json::to_writer(&mut out, self).expect("records serialize");
+        out
+    }
+
+    /// The record's hash given its `prev_hash`.
+    pub fn hash(&self, prev_hash: &[u8; 32]) -> [u8; 32] {
+        chain_hash(prev_hash, &self.canonical())
+    }
+}
+
+impl RecordBody {
+    /// An empty record of `kind` for [`AuditLog::append`], which fills in `seq`, `prev_hash`,
+    /// `tenant_id`, `timestamp_ms` and, unless the caller chose one, `event_id`.
+    pub fn new(kind: Kind) -> Self {
+        Self {
+            action: None,
+            actor: None,
+            agent_id: None,
+            arguments: None,
+            charges: Vec::new(),
+            client_hint: None,
+            codes: Vec::new(),
+            detail: None,
+            escalation_id: None,
+            event_id: String::new(),
+            fuel: None,
+            kind: kind.as_str().to_owned(),
+            latency_us: None,
+            outcome: None,
+            policy_id: None,
+            prev_hash: String::new(),
+            reason: None,
+            seq: 0,
+            session_id: None,
+            tenant_id: String::new(),
+            timestamp_ms: 0,
+        }
+    }
+}
+
+/// The event id the writer gives record `seq`: its seq in hex, so it is found without an
+/// index, and 64 random bits, so it is not guessable from the seq.
+pub(crate) fn event_id_for(seq: u64) -> String {
+    let mut hex = [0u8; 32];
+    let bytes = (u128::from(seq) << 64 | u128::from(rand::random::<u64>())).to_be_bytes();
+    hex::encode_to_slice(bytes, &mut hex).expect("32 hex digits for 16 bytes");
+    let mut id = String::with_capacity(4 + hex.len());
+    id.push_str("evt_");
+    id.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+    id
+}
+
+/// The seq an event id names, if the writer made it (see [`event_id_for`]).
+pub(crate) fn event_id_seq(event_id: &str) -> Option<u64> {
+    let hex = event_id.strip_prefix("evt_")?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(&hex[..16], 16).ok()
+}
+
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record> {
+    serde_json::from_slice(bytes).map_err(|source| {
+        AuditError::Store(StoreError::Corrupt {
+            table: Table::Audit,
+            source,
+        })
+    })
+}
+
+/// A 32-byte hash as lowercase hex, without allocating (`hex::encode` builds its string a
+/// char at a time, on every record's path).
+pub(crate) fn hash_hex(hash: &[u8; 32]) -> impl std::ops::Deref<Target = str> + std::fmt::Display {
+    blake3::Hash::from_bytes(*hash).to_hex()
+}
+
+/// `blake3(prev_hash ‖ canonical bytes)`: a record's hash.
+pub(crate) fn chain_hash(prev_hash: &[u8; 32], canonical: &[u8]) -> [u8; 32] {
+    *blake3::Hasher::new()
+        .update(prev_hash)
+        .update(canonical)
+        .finalize()
+        .as_bytes()
+}
+
+/// The stored form of a record: its canonical bytes with `"hash"` added as the last key
+/// (exactly what serializing [`Record`] gives, without serializing the body twice).
+pub(crate) fn stored_bytes(mut canonical: Vec<u8>, hash: &str) -> Vec<u8> {
+    debug_assert_eq!(canonical.last(), Some(&b'}'));
+    canonical.pop();
+    canonical.extend_from_slice(b",\"hash\":\"");
+    canonical.extend_from_slice(hash.as_bytes());
+    canonical.extend_from_slice(b"\"}");
+    canonical
+}
+
+/// A stored record's hash as bytes; a malformed one is an error, never a zero hash.
+pub(crate) fn decode_hash(hex_hash: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_hash, &mut out).map_err(|_| {
+        AuditError::Store(StoreError::Inconsistent(
+            "a stored record's hash is not 32 bytes of hex",
+        ))
+    })?;
+    Ok(out)
+}

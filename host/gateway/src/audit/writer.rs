@@ -1,0 +1,261 @@
+//! The writer thread: batches queued appends, chains them, commits each batch in one
+//! transaction and flushes once (group commit), then answers every append.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// An append waiting for the writer.
+pub(crate) struct Pending {
+    pub(crate) tenant_id: String,
+    pub(crate) body: RecordBody,
+    pub(crate) effects: Effects,
+    pub(crate) reply: oneshot::Sender<Result<Record>>,
+}
+
+/// One batch being prepared: the chains and usage values as they will be once it is written.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub(crate) heads: HashMap<String, Head>,
+    pub(crate) usage: HashMap<Vec<u8>, f64>,
+    /// Each tenant's new records (seq, stored bytes), in order.
+    pub(crate) records: HashMap<String, Vec<(u64, Vec<u8>)>>,
+    /// Index rows and the records' own rows.
+    pub(crate) rows: Vec<Write>,
+    /// (tenant, session, seq) of the new records that have a session.
+    pub(crate) sessions: Vec<(String, String, u64)>,
+}
+
+impl Batch {
+    /// The store writes: each tenant's records in blocks, the final value of each usage
+    /// counter it changed, and the rows.
+    pub(crate) fn writes(&mut self) -> Vec<Write> {
+        let mut writes = std::mem::take(&mut self.rows);
+        for (tenant_id, records) in &self.records {
+            for block in records.chunks(BLOCK_RECORDS) {
+                let bytes = encode_block(block.iter().map(|(_, r)| r.as_slice()));
+                writes.push((Table::Audit, block_key(tenant_id, block[0].0), bytes));
+            }
+        }
+        for (key, value) in &self.usage {
+            writes.push((
+                Table::Usage,
+                key.clone(),
+                value.to_bits().to_be_bytes().to_vec(),
+            ));
+        }
+        writes
+    }
+}
+
+/// The writer thread and the queue to it. Dropping the last [`AuditLog`] closes the queue and
+/// waits for the thread, so the store is released when the log is.
+pub(crate) struct Writer {
+    pub(crate) queue: Option<mpsc::Sender<Pending>>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Chains {
+    /// One writer round: commit the batch in one transaction, flush once, answer everyone.
+    pub(crate) fn write_and_flush(&self, batch: Vec<Pending>, metrics: &AuditWriterMetrics) {
+        let (items, replies): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|p| ((p.tenant_id, p.body, p.effects), p.reply))
+            .unzip();
+        let mut results = self.write_batch(items);
+        let written = results.iter().filter(|r| r.is_ok()).count();
+        if written > 0 {
+            let started = Instant::now();
+            let flushed = self.store.flush();
+            metrics
+                .flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = flushed {
+                tracing::error!(error = %e, "audit flush failed");
+                for r in results.iter_mut().filter(|r| r.is_ok()) {
+                    *r = Err(AuditError::FlushFailed);
+                }
+            }
+            metrics.batch_records.observe(written as f64);
+        }
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A caller that has gone away no longer needs its answer; the record stands.
+            let _ = reply.send(result);
+        }
+    }
+
+    /// See [`AuditLog::write_batch`].
+    pub(crate) fn write_batch(
+        &self,
+        items: Vec<(String, RecordBody, Effects)>,
+    ) -> Vec<Result<Record>> {
+        let mut heads = self.heads.lock().expect("heads lock");
+        let mut batch = Batch::default();
+        let results: Vec<Result<Record>> = items
+            .into_iter()
+            .map(|(tenant_id, body, effects)| {
+                self.prepare(&mut heads, &mut batch, tenant_id, body, effects)
+            })
+            .collect();
+        if batch.records.is_empty() {
+            return results;
+        }
+        let mut writes = batch.writes();
+        // Sessions due to be written out go in the same transaction (each costs sled log
+        // writes): the entries waiting are all of records already committed.
+        let out = {
+            let tail = self.sessions.lock().expect("sessions lock");
+            let (out, marks) = tail.due();
+            (!out.is_empty() || marks).then(|| {
+                writes.extend(tail.writes(&out));
+                out
+            })
+        };
+        if let Err(e) = self.store.commit(&writes) {
+            tracing::error!(error = %e, "audit write failed");
+            // Nothing was written: the chains stay as they were.
+            let failed = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
+                .collect();
+        }
+        {
+            let mut tail = self.sessions.lock().expect("sessions lock");
+            if let Some(out) = &out {
+                tail.written(out);
+            }
+            for (tenant_id, session_id, seq) in &batch.sessions {
+                tail.add(tenant_id, session_id, *seq);
+            }
+            for (tenant_id, head) in &batch.heads {
+                tail.unmarked.insert(tenant_id.clone(), head.next_seq);
+            }
+        }
+        heads.extend(batch.heads);
+        results
+    }
+
+    /// Chains one record onto its tenant's head as the batch leaves it, after checking its
+    /// usage expectations against the values the batch leaves, and adds it to the batch.
+    pub(crate) fn prepare(
+        &self,
+        heads: &mut HashMap<String, Head>,
+        batch: &mut Batch,
+        tenant_id: String,
+        mut body: RecordBody,
+        effects: Effects,
+    ) -> Result<Record> {
+        let current = |key: &Vec<u8>| -> Result<f64> {
+            match batch.usage.get(key) {
+                Some(v) => Ok(*v),
+                None => Ok(self.store.usage(key)?),
+            }
+        };
+        for (key, expected) in &effects.expect {
+            if current(key)? != *expected {
+                return Err(AuditError::UsageConflict);
+            }
+        }
+        let usage = effects
+            .add
+            .iter()
+            .map(|(key, amount)| Ok((key.clone(), current(key)? + amount)))
+            .collect::<Result<Vec<_>>>()?;
+        if !batch.heads.contains_key(&tenant_id) {
+            // Loaded once: loading also re-indexes the sessions above the tenant's mark.
+            let head = match heads.entry(tenant_id.clone()) {
+                Entry::Occupied(head) => *head.get(),
+                Entry::Vacant(slot) => *slot.insert(self.load_stored_head(&tenant_id)?),
+            };
+            batch.heads.insert(tenant_id.clone(), head);
+        }
+        let head = batch.heads.get_mut(&tenant_id).expect("inserted above");
+        let seq = head.next_seq;
+        let chosen_event_id = !body.event_id.is_empty();
+        if !chosen_event_id {
+            body.event_id = event_id_for(seq);
+        }
+        body.prev_hash = String::from(&*hash_hex(&head.prev_hash));
+        body.seq = seq;
+        body.timestamp_ms = self.clock.now_ms();
+        body.tenant_id = tenant_id;
+        let canonical = body.canonical();
+        let hash = chain_hash(&head.prev_hash, &canonical);
+        head.next_seq += 1;
+        head.prev_hash = hash;
+        batch.usage.extend(usage);
+        let record = Record {
+            body,
+            hash: String::from(&*hash_hex(&hash)),
+        };
+        let tenant_id = &record.body.tenant_id;
+        if chosen_event_id {
+            batch.rows.push((
+                Table::Events,
+                record.body.event_id.as_bytes().to_vec(),
+                block_key(tenant_id, seq),
+            ));
+        }
+        batch.rows.extend(effects.rows);
+        if let Some(session_id) = &record.body.session_id {
+            batch
+                .sessions
+                .push((tenant_id.clone(), session_id.clone(), seq));
+        }
+        batch
+            .records
+            .entry(tenant_id.clone())
+            .or_default()
+            .push((seq, stored_bytes(canonical, &record.hash)));
+        Ok(record)
+    }
+
+    /// A tenant's head as stored, after putting the records above its session mark back into
+    /// the session index's tail.
+    pub(crate) fn load_stored_head(&self, tenant_id: &str) -> Result<Head> {
+        let head = match self
+            .store
+            .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
+        {
+            Some((_, block)) => {
+                let block = decoded_block(&block)?;
+                let last = block.rsplit(|b| *b == b'\n').next().unwrap_or_default();
+                let last = decode_record(last)?;
+                Head {
+                    next_seq: last.body.seq + 1,
+                    prev_hash: decode_hash(&last.hash)?,
+                }
+            }
+            None => Head {
+                next_seq: 0,
+                prev_hash: [0; 32],
+            },
+        };
+        let mark = self
+            .store
+            .get_raw(Table::SessionMarks, tenant_id.as_bytes())?
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_be_bytes);
+        if mark < head.next_seq {
+            let mut tail = self.sessions.lock().expect("sessions lock");
+            for item in stored_records(&self.store, tenant_id, mark) {
+                let (_, bytes) = item?;
+                let record = decode_record(&bytes)?;
+                if let Some(session_id) = &record.body.session_id {
+                    tail.add(tenant_id, session_id, record.body.seq);
+                }
+            }
+            tail.unmarked.insert(tenant_id.to_owned(), head.next_seq);
+        }
+        Ok(head)
+    }
+}

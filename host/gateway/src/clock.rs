@@ -1,0 +1,76 @@
+//! The gateway's one source of time. Production reads the system clock; tests inject a
+//! [`ManualClock`] and advance it, so expiry and windows are tested without sleeping.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Milliseconds since the Unix epoch, from wherever the gateway takes its time.
+pub trait Clock: Send + Sync + 'static {
+    /// Now, in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// A clock shared by every part of one gateway.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// The system's wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// The system clock, shared.
+pub fn system() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+/// A clock that stands still until told to move.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock reading `now_ms`.
+    pub fn new(now_ms: u64) -> Arc<Self> {
+        Arc::new(Self(AtomicU64::new(now_ms)))
+    }
+
+    /// A clock reading the system's time now.
+    pub fn starting_now() -> Arc<Self> {
+        Self::new(SystemClock.now_ms())
+    }
+
+    /// Moves the clock forward by `ms`.
+    pub fn advance(&self, ms: u64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_advanced() {
+        let clock = ManualClock::new(1_000);
+        assert_eq!(clock.now_ms(), 1_000);
+        clock.advance(250);
+        assert_eq!(clock.now_ms(), 1_250);
+    }
+
+    #[test]
+    fn the_system_clock_is_past_2025() {
+        assert!(SystemClock.now_ms() > 1_735_689_600_000);
+    }
+}

@@ -1,0 +1,133 @@
+//! The gateway's domain error: what a service operation can fail with. The API maps each
+//! variant to a status and code once (`api/error.rs`).
+
+use crate::audit::AuditError;
+use crate::catalog::CatalogError;
+use crate::policies::PolicyError;
+use crate::store::StoreError;
+use crate::tenants::TenantError;
+use crate::vault::VaultError;
+
+/// Errors of the gateway's operations; the API maps each to a status and code once.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The key's role may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such resource visible to the caller.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The request is malformed or a value is out of bounds.
+    #[error("{message}")]
+    Invalid {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A policy component was refused.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(String),
+    /// The resource is not in a state that allows this (e.g. an escalation already decided).
+    #[error("{message}")]
+    Conflict {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What the state is.
+        message: String,
+    },
+    /// The request conflicts with an earlier one (e.g. an idempotency key reused).
+    #[error("{message}")]
+    Unprocessable {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What the conflict is.
+        message: String,
+    },
+    /// Something failed inside the gateway; details are logged, not sent.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Result of a gateway operation.
+pub type Result<T> = std::result::Result<T, AppError>;
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        Self::Internal(Box::new(e))
+    }
+}
+
+impl From<AuditError> for AppError {
+    fn from(e: AuditError) -> Self {
+        Self::Internal(Box::new(e))
+    }
+}
+
+impl From<TenantError> for AppError {
+    fn from(e: TenantError) -> Self {
+        match e {
+            TenantError::TenantNotFound => Self::NotFound("tenant"),
+            TenantError::KeyNotFound => Self::NotFound("key"),
+            TenantError::Invalid(message) => Self::Invalid {
+                code: "invalid_request",
+                message,
+            },
+            TenantError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<CatalogError> for AppError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::Invalid(_) | CatalogError::Unresolvable(_) => Self::Invalid {
+                code: "invalid_request",
+                message: e.to_string(),
+            },
+            CatalogError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<VaultError> for AppError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Invalid(_) => Self::Invalid {
+                code: "invalid_request",
+                message: e.to_string(),
+            },
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<PolicyError> for AppError {
+    fn from(e: PolicyError) -> Self {
+        match e {
+            PolicyError::Load(e) => Self::InvalidPolicy(e.to_string()),
+            PolicyError::NotFound => Self::NotFound("policy"),
+            PolicyError::InvalidName => Self::Invalid {
+                code: "invalid_request",
+                message: e.to_string(),
+            },
+            PolicyError::Store(e) => e.into(),
+            e @ PolicyError::File { .. } => Self::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl AppError {
+    /// A 400-class error with the generic `invalid_request` code.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid {
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+
+    /// An internal error from any source.
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Internal(Box::new(e))
+    }
+}

@@ -1,0 +1,244 @@
+//! Downstream jobs: an allowed tool call with a catalog entry runs as a persisted job on a
+//! bounded worker pool. The tenant's credential is opened from the vault and injected only when
+//! the request is sent; connect and total timeouts, a response size cap, and redirects only to
+//! the same host bound what a downstream can do to the gateway.
+//!
+//! A job interrupted by a restart is marked failed (`interrupted`), never re-run: a payment
+//! must never be sent twice.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+use crate::catalog::ResolvedRequest;
+use crate::clock::SharedClock;
+use crate::store::{Store, StoreError, Table, Write};
+use crate::tenants::tenant_key;
+use crate::vault::Vault;
+
+/// Largest downstream response body kept, in bytes.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for a worker.
+    Pending,
+    /// Being sent.
+    Running,
+    /// The downstream answered (any HTTP status).
+    Completed,
+    /// It could not be sent or read.
+    Failed,
+}
+
+/// What the downstream answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Execution {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: BTreeMap<String, String>,
+    /// Response body (lossy UTF-8).
+    pub body: String,
+    /// Time from sending to the end of the body.
+    pub duration_ms: u64,
+}
+
+/// A downstream call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    /// `job_…`.
+    pub id: String,
+    /// The tenant.
+    pub tenant_id: String,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// What to send (credential injected at send time).
+    pub request: ResolvedRequest,
+    /// The decision that allowed it.
+    pub decision_event_id: String,
+    /// Created, ms since the epoch.
+    pub created_ms: u64,
+    /// The answer, once completed.
+    pub execution: Option<Execution>,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl Job {
+    fn key(&self) -> Vec<u8> {
+        tenant_key(&self.tenant_id, &[self.id.as_bytes()])
+    }
+
+    /// Its store row, to commit with the record that creates it.
+    pub fn row(&self) -> Write {
+        (
+            Table::Jobs,
+            self.key(),
+            serde_json::to_vec(self).expect("jobs serialize"),
+        )
+    }
+}
+
+/// The job table and worker pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Jobs {
+    store: Store,
+    clock: SharedClock,
+    vault: Vault,
+    client: reqwest::Client,
+    workers: Arc<Semaphore>,
+}
+
+impl Jobs {
+    /// Opens the job table, marking every job a restart interrupted as failed.
+    pub fn load(
+        store: Store,
+        vault: Vault,
+        clock: SharedClock,
+    ) -> Result<(Self, Vec<Job>), StoreError> {
+        let mut interrupted = Vec::new();
+        for (_, mut job) in store.scan::<Job>(Table::Jobs, b"")? {
+            if matches!(job.status, JobStatus::Pending | JobStatus::Running) {
+                job.status = JobStatus::Failed;
+                job.error = Some("interrupted".into());
+                store.put(Table::Jobs, &job.key(), &job)?;
+                interrupted.push(job);
+            }
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same_host = attempt.previous().first().and_then(|u| u.host_str())
+                    == attempt.url().host_str();
+                if same_host && attempt.previous().len() < 5 {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
+            .build()
+            .expect("an HTTP client");
+        Ok((
+            Self {
+                clock,
+                store,
+                vault,
+                client,
+                workers: Arc::new(Semaphore::new(8)),
+            },
+            interrupted,
+        ))
+    }
+
+    /// A job of a tenant.
+    pub fn get(&self, tenant_id: &str, id: &str) -> Result<Option<Job>, StoreError> {
+        self.store
+            .get(Table::Jobs, &tenant_key(tenant_id, &[id.as_bytes()]))
+    }
+
+    /// A new pending job, not yet stored: its [`Job::row`] is committed with the record of the
+    /// decision that allows it, so the two are durable together.
+    pub fn new_job(
+        &self,
+        tenant_id: &str,
+        request: ResolvedRequest,
+        decision_event_id: &str,
+    ) -> Job {
+        Job {
+            id: crate::tenants::new_ordered_id("job_", self.clock.now_ms()),
+            tenant_id: tenant_id.to_owned(),
+            status: JobStatus::Pending,
+            request,
+            decision_event_id: decision_event_id.to_owned(),
+            created_ms: self.clock.now_ms(),
+            execution: None,
+            error: None,
+        }
+    }
+
+    /// Runs a pending job once, on a worker slot; returns it finished (completed or failed).
+    pub async fn run(&self, mut job: Job) -> Result<Job, StoreError> {
+        let _slot = self
+            .workers
+            .acquire()
+            .await
+            .expect("the pool is never closed");
+        job.status = JobStatus::Running;
+        self.store.put(Table::Jobs, &job.key(), &job)?;
+        match self.send(&job).await {
+            Ok(execution) => {
+                job.status = JobStatus::Completed;
+                job.execution = Some(execution);
+            }
+            Err(error) => {
+                job.status = JobStatus::Failed;
+                job.error = Some(error);
+            }
+        }
+        self.store.put(Table::Jobs, &job.key(), &job)?;
+        Ok(job)
+    }
+
+    async fn send(&self, job: &Job) -> Result<Execution, String> {
+        let r = &job.request;
+        let method = reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut request = self.client.request(method, &r.url);
+        for (name, value) in &r.headers {
+            request = request.header(name, value);
+        }
+        if let Some(body) = &r.body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.clone());
+        }
+        if let Some(c) = &r.credential {
+            let secret = self
+                .vault
+                .open(&job.tenant_id, &c.name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "credential_not_found".to_owned())?;
+            let value = zeroize::Zeroizing::new(c.format.replace("{secret}", &secret));
+            request = request.header(c.header.as_str(), value.as_str());
+        }
+        let started = Instant::now();
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| format!("downstream: {e}"))?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("downstream: {e}"))?
+        {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err("response_too_large".into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Execution {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+}

@@ -1,0 +1,32 @@
+//! Writ: a runtime authority for AI agents.
+//!
+//! Before an agent's tool call runs, Writ evaluates it against the tenant's policy — a
+//! WebAssembly component run in a wasmtime sandbox — and answers ALLOW, BLOCK or ESCALATE,
+//! recording every decision in a hash-chained audit log before answering. See
+//! `ARCHITECTURE.md` at the repository root for the map.
+
+pub mod access;
+pub mod api;
+pub mod app;
+pub mod audit;
+pub mod catalog;
+pub mod checkpoint;
+pub mod clock;
+pub mod error;
+pub mod escalations;
+pub mod jobs;
+pub mod metrics;
+pub mod notify;
+pub mod policies;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod tenants;
+pub mod usage;
+pub mod vault;
+pub mod verify;
+
+/// Whether `s` is usable as an id or name from a client: 1 to 256 bytes, no control characters.
+pub fn valid_name(s: &str) -> bool {
+    (1..=256).contains(&s.len()) && !s.chars().any(char::is_control)
+}

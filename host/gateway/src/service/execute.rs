@@ -1,0 +1,452 @@
+//! The decision pipeline: a tool call is evaluated by the tenant's active policy, passed
+//! through the host's irreversible-action gate, recorded durably, and answered; an allowed call
+//! with a downstream request becomes a job, an escalated one is held. Fails closed: no active
+//! policy, a policy failure, or usage counters that keep changing all end in a recorded BLOCK.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+use writ_runtime::decision::{Decision, Outcome, ToolCall, codes};
+use writ_runtime::engine::Engine;
+use writ_runtime::evaluation::Evaluation;
+
+use super::escalations::EscalationService;
+use super::jobs::JobService;
+use crate::access::{Agent, TenantScope};
+use crate::audit::{AuditError, Effects, Kind, RecordBody, RecordCharge, SharedLedger};
+use crate::catalog::ResolvedRequest;
+use crate::clock::SharedClock;
+use crate::error::{AppError, Result};
+use crate::escalations::{self, Escalation, Status};
+use crate::metrics::{DecisionLabels, Metrics};
+use crate::policies::{ActivePolicy, Policies};
+use crate::store::Store;
+use crate::tenants::{Tenant, TenantLimits, Tenants, new_ordered_id};
+use crate::usage::{CallScope, StoreUsage};
+
+/// A tool call as the API received it.
+#[derive(Debug, Clone)]
+pub struct ExecuteRequest {
+    /// The agent's session.
+    pub session_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// The action.
+    pub action: String,
+    /// The client's hint (`decision` in the Provenance request), recorded only.
+    pub client_hint: Option<String>,
+    /// The arguments, a JSON object as text.
+    pub arguments: String,
+    /// The context, a JSON object as text.
+    pub context: String,
+    /// How long to hold an escalated call at most (`?wait=`); `None` is the tenant's hold.
+    pub wait: Option<Duration>,
+    /// The downstream request the call resolves to, from the tenant's catalog.
+    pub target: Option<ResolvedRequest>,
+}
+
+/// The answer to a tool call.
+#[derive(Debug, Clone)]
+pub struct ExecuteOutcome {
+    /// The decision.
+    pub decision: Decision,
+    /// The audit record's event id.
+    pub event_id: String,
+    /// The escalation, when escalated.
+    pub escalation_id: Option<String>,
+    /// The human who decided, when a human did.
+    pub actor_human_id: Option<String>,
+    /// The policy that decided.
+    pub policy_id: Option<String>,
+    /// The session.
+    pub session_id: String,
+    /// The downstream job an allowed catalog call became.
+    pub job_id: Option<String>,
+}
+
+/// Runs tool calls through the tenant's policy. Cheap to clone.
+#[derive(Clone)]
+pub struct ExecuteService {
+    pub(crate) engine: Engine,
+    pub(crate) store: Store,
+    pub(crate) tenants: Tenants,
+    pub(crate) policies: Policies,
+    pub(crate) audit: SharedLedger,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) escalations: EscalationService,
+    pub(crate) jobs: JobService,
+    pub(crate) clock: SharedClock,
+    /// Bounds the evaluations running at once.
+    pub(crate) evaluations: Arc<Semaphore>,
+    /// Re-evaluations when the usage counters a policy read change before its charges commit.
+    pub(crate) usage_retries: usize,
+}
+
+impl ExecuteService {
+    /// Evaluates a tool call with the tenant's active policy, records the decision durably,
+    /// and answers. Fails closed: no active policy, a policy failure, or usage counters that
+    /// keep changing all end in a recorded BLOCK.
+    pub async fn execute(
+        &self,
+        scope: &TenantScope<Agent>,
+        req: ExecuteRequest,
+    ) -> Result<ExecuteOutcome> {
+        let tenant_id = scope.tenant_id();
+        if let Some(bound) = &scope.key().agent_id
+            && *bound != req.agent_id
+        {
+            return Err(AppError::Forbidden(format!(
+                "this key may only act as agent `{bound}`"
+            )));
+        }
+        let tenant = self
+            .tenants
+            .get(tenant_id)
+            .ok_or(AppError::NotFound("tenant"))?;
+        let timestamp_ms = self.clock.now_ms();
+        let scope = CallScope {
+            tenant_id: tenant.id.clone(),
+            session_id: req.session_id.clone(),
+            timestamp_ms,
+        };
+        let call = ToolCall {
+            action: req.action.clone(),
+            arguments: req.arguments.clone(),
+            context: req.context.clone(),
+            agent_id: req.agent_id.clone(),
+            session_id: req.session_id.clone(),
+            tenant_id: tenant.id.clone(),
+            target: req.target.as_ref().map(|r| writ_runtime::decision::Target {
+                service: r.service.clone(),
+                method: r.method.clone(),
+                url: r.url.clone(),
+                destructive: r.destructive,
+            }),
+            timestamp_ms,
+        };
+
+        let Some(policy) = self.policies.active(&tenant.id) else {
+            let decision = Decision::block(
+                codes::NO_ACTIVE_POLICY,
+                "the tenant has no active policy; every call is blocked",
+            );
+            return Ok(self
+                .record_decision(&tenant, &req, decision, None, None, Effects::default())
+                .await?);
+        };
+
+        for _ in 0..=self.usage_retries {
+            let evaluation = self.evaluate(&policy, &call, &tenant.limits).await?;
+            let charging = evaluation.decision.outcome == Outcome::Allow
+                && !evaluation.decision.charges.is_empty();
+            let effects = if charging {
+                scope.effects(&evaluation.usage_reads, &evaluation.decision.charges)
+            } else {
+                Effects::default()
+            };
+            let mut decision = evaluation.decision.clone();
+            let irreversible = req
+                .target
+                .as_ref()
+                .is_some_and(|t| t.method == "DELETE" || t.destructive);
+            if decision.outcome == Outcome::Allow && irreversible && tenant.limits.irreversible_gate
+            {
+                decision.outcome = Outcome::Escalate;
+                decision.codes.push(codes::IRREVERSIBLE_ACTION.to_owned());
+                decision.reason = format!(
+                    "{} (irreversible: the gateway holds it for a human)",
+                    decision.reason
+                );
+            }
+            if decision.outcome == Outcome::Escalate {
+                // Boxed: a held call keeps only the escalation's own state alive, not the
+                // largest of every path through `execute`.
+                return Box::pin(self.escalate(&tenant, &req, &policy, &evaluation, decision))
+                    .await;
+            }
+            // An allowed call with a downstream request becomes a job whose row commits with
+            // the decision's record: one flush makes both durable before the agent hears of it.
+            let job = match (decision.outcome, &req.target) {
+                (Outcome::Allow, Some(target)) => {
+                    Some(self.jobs.prepare(&tenant.id, target.clone(), timestamp_ms))
+                }
+                _ => None,
+            };
+            let mut record = RecordBody::new(Kind::Decision);
+            let mut effects = effects;
+            if let Some(job) = &job {
+                record.event_id = job.decision_event_id.clone();
+                effects.rows.push(job.row());
+            }
+            match self
+                .record_call(
+                    &tenant,
+                    &req,
+                    record,
+                    decision,
+                    Some(&policy),
+                    Some(&evaluation),
+                    effects,
+                    None,
+                )
+                .await
+            {
+                Err(AuditError::UsageConflict) => {
+                    tracing::debug!(tenant = %tenant.id, "usage changed during evaluation; re-evaluating");
+                }
+                Ok(mut outcome) => {
+                    if let Some(job) = job {
+                        outcome.job_id = Some(job.id.clone());
+                        self.jobs.run(job);
+                    }
+                    return Ok(outcome);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let decision = Decision::block(
+            codes::USAGE_CONFLICT,
+            "concurrent calls kept changing the usage counters this policy reads; try again",
+        );
+        Ok(self
+            .record_decision(
+                &tenant,
+                &req,
+                decision,
+                Some(&policy),
+                None,
+                Effects::default(),
+            )
+            .await?)
+    }
+
+    async fn evaluate(
+        &self,
+        policy: &Arc<ActivePolicy>,
+        call: &ToolCall,
+        limits: &TenantLimits,
+    ) -> Result<Evaluation> {
+        let _permit = self
+            .evaluations
+            .acquire()
+            .await
+            .map_err(AppError::internal)?;
+        let limits = limits.sandbox();
+        let usage = Box::new(StoreUsage {
+            store: self.store.clone(),
+            scope: CallScope {
+                tenant_id: call.tenant_id.clone(),
+                session_id: call.session_id.clone(),
+                timestamp_ms: call.timestamp_ms,
+            },
+        });
+        // A good policy decides in microseconds, less than handing the call to another thread
+        // costs, so it runs right here on the async worker; one that runs long yields the
+        // worker at every epoch tick until its deadline (see `Engine::evaluate`).
+        let evaluation = self
+            .engine
+            .evaluate(&policy.compiled, call, &limits, usage)
+            .await;
+        let m = &self.metrics;
+        m.evaluation_seconds
+            .observe(evaluation.elapsed.as_secs_f64());
+        m.evaluation_fuel.observe(evaluation.fuel_consumed as f64);
+        Ok(evaluation)
+    }
+
+    async fn record_decision(
+        &self,
+        tenant: &Tenant,
+        req: &ExecuteRequest,
+        decision: Decision,
+        policy: Option<&Arc<ActivePolicy>>,
+        evaluation: Option<&Evaluation>,
+        effects: Effects,
+    ) -> std::result::Result<ExecuteOutcome, AuditError> {
+        let record = RecordBody::new(Kind::Decision);
+        self.record_call(
+            tenant, req, record, decision, policy, evaluation, effects, None,
+        )
+        .await
+    }
+
+    /// Appends a record about a call (a decision, or an opened escalation) and shapes the
+    /// answer from it.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_call(
+        &self,
+        tenant: &Tenant,
+        req: &ExecuteRequest,
+        mut record: RecordBody,
+        decision: Decision,
+        policy: Option<&Arc<ActivePolicy>>,
+        evaluation: Option<&Evaluation>,
+        effects: Effects,
+        escalation_id: Option<String>,
+    ) -> std::result::Result<ExecuteOutcome, AuditError> {
+        let charged = !effects.add.is_empty();
+        record.action = Some(req.action.clone());
+        record.agent_id = Some(req.agent_id.clone());
+        record.arguments = Some(req.arguments.clone());
+        record.session_id = Some(req.session_id.clone());
+        record.client_hint = req.client_hint.clone();
+        record.outcome = Some(decision.outcome.as_str().to_owned());
+        record.reason = Some(decision.reason.clone());
+        record.codes = decision.codes.clone();
+        record.escalation_id = escalation_id.clone();
+        record.policy_id = policy.map(|p| p.meta.policy_id.clone());
+        record.fuel = evaluation.map(|e| e.fuel_consumed);
+        record.latency_us = evaluation.map(|e| e.elapsed.as_micros() as u64);
+        if charged {
+            record.charges = decision
+                .charges
+                .iter()
+                .map(|c| RecordCharge {
+                    amount: c.amount.to_string(),
+                    counter: c.counter.clone(),
+                })
+                .collect();
+        }
+        let started = Instant::now();
+        let appended = self.audit.append(&tenant.id, record, effects).await;
+        self.metrics
+            .audit_append_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let appended = appended?;
+        self.metrics
+            .decisions
+            .get_or_create(&DecisionLabels {
+                tenant: tenant.id.clone(),
+                outcome: decision.outcome.as_str().to_owned(),
+            })
+            .inc();
+        tracing::debug!(
+            tenant = %tenant.id,
+            agent = %req.agent_id,
+            action = %req.action,
+            outcome = decision.outcome.as_str(),
+            codes = ?decision.codes,
+            latency_us = evaluation.map(|e| e.elapsed.as_micros() as u64),
+            fuel = evaluation.map(|e| e.fuel_consumed),
+            event_id = %appended.body.event_id,
+            "decision"
+        );
+        Ok(ExecuteOutcome {
+            event_id: appended.body.event_id,
+            escalation_id,
+            actor_human_id: None,
+            policy_id: policy.map(|p| p.meta.policy_id.clone()),
+            session_id: req.session_id.clone(),
+            job_id: None,
+            decision,
+        })
+    }
+
+    /// Opens an escalation for an ESCALATE decision and holds the call until it is resolved,
+    /// the request's `wait` runs out (answer ESCALATE, still pending), or its deadline passes
+    /// (expired, answer BLOCK). At the pending cap, the call is blocked instead.
+    async fn escalate(
+        &self,
+        tenant: &Tenant,
+        req: &ExecuteRequest,
+        policy: &Arc<ActivePolicy>,
+        evaluation: &Evaluation,
+        decision: Decision,
+    ) -> Result<ExecuteOutcome> {
+        let pending = self.escalations.pending_count(&tenant.id);
+        if pending >= tenant.limits.max_pending_escalations {
+            let blocked = Decision::block(
+                codes::TOO_MANY_PENDING,
+                format!(
+                    "{pending} escalations are already waiting for a reviewer; this call is blocked"
+                ),
+            );
+            return Ok(self
+                .record_decision(
+                    tenant,
+                    req,
+                    blocked,
+                    Some(policy),
+                    Some(evaluation),
+                    Effects::default(),
+                )
+                .await?);
+        }
+        let now = self.clock.now_ms();
+        let esc = Escalation {
+            id: new_ordered_id("esc_", now),
+            tenant_id: tenant.id.clone(),
+            status: Status::Pending,
+            action: req.action.clone(),
+            arguments: req.arguments.clone(),
+            agent_id: req.agent_id.clone(),
+            session_id: req.session_id.clone(),
+            policy_id: policy.meta.policy_id.clone(),
+            reason: decision.reason.clone(),
+            codes: decision.codes.clone(),
+            charges: decision
+                .charges
+                .iter()
+                .map(|c| (c.counter.clone(), c.amount))
+                .collect(),
+            call_hash: escalations::call_hash(
+                &req.action,
+                &req.arguments,
+                &policy.meta.policy_id,
+                req.target.as_ref(),
+            ),
+            call_timestamp_ms: now,
+            opened_ms: now,
+            deadline_ms: now + tenant.limits.escalation_hold_s * 1000,
+            opened_event_id: new_ordered_id("evt_", now),
+            decided_ms: None,
+            decided_by: None,
+            note: None,
+            resolved_event_id: None,
+            request: req.target.clone(),
+            job_id: None,
+        };
+        let mut record = RecordBody::new(Kind::EscalationOpened);
+        record.event_id = esc.opened_event_id.clone();
+        record.detail = Some(
+            serde_json::json!({"call_hash": esc.call_hash, "deadline_ms": esc.deadline_ms})
+                .to_string(),
+        );
+        let effects = Effects {
+            rows: vec![esc.row()],
+            ..Effects::default()
+        };
+        let rx = self.escalations.subscribe(&esc.id);
+        // Boxed, so the held state below does not reserve room for the append.
+        let opened = Box::pin(self.record_call(
+            tenant,
+            req,
+            record,
+            decision,
+            Some(policy),
+            Some(evaluation),
+            effects,
+            Some(esc.id.clone()),
+        ))
+        .await?;
+        self.escalations.opened(tenant, &esc);
+
+        let until = match req.wait {
+            Some(wait) => (now + wait.as_millis() as u64).min(esc.deadline_ms),
+            None => esc.deadline_ms,
+        };
+        match self
+            .escalations
+            .await_resolution(&esc, rx, true, until)
+            .await?
+        {
+            Some(resolved) => Ok(self.escalations.outcome_of(&resolved)),
+            None if until >= esc.deadline_ms => {
+                let resolved = self.escalations.expire(&tenant.id, &esc.id).await?;
+                Ok(self.escalations.outcome_of(&resolved))
+            }
+            None => Ok(opened),
+        }
+    }
+}

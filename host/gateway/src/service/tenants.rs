@@ -1,0 +1,125 @@
+//! Tenants, their limits, keys and webhooks as a service. Creating tenants and setting their
+//! limits is the operator's; keys are managed by the operator or the tenant's admin; webhooks
+//! by the admin. Key changes are recorded in the tenant's chain.
+
+use crate::access::{Admin, KeyManager, OperatorScope, Require, TenantScope};
+use crate::audit::{Effects, Kind, RecordBody, SharedLedger};
+use crate::error::{AppError, Result};
+use crate::tenants::{KeyRecord, Principal, Role, Tenant, TenantLimits, Tenants};
+
+/// Manages tenants, keys and webhooks. Cheap to clone.
+#[derive(Clone)]
+pub struct TenantService {
+    pub(crate) tenants: Tenants,
+    pub(crate) audit: SharedLedger,
+    /// The most memory a tenant's evaluations may be given, MiB (the engine's cap).
+    pub(crate) max_memory_mib: u32,
+}
+
+impl TenantService {
+    /// Tenants and keys, for authentication.
+    pub fn tenants(&self) -> &Tenants {
+        &self.tenants
+    }
+
+    /// The principal holding `secret`, if it is a live key.
+    pub fn authenticate(&self, secret: &str) -> Option<Principal> {
+        self.tenants.authenticate(secret)
+    }
+
+    /// Creates a tenant.
+    pub fn create_tenant(&self, _operator: &OperatorScope, name: &str) -> Result<Tenant> {
+        Ok(self.tenants.create_tenant(name)?)
+    }
+
+    /// Replaces a tenant's limits.
+    pub fn set_limits(
+        &self,
+        _operator: &OperatorScope,
+        tenant_id: &str,
+        limits: impl FnOnce(TenantLimits) -> TenantLimits,
+    ) -> Result<Tenant> {
+        let tenant = self
+            .tenants
+            .get(tenant_id)
+            .ok_or(AppError::NotFound("tenant"))?;
+        Ok(self
+            .tenants
+            .set_limits(tenant_id, limits(tenant.limits), self.max_memory_mib)?)
+    }
+
+    /// Creates a key; returns its record and its secret (shown once). Recorded in the chain.
+    pub async fn create_key(
+        &self,
+        manager: &KeyManager,
+        role: Role,
+        subject: &str,
+        agent_id: Option<&str>,
+    ) -> Result<(KeyRecord, String)> {
+        let tenant_id = manager.tenant_id();
+        let (key, secret) = self
+            .tenants
+            .create_key(tenant_id, role, subject, agent_id)?;
+        let mut record = RecordBody::new(Kind::KeyCreated);
+        record.actor = Some(manager.key().subject.clone());
+        record.detail = Some(key_detail(&key));
+        self.audit
+            .append(tenant_id, record, Effects::default())
+            .await?;
+        Ok((key, secret))
+    }
+
+    /// Lists a tenant's keys (never their secrets).
+    pub fn list_keys(&self, manager: &KeyManager) -> Result<Vec<KeyRecord>> {
+        if self.tenants.get(manager.tenant_id()).is_none() {
+            return Err(AppError::NotFound("tenant"));
+        }
+        Ok(self.tenants.keys_of(manager.tenant_id())?)
+    }
+
+    /// Revokes a key: by the operator, or its tenant's admin (another tenant's key looks
+    /// missing). Recorded in the chain.
+    pub async fn revoke_key(&self, who: &Principal, key_id: &str) -> Result<KeyRecord> {
+        let tenant_id = self
+            .tenants
+            .key(key_id)?
+            .tenant_id
+            .ok_or(AppError::NotFound("key"))?;
+        let manager = who.manage_keys_of(&tenant_id).map_err(|e| match e {
+            AppError::NotFound(_) => AppError::NotFound("key"),
+            other => other,
+        })?;
+        let key = self.tenants.revoke_key(key_id)?;
+        let mut record = RecordBody::new(Kind::KeyRevoked);
+        record.actor = Some(manager.key().subject.clone());
+        record.detail = Some(key_detail(&key));
+        self.audit
+            .append(&tenant_id, record, Effects::default())
+            .await?;
+        Ok(key)
+    }
+
+    /// Sets the tenant's webhook URLs; returns the new signing secret (shown once).
+    pub fn set_webhooks(&self, scope: &TenantScope<Admin>, urls: Vec<String>) -> Result<String> {
+        Ok(self.tenants.set_webhooks(scope.tenant_id(), urls)?)
+    }
+
+    /// The tenant's webhook URLs.
+    pub fn webhooks(&self, scope: &TenantScope<Admin>) -> Result<Vec<String>> {
+        Ok(self
+            .tenants
+            .get(scope.tenant_id())
+            .ok_or(AppError::NotFound("tenant"))?
+            .webhook_urls)
+    }
+}
+
+fn key_detail(key: &KeyRecord) -> String {
+    serde_json::json!({
+        "key_id": key.key_id,
+        "role": key.role.as_str(),
+        "subject": key.subject,
+        "agent_id": key.agent_id,
+    })
+    .to_string()
+}
