@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use writ_client::wire::CreateKeyBody;
+use writ_gateway::clock::SharedClock;
 use writ_gateway::server::{Gateway, ServeConfig};
 
 use crate::component;
@@ -46,6 +47,21 @@ impl TestGateway {
         let mut gw = Self::start_in(temp.path()).await;
         gw._temp = Some(temp);
         gw
+    }
+
+    /// Starts a gateway with a fresh store in a temp dir, taking its time from `clock`.
+    pub async fn start_with_clock(clock: SharedClock) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut gw = Self::start_in_with_clock(temp.path(), clock).await;
+        gw._temp = Some(temp);
+        gw
+    }
+
+    /// Starts a gateway on the store in `dir`, taking its time from `clock`.
+    pub async fn start_in_with_clock(dir: &Path, clock: SharedClock) -> Self {
+        let mut config = Self::config(dir);
+        config.app.clock = clock;
+        Self::start_with(config).await
     }
 
     /// Starts a gateway on the store in `dir` (kept after stop, for restart tests).

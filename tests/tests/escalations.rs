@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
+use writ_gateway::clock::ManualClock;
 use writ_tests::artifacts;
 use writ_tests::gateway::{TestGateway, TestTenant, assert_chain_valid};
 
@@ -138,38 +139,52 @@ async fn rejected_call_is_blocked_with_the_note() {
     assert_eq!(list["escalations"].as_array().unwrap().len(), 1);
 }
 
+/// Polls (bounded) until escalation `id` has `status`.
+async fn until_status(gw: &TestGateway, reviewer: &str, id: &str, status: &str) {
+    let started = Instant::now();
+    loop {
+        let (_, esc) = gw
+            .call(
+                Method::GET,
+                &format!("/v1/escalations/{id}"),
+                Some(reviewer),
+                None,
+            )
+            .await;
+        if esc["status"] == status {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still {}",
+            esc["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn unanswered_escalation_expires_and_later_decisions_conflict() {
-    let gw = Arc::new(TestGateway::start().await);
+    let clock = ManualClock::starting_now();
+    let gw = Arc::new(TestGateway::start_with_clock(clock.clone()).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
-    let op = gw.operator_key.clone();
-    gw.call(
-        Method::PATCH,
-        &format!("/v1/admin/tenants/{}", t.id),
-        Some(&op),
-        Some(json!({"escalation_hold_s": 1})),
-    )
-    .await;
-    let started = Instant::now();
-    let (_, body) = gw
-        .execute_waiting(&t.agent, "s", "payments.initiate", OVER_LIMIT(), None)
-        .await;
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "held for the hold"
-    );
+    // A held call is answered BLOCK once its deadline passes (the tenant's hold, 60 s).
+    let call = held(&gw, &t, OVER_LIMIT()).await;
+    let id = pending(&gw, &t.reviewer, 1).await.remove(0);
+    clock.advance(60_000);
+    let (_, body) = call.await.unwrap();
     assert_eq!(body["decision"], "BLOCK");
     assert_eq!(body["codes"], json!(["escalation_expired"]));
-    let id = body["escalation_id"].as_str().unwrap();
-    let (status, error) = decide(&gw, &t.reviewer, id, "approve", "too late").await;
+    assert_eq!(body["escalation_id"], id.as_str());
+    let (status, error) = decide(&gw, &t.reviewer, &id, "approve", "too late").await;
     assert_eq!(status, 409, "{error}");
     // An escalation nobody waits for expires too, through the sweeper.
     let (_, early) = gw
         .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
         .await;
     assert_eq!(early["decision"], "ESCALATE");
-    tokio::time::sleep(Duration::from_millis(1600)).await;
     let eid = early["escalation_id"].as_str().unwrap();
+    clock.advance(59_999);
     let (_, esc) = gw
         .call(
             Method::GET,
@@ -178,7 +193,12 @@ async fn unanswered_escalation_expires_and_later_decisions_conflict() {
             None,
         )
         .await;
-    assert_eq!(esc["status"], "expired");
+    assert_eq!(
+        esc["status"], "pending",
+        "a millisecond before its deadline"
+    );
+    clock.advance(1);
+    until_status(&gw, &t.reviewer, eid, "expired").await;
     let records = gw.audit(&t.admin).await;
     let expired = records
         .iter()
@@ -187,6 +207,27 @@ async fn unanswered_escalation_expires_and_later_decisions_conflict() {
         })
         .count();
     assert_eq!(expired, 2);
+}
+
+#[tokio::test]
+async fn a_decision_that_arrives_at_the_deadline_expires_the_escalation() {
+    let clock = ManualClock::starting_now();
+    let gw = TestGateway::start_with_clock(clock.clone()).await;
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (_, early) = gw
+        .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
+        .await;
+    let id = early["escalation_id"].as_str().unwrap();
+    // Past the deadline, before the sweeper has run: the decision expires it instead.
+    clock.advance(60_000);
+    let (status, error) = decide(&gw, &t.reviewer, id, "approve", "late").await;
+    assert_eq!(status, 409, "{error}");
+    assert!(
+        ["escalation_expired", "already_resolved"]
+            .contains(&error["error"]["code"].as_str().unwrap()),
+        "{error}"
+    );
+    until_status(&gw, &t.reviewer, id, "expired").await;
 }
 
 #[tokio::test]
@@ -478,7 +519,8 @@ async fn disconnected_client_does_not_cancel_the_escalation() {
 #[tokio::test]
 async fn pending_escalations_survive_a_restart_and_overdue_ones_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start_in(dir.path()).await;
+    let clock = ManualClock::starting_now();
+    let gw = TestGateway::start_in_with_clock(dir.path(), clock.clone()).await;
     let short = gw.tenant("short", Some(artifacts::PAYMENTS_LIMITS)).await;
     let long = gw.tenant("long", Some(artifacts::PAYMENTS_LIMITS)).await;
     let op = gw.operator_key.clone();
@@ -496,9 +538,9 @@ async fn pending_escalations_survive_a_restart_and_overdue_ones_expire() {
         .execute(&long.agent, "s", "payments.initiate", OVER_LIMIT())
         .await;
     gw.stop().await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    clock.advance(1_500);
 
-    let gw = TestGateway::start_in(dir.path()).await;
+    let gw = TestGateway::start_in_with_clock(dir.path(), clock.clone()).await;
     let a_id = a["escalation_id"].as_str().unwrap();
     let b_id = b["escalation_id"].as_str().unwrap();
     let (_, answer) = gw

@@ -617,14 +617,15 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
             public_key,
         } => {
             let store = open_stopped_store(&data_dir)?;
-            let public = match public_key {
-                Some(vkey) => checkpoint::parse_verifier_key(&vkey)?,
-                None => checkpoint::CheckpointSigner::load(&data_dir)?.public_key(),
-            };
             let cp = match &checkpoint_file {
                 Some(path) => {
                     let note = std::fs::read_to_string(path)
                         .with_context(|| format!("reading {}", path.display()))?;
+                    // Read-only: the data dir's key is read, never created.
+                    let public = match &public_key {
+                        Some(vkey) => checkpoint::parse_verifier_key(vkey)?,
+                        None => checkpoint::CheckpointSigner::load(&data_dir)?.public_key(),
+                    };
                     match checkpoint::verify(&note, &public) {
                         Ok(cp) => Some(cp),
                         Err(e) => {

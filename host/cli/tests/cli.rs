@@ -256,3 +256,53 @@ async fn audit_verify_and_export_work_offline() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("bad_checkpoint"));
 }
+
+/// `writ audit verify` only reads: on a data dir without a checkpoint key it creates none; it
+/// verifies the chain alone, and asks for the gateway's verifier key to check a checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_writes_nothing_into_the_store_it_inspects() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = writ_tests::gateway::TestGateway::start_in(dir.path()).await;
+    let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
+    gw.execute(&t.agent, "s", "x", serde_json::json!({})).await;
+    let (_, key) = gw
+        .call(reqwest::Method::GET, "/v1/audit/public-key", None, None)
+        .await;
+    gw.stop().await;
+    let note = {
+        let store = writ_gateway::store::Store::open(dir.path()).unwrap();
+        let note = store
+            .get_raw(writ_gateway::store::Table::Checkpoints, t.id.as_bytes())
+            .unwrap()
+            .expect("a checkpoint signed at shutdown");
+        String::from_utf8(note.to_vec()).unwrap()
+    };
+    let cp = dir.path().join("checkpoint.txt");
+    std::fs::write(&cp, note).unwrap();
+    let key_file = dir.path().join("checkpoint.key");
+    std::fs::remove_file(&key_file).unwrap();
+
+    let verify = |extra: &[&str]| {
+        writ()
+            .args(["audit", "verify", "--data-dir"])
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).into_owned();
+    let out = verify(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!key_file.exists(), "a read-only command created a key");
+
+    let cp_arg = cp.to_str().unwrap();
+    let out = verify(&["--checkpoint", cp_arg]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--public-key"), "{}", stderr(&out));
+    assert!(!key_file.exists());
+
+    let vkey = key["verifier_key"].as_str().unwrap();
+    let out = verify(&["--checkpoint", cp_arg, "--public-key", vkey]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!key_file.exists());
+}

@@ -143,6 +143,7 @@ fn spawn_checkpoint_signer(inner: &Arc<Services>) {
 fn spawn_expiry_sweeper(inner: &Arc<Services>) {
     let (weak, cancel) = (Arc::downgrade(inner), inner.cancel.clone());
     let earlier_deadline = inner.escalations.registry.earlier_deadline();
+    let jumped = inner.clock.jumped().unwrap_or_default();
     inner.tasks.spawn(async move {
         loop {
             let pause = match weak.upgrade() {
@@ -152,6 +153,7 @@ fn spawn_expiry_sweeper(inner: &Arc<Services>) {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 () = earlier_deadline.notified() => {}
+                () = jumped.notified() => {}
                 () = tokio::time::sleep(pause) => {}
             }
         }
@@ -193,7 +195,7 @@ impl App {
             audit: audit.clone(),
             tenants: tenants.clone(),
             jobs: jobs.clone(),
-            notifier: Notifier::start(),
+            notifier: Notifier::start(&tasks, cancel.clone()),
             metrics: metrics.clone(),
             clock: clock.clone(),
         };

@@ -4,10 +4,18 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use tokio::sync::Notify;
+
 /// Milliseconds since the Unix epoch, from wherever the gateway takes its time.
 pub trait Clock: Send + Sync + 'static {
     /// Now, in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
+
+    /// Signalled when the clock jumps ahead (a test clock does; the system clock never
+    /// signals), so a task sleeping until some time re-reads it.
+    fn jumped(&self) -> Option<Arc<Notify>> {
+        None
+    }
 }
 
 /// A clock shared by every part of one gateway.
@@ -32,12 +40,18 @@ pub fn system() -> SharedClock {
 
 /// A clock that stands still until told to move.
 #[derive(Debug, Default)]
-pub struct ManualClock(AtomicU64);
+pub struct ManualClock {
+    ms: AtomicU64,
+    jumped: Arc<Notify>,
+}
 
 impl ManualClock {
     /// A clock reading `now_ms`.
     pub fn new(now_ms: u64) -> Arc<Self> {
-        Arc::new(Self(AtomicU64::new(now_ms)))
+        Arc::new(Self {
+            ms: AtomicU64::new(now_ms),
+            jumped: Arc::default(),
+        })
     }
 
     /// A clock reading the system's time now.
@@ -45,15 +59,21 @@ impl ManualClock {
         Self::new(SystemClock.now_ms())
     }
 
-    /// Moves the clock forward by `ms`.
+    /// Moves the clock forward by `ms`, and wakes a task sleeping on it.
     pub fn advance(&self, ms: u64) {
-        self.0.fetch_add(ms, Ordering::SeqCst);
+        self.ms.fetch_add(ms, Ordering::SeqCst);
+        // A stored permit: a sleeper between reading the time and waiting still wakes.
+        self.jumped.notify_one();
     }
 }
 
 impl Clock for ManualClock {
     fn now_ms(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
+        self.ms.load(Ordering::SeqCst)
+    }
+
+    fn jumped(&self) -> Option<Arc<Notify>> {
+        Some(self.jumped.clone())
     }
 }
 

@@ -102,7 +102,56 @@ pub struct Escalation {
     pub job_id: Option<String>,
 }
 
+/// A decision asked of an escalation that is no longer pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("escalation is already {}", .0.as_str())]
+pub struct AlreadyResolved(pub Status);
+
+/// What a decision made of a pending escalation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    /// The escalation in its new state.
+    pub escalation: Escalation,
+    /// The decision came at or after the deadline, so the escalation expired instead.
+    pub late: bool,
+}
+
 impl Escalation {
+    /// The state machine's one transition, pure: a pending escalation becomes `status`
+    /// (approved, rejected or expired) at `now_ms`, decided by `by` with `note`, its resolution
+    /// recorded as `event_id`. A reviewer's decision at or after the deadline expires it instead
+    /// (no reviewer, no note); anything but a pending escalation is [`AlreadyResolved`].
+    pub fn resolve(
+        &self,
+        status: Status,
+        by: Option<&str>,
+        note: Option<String>,
+        now_ms: u64,
+        event_id: String,
+    ) -> Result<Resolution, AlreadyResolved> {
+        if self.status != Status::Pending {
+            return Err(AlreadyResolved(self.status));
+        }
+        let late = status != Status::Expired && now_ms >= self.deadline_ms;
+        let (status, by, note) = if late {
+            (Status::Expired, None, None)
+        } else {
+            (status, by, note)
+        };
+        let mut escalation = self.clone();
+        escalation.status = status;
+        escalation.decided_ms = Some(now_ms);
+        escalation.decided_by = by.map(str::to_owned);
+        escalation.note = note;
+        escalation.resolved_event_id = Some(event_id);
+        Ok(Resolution { escalation, late })
+    }
+
+    /// Whether it is pending past its deadline (after a restart, before the sweeper ran).
+    pub fn overdue(&self, now_ms: u64) -> bool {
+        self.status == Status::Pending && now_ms >= self.deadline_ms
+    }
+
     /// Its store key.
     pub fn key(&self) -> Vec<u8> {
         tenant_key(&self.tenant_id, &[self.id.as_bytes()])
@@ -364,6 +413,70 @@ mod tests {
             request: None,
             job_id: None,
         }
+    }
+
+    #[test]
+    fn a_pending_escalation_is_approved_by_its_reviewer_before_the_deadline() {
+        let pending = escalation("esc_1", Status::Pending);
+        let done = pending
+            .resolve(
+                Status::Approved,
+                Some("rev@x"),
+                Some("fine".into()),
+                30_000,
+                "evt_2".into(),
+            )
+            .unwrap();
+        assert!(!done.late);
+        let e = done.escalation;
+        assert_eq!(e.status, Status::Approved);
+        assert_eq!(e.decided_by.as_deref(), Some("rev@x"));
+        assert_eq!(e.note.as_deref(), Some("fine"));
+        assert_eq!(
+            (e.decided_ms, e.resolved_event_id.as_deref()),
+            (Some(30_000), Some("evt_2"))
+        );
+    }
+
+    #[test]
+    fn a_decision_at_the_deadline_expires_the_escalation_instead() {
+        let pending = escalation("esc_1", Status::Pending);
+        let done = pending
+            .resolve(
+                Status::Approved,
+                Some("rev@x"),
+                Some("ok".into()),
+                60_001,
+                "e".into(),
+            )
+            .unwrap();
+        assert!(done.late);
+        assert_eq!(done.escalation.status, Status::Expired);
+        assert_eq!(done.escalation.decided_by, None);
+        assert_eq!(done.escalation.note, None);
+        let expired = pending
+            .resolve(Status::Expired, None, None, 60_001, "e".into())
+            .unwrap();
+        assert!(!expired.late, "the sweeper's expiry is not late");
+    }
+
+    #[test]
+    fn only_a_pending_escalation_can_be_decided() {
+        for status in [Status::Approved, Status::Rejected, Status::Expired] {
+            let decided = escalation("esc_1", status);
+            assert_eq!(
+                decided.resolve(Status::Approved, Some("r"), None, 2, "e".into()),
+                Err(AlreadyResolved(status))
+            );
+        }
+    }
+
+    #[test]
+    fn an_escalation_is_overdue_only_while_pending_past_its_deadline() {
+        let pending = escalation("esc_1", Status::Pending);
+        assert!(!pending.overdue(60_000));
+        assert!(pending.overdue(60_001));
+        assert!(!escalation("esc_1", Status::Rejected).overdue(99_999));
     }
 
     fn channels(e: &Escalations) -> usize {

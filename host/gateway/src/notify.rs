@@ -13,6 +13,8 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Attempts per delivery (the first and the retries).
 pub const ATTEMPTS: u32 = 5;
@@ -46,8 +48,9 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    /// Starts the delivery task on the current runtime.
-    pub fn start() -> Self {
+    /// Starts the delivery task on `tasks`; it and every delivery in flight stop at `cancel`
+    /// (an event cut off by shutdown is not delivered).
+    pub fn start(tasks: &TaskTracker, cancel: CancellationToken) -> Self {
         let (queue, mut rx) = mpsc::channel::<Notification>(10_000);
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
@@ -56,18 +59,33 @@ impl Notifier {
             .build()
             .expect("an HTTP client");
         let in_flight = Arc::new(Semaphore::new(64));
-        tokio::spawn(async move {
-            while let Some(n) = rx.recv().await {
+        let deliveries = tasks.clone();
+        tasks.spawn(async move {
+            loop {
+                let n = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    n = rx.recv() => match n {
+                        Some(n) => n,
+                        None => break,
+                    },
+                };
                 let bytes = serde_json::to_vec(&n.body).expect("events serialize");
                 let signature = signature(&n.secret, &bytes);
                 for url in n.urls {
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         return;
                     };
-                    let (client, bytes, signature) =
-                        (client.clone(), bytes.clone(), signature.clone());
-                    tokio::spawn(async move {
-                        deliver(&client, &url, n.kind, bytes, &signature).await;
+                    let (client, bytes, signature, cancel) = (
+                        client.clone(),
+                        bytes.clone(),
+                        signature.clone(),
+                        cancel.clone(),
+                    );
+                    deliveries.spawn(async move {
+                        tokio::select! {
+                            () = cancel.cancelled() => {}
+                            () = deliver(&client, &url, n.kind, bytes, &signature) => {}
+                        }
                         drop(permit);
                     });
                 }

@@ -14,7 +14,7 @@ use crate::access::{Member, Reviewer, TenantScope};
 use crate::audit::{Effects, Kind, RecordBody, RecordCharge, SharedLedger};
 use crate::clock::SharedClock;
 use crate::error::{AppError, Result};
-use crate::escalations::{self, Escalation, Escalations, Status};
+use crate::escalations::{self, Escalation, Escalations, Resolution, Status};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::notify::{Notification, Notifier};
 use crate::tenants::{Principal, Role, Tenant, Tenants, new_ordered_id};
@@ -186,26 +186,23 @@ impl EscalationService {
             .registry
             .get(tenant_id, id)?
             .ok_or(AppError::NotFound("escalation"))?;
-        if esc.status != Status::Pending {
-            return Err(AppError::Conflict {
-                code: "already_resolved",
-                message: format!("escalation is already {}", esc.status.as_str()),
-            });
-        }
         let now = self.clock.now_ms();
-        // A decision that arrives after the deadline expires the escalation instead.
-        let too_late = status != Status::Expired && now >= esc.deadline_ms;
-        let (status, who, note) = if too_late {
-            (Status::Expired, None, None)
-        } else {
-            (status, who, note)
-        };
-        let mut resolved = esc.clone();
-        resolved.status = status;
-        resolved.decided_ms = Some(now);
-        resolved.decided_by = who.map(|w| w.subject.clone());
-        resolved.note = note.clone();
-        resolved.resolved_event_id = Some(new_ordered_id("evt_", now));
+        let Resolution {
+            escalation: mut resolved,
+            late: too_late,
+        } = esc
+            .resolve(
+                status,
+                who.map(|w| w.subject.as_str()),
+                note,
+                now,
+                new_ordered_id("evt_", now),
+            )
+            .map_err(|e| AppError::Conflict {
+                code: "already_resolved",
+                message: e.to_string(),
+            })?;
+        let (status, note) = (resolved.status, resolved.note.clone());
         // An approved call with a downstream request runs exactly what the reviewer saw, once:
         // the job is created here, under the decision lock, and started after the record.
         let job = match (&esc.request, status) {
@@ -396,7 +393,7 @@ impl EscalationService {
         let current = match self.await_resolution(&esc, rx, false, until).await? {
             Some(resolved) => resolved,
             // Past its deadline (e.g. just after a restart, before the sweeper ran).
-            None if self.clock.now_ms() >= esc.deadline_ms => {
+            None if esc.overdue(self.clock.now_ms()) => {
                 self.expire(&esc.tenant_id, &esc.id).await?
             }
             None => esc,
