@@ -87,6 +87,7 @@
 //! duplicate `panic_impl`: keep the `std` feature for such a policy. The example policies are
 //! all lean.
 
+#![warn(missing_docs)]
 #![no_std]
 
 extern crate alloc;

@@ -59,9 +59,7 @@ pub enum BenchError {
     /// A connection could not be opened.
     #[error("connecting to {addr}: {source}")]
     Connect {
-        /// Where.
         addr: SocketAddr,
-        /// Why.
         source: std::io::Error,
     },
     /// HTTP failed on a connection that had worked.

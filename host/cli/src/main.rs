@@ -149,7 +149,6 @@ enum AuditCommand {
         /// The stopped gateway's data directory.
         #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
         data_dir: PathBuf,
-        /// The tenant.
         #[arg(long)]
         tenant: String,
         /// Only records with a greater seq.
@@ -184,7 +183,6 @@ enum TenantCommand {
 enum KeyCommand {
     /// Create a key; prints it, with its secret (shown once), as JSON.
     Create {
-        /// The tenant.
         #[arg(long)]
         tenant: String,
         /// agent, reviewer or admin.

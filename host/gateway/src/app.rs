@@ -295,17 +295,14 @@ impl App {
         &self.inner.checkpoints
     }
 
-    /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
-    /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    /// The clock.
     pub fn clock(&self) -> &SharedClock {
         &self.inner.clock
     }

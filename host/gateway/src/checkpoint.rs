@@ -46,7 +46,6 @@ pub enum CheckpointError {
 /// A checkpoint: the state of one tenant's chain at a time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// The tenant.
     pub tenant_id: String,
     /// Number of records (the head is record `size - 1`).
     pub size: u64,

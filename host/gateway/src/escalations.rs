@@ -55,7 +55,6 @@ impl Status {
 pub struct Escalation {
     /// `esc_…`.
     pub id: String,
-    /// The tenant.
     pub tenant_id: String,
     /// Where it stands.
     pub status: Status,
@@ -63,9 +62,7 @@ pub struct Escalation {
     pub action: String,
     /// The call's arguments (JSON text).
     pub arguments: String,
-    /// The agent.
     pub agent_id: String,
-    /// The session.
     pub session_id: String,
     /// The policy that escalated.
     pub policy_id: String,

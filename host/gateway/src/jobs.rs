@@ -54,7 +54,6 @@ pub struct Execution {
 pub struct Job {
     /// `job_…`.
     pub id: String,
-    /// The tenant.
     pub tenant_id: String,
     /// Where it stands.
     pub status: JobStatus,

@@ -10,7 +10,6 @@ use prometheus_client::registry::Registry;
 /// Labels of the decisions counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
-    /// The tenant.
     pub tenant: String,
     /// `ALLOW`, `BLOCK` or `ESCALATE`.
     pub outcome: String,

@@ -38,7 +38,6 @@ pub enum PolicyError {
     /// A policy file could not be written or read, or does not hash to its id.
     #[error("policy file {path}: {message}")]
     File {
-        /// The file.
         path: PathBuf,
         /// What went wrong.
         message: String,
@@ -71,7 +70,6 @@ pub struct PolicyMeta {
 /// The policy a tenant's calls are evaluated with.
 #[derive(Debug)]
 pub struct ActivePolicy {
-    /// Its metadata.
     pub meta: PolicyMeta,
     /// The loaded component.
     pub compiled: CompiledPolicy,

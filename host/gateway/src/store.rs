@@ -22,7 +22,6 @@ pub enum StoreError {
     /// A stored value did not decode: the store was written by something else.
     #[error("corrupt value in {table:?}: {source}")]
     Corrupt {
-        /// The table.
         table: Table,
         /// The decoding error.
         #[source]

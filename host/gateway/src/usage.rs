@@ -14,7 +14,6 @@ use writ_runtime::evaluation::{UsageRead, UsageSource, UsageUnavailable};
 /// Where a call is, for the windows: its session and timestamp.
 #[derive(Debug, Clone)]
 pub struct CallScope {
-    /// The tenant.
     pub tenant_id: String,
     /// The call's session.
     pub session_id: String,
@@ -57,7 +56,6 @@ impl CallScope {
 
 /// Answers `usage` from the store for one call.
 pub struct StoreUsage {
-    /// The store.
     pub store: Store,
     /// The call's scope.
     pub scope: CallScope,

@@ -6,6 +6,8 @@
 //! [`cases`] runs a file of expected decisions against a component (`writ policy test`).
 //! Nothing here knows HTTP or storage.
 
+#![warn(missing_docs)]
+
 mod bindings;
 pub mod cases;
 pub mod decision;

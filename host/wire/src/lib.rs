@@ -2,6 +2,8 @@
 //! that call it. The gateway converts between these and its domain types; nothing here
 //! depends on the gateway.
 
+#![warn(missing_docs)]
+
 #[cfg(feature = "axum")]
 mod reply;
 

@@ -23,7 +23,6 @@ pub type Appending<'a> = Pin<Box<dyn Future<Output = Result<Record, AuditError>>
 /// A tenant's chain head: the number of records and the last one's hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainHead {
-    /// The tenant.
     pub tenant_id: String,
     /// Records in the chain (the next seq).
     pub size: u64,

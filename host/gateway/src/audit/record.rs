@@ -37,7 +37,6 @@ impl Kind {
 pub struct RecordCharge {
     /// Decimal text of the amount.
     pub amount: String,
-    /// The counter.
     pub counter: String,
 }
 
@@ -84,7 +83,6 @@ pub struct RecordBody {
     pub seq: u64,
     /// The call's session.
     pub session_id: Option<String>,
-    /// The tenant.
     pub tenant_id: String,
     /// When the record was appended, ms since the epoch.
     pub timestamp_ms: u64,

@@ -30,9 +30,7 @@ use crate::usage::{CallScope, StoreUsage};
 pub struct ExecuteRequest {
     /// The agent's session.
     pub session_id: String,
-    /// The agent.
     pub agent_id: String,
-    /// The action.
     pub action: String,
     /// The client's hint (`decision` in the Provenance request), recorded only.
     pub client_hint: Option<String>,
@@ -49,7 +47,6 @@ pub struct ExecuteRequest {
 /// The answer to a tool call.
 #[derive(Debug, Clone)]
 pub struct ExecuteOutcome {
-    /// The decision.
     pub decision: Decision,
     /// The audit record's event id.
     pub event_id: String,
@@ -59,7 +56,6 @@ pub struct ExecuteOutcome {
     pub actor_human_id: Option<String>,
     /// The policy that decided.
     pub policy_id: Option<String>,
-    /// The session.
     pub session_id: String,
     /// The downstream job an allowed catalog call became.
     pub job_id: Option<String>,
