@@ -74,6 +74,9 @@ impl TestGateway {
     pub fn config(dir: &Path) -> ServeConfig {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_path_buf());
         config.operator_key = Some("wk_op_test_operator_key".into());
+        // The tests' downstream services and webhook receivers listen on 127.0.0.1; the
+        // gateway's own address stays refused.
+        config.egress_allow = "127.0.0.1/32".into();
         config
     }
 

@@ -74,6 +74,7 @@ pub fn call(action: &str, arguments: serde_json::Value) -> ToolCall {
 }
 
 pub mod gateway;
+pub mod tls;
 
 /// The Python interpreter with the published SDKs and `blake3` (the `.venv` that
 /// `scripts/test.sh` makes), or `WRIT_PYTHON`.

@@ -23,6 +23,15 @@ async fn admins_manage_the_catalog_and_reviewers_read_it() {
     let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
     let other = gw.tenant("other", None).await;
     let path = "/v1/catalog/github/github.repos.delete";
+    let (status, body) = gw
+        .call(
+            Method::PUT,
+            "/v1/credentials/github",
+            Some(&t.admin),
+            Some(json!({"secret": SECRET, "origins": ["https://api.github.com"]})),
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
     for key in [&t.agent, &t.reviewer] {
         let (status, _) = gw.call(Method::PUT, path, Some(key), Some(tool())).await;
         assert_eq!(status, 403);
@@ -67,7 +76,7 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
             Method::PUT,
             "/v1/credentials/github",
             Some(&t.reviewer),
-            Some(json!({"secret": SECRET})),
+            Some(json!({"secret": SECRET, "origins": ["https://api.github.com"]})),
         )
         .await;
     assert_eq!(status, 403);
@@ -76,7 +85,7 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
             Method::PUT,
             "/v1/credentials/github",
             Some(&t.admin),
-            Some(json!({"secret": SECRET})),
+            Some(json!({"secret": SECRET, "origins": ["https://api.github.com"]})),
         )
         .await;
     assert_eq!(status, 204, "{body}");
@@ -85,7 +94,7 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
             Method::PUT,
             "/v1/credentials/bad name",
             Some(&t.admin),
-            Some(json!({"secret": "x"})),
+            Some(json!({"secret": "x", "origins": ["https://api.github.com"]})),
         )
         .await;
     assert_eq!(status, 400);

@@ -1,15 +1,17 @@
 //! The published `tenet-python` SDK, unmodified, against a live gateway: the seed's quickstart
-//! (`tests/python/test_tenet_python.py`), with a downstream service on loopback.
+//! (`tests/python/test_tenet_python.py`), with an HTTPS downstream service on loopback whose
+//! certificate a CA made for the run signs (the gateway trusts it through its egress CA file).
 
 use std::sync::{Arc, Mutex};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 use writ_tests::gateway::TestGateway;
+use writ_tests::tls::TestCa;
 use writ_tests::{artifacts, run_pytest};
 
-/// A downstream that echoes what it received and lists it at `/seen`.
-async fn downstream() -> String {
+/// A downstream over HTTPS that echoes what it received and lists it at `/seen`.
+async fn downstream(ca: &TestCa) -> String {
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     let app = axum::Router::new()
         .route(
@@ -37,22 +39,26 @@ async fn downstream() -> String {
                 }
             }
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    base
+    ca.serve(app).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenet_python_quickstart_works_unmodified() {
-    let gw = TestGateway::start().await;
-    let base = downstream().await;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let mut config = TestGateway::config(&dir.path().join("data"));
+    config.egress_ca_file = Some(ca_file.clone());
+    let gw = TestGateway::start_with(config).await;
+    let base = downstream(&ca).await;
+    assert!(base.starts_with("https://"));
     let t = gw.tenant("sdk", Some(artifacts::PAYMENTS_LIMITS)).await;
     gw.call(
         Method::PUT,
         "/v1/credentials/mailer",
         Some(&t.admin),
-        Some(json!({"secret": "mail-secret"})),
+        Some(json!({"secret": "mail-secret", "origins": [base]})),
     )
     .await;
     let tools = [
@@ -103,6 +109,8 @@ async fn tenet_python_quickstart_works_unmodified() {
             ("TENET_API_URL", gw.url("")),
             ("TENET_API_KEY", t.agent.clone()),
             ("WRIT_DOWNSTREAM_SEEN", format!("{base}/seen")),
+            // Python's own check of what the downstream received trusts the run's CA too.
+            ("SSL_CERT_FILE", ca_file.display().to_string()),
         ],
     )
     .await;

@@ -52,7 +52,7 @@ async fn setup(gw: &TestGateway, policy: &str, base: &str) -> TestTenant {
             Method::PUT,
             "/v1/credentials/github",
             Some(&t.admin),
-            Some(json!({"secret": SECRET})),
+            Some(json!({"secret": SECRET, "origins": [base]})),
         )
         .await;
     assert_eq!(status, 204);

@@ -44,6 +44,15 @@ enum Command {
         #[arg(long, env = "WRIT_POOL_SLOTS", default_value_t = EngineConfig::default().max_instances,
               value_parser = clap::value_parser!(u32).range(1..=4096))]
         pool_slots: u32,
+        /// Destinations outbound calls (jobs, webhooks) may reach although the egress guard
+        /// refuses their range: comma-separated networks, addresses and host names, e.g.
+        /// `10.1.2.0/24,billing.internal`. The gateway's own address stays refused.
+        #[arg(long, env = "WRIT_EGRESS_ALLOW", default_value = "")]
+        egress_allow: String,
+        /// A PEM bundle of CAs to trust for outbound HTTPS besides the web PKI roots (an
+        /// internal service with a private CA).
+        #[arg(long, env = "WRIT_EGRESS_CA_FILE")]
+        egress_ca_file: Option<PathBuf>,
     },
     /// Manage tenants on a running gateway (operator key).
     Tenant {
@@ -292,7 +301,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             data_dir,
             demo_policy,
             pool_slots,
-        } => serve(listen, data_dir, demo_policy, pool_slots).await,
+            egress_allow,
+            egress_ca_file,
+        } => {
+            let mut config = ServeConfig::new(listen, data_dir);
+            config.app = config.app.with_pool_slots(pool_slots);
+            config.egress_allow = egress_allow;
+            config.egress_ca_file = egress_ca_file;
+            serve(config, demo_policy).await
+        }
         Command::Tenant {
             command: TenantCommand::Create { name, remote },
         } => print_answer(client(&remote)?.create_tenant(&name).await),
@@ -345,14 +362,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(
-    listen: SocketAddr,
-    data_dir: PathBuf,
-    demo_policy: Option<PathBuf>,
-    pool_slots: u32,
-) -> anyhow::Result<ExitCode> {
-    let mut config = ServeConfig::new(listen, data_dir);
-    config.app = config.app.with_pool_slots(pool_slots);
+async fn serve(mut config: ServeConfig, demo_policy: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     config.operator_key = std::env::var("WRIT_OPERATOR_KEY")
         .ok()
         .filter(|k| !k.is_empty());

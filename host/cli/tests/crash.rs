@@ -40,6 +40,8 @@ fn spawn_logging(dir: &std::path::Path, stderr: Stdio) -> Gateway {
         ])
         .arg(dir)
         .env("WRIT_OPERATOR_KEY", OPERATOR)
+        // The tests' downstream services listen on 127.0.0.1.
+        .env("WRIT_EGRESS_ALLOW", "127.0.0.1/32")
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(stderr)
@@ -337,7 +339,7 @@ async fn credentials_never_reach_logs_responses_or_the_audit() {
     send(
         client
             .put(format!("{}/v1/credentials/stripe", gw.url))
-            .json(&json!({"secret": SECRET})),
+            .json(&json!({"secret": SECRET, "origins": [downstream]})),
     )
     .await;
     send(

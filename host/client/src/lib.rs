@@ -334,10 +334,16 @@ impl Client {
         self.get("/v1/catalog").await
     }
 
-    /// `PUT /v1/credentials/{name}`.
-    pub async fn put_credential(&self, name: &str, secret: &str) -> Result<(), ClientError> {
+    /// `PUT /v1/credentials/{name}`: the secret and the origins it may be sent to.
+    pub async fn put_credential(
+        &self,
+        name: &str,
+        secret: &str,
+        origins: &[&str],
+    ) -> Result<(), ClientError> {
         let body = CredentialBody {
             secret: secret.into(),
+            origins: origins.iter().map(|o| (*o).to_owned()).collect(),
         };
         let path = format!("/v1/credentials/{}", segment(name));
         self.send_empty(self.request(Method::PUT, &path).json(&body))

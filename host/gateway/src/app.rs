@@ -14,6 +14,7 @@ use crate::audit::{AuditLog, SharedLedger};
 use crate::catalog::Catalog;
 use crate::checkpoint::CheckpointSigner;
 use crate::clock::{self, SharedClock};
+use crate::egress::{Egress, EgressPolicy};
 use crate::escalations::Escalations;
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
@@ -46,6 +47,10 @@ pub struct AppConfig {
     pub checkpoint_every: Duration,
     /// Where the gateway takes its time from.
     pub clock: SharedClock,
+    /// What outbound connections may reach.
+    pub egress: EgressPolicy,
+    /// CAs trusted for outbound HTTPS besides the web PKI roots.
+    pub egress_roots: Vec<reqwest::Certificate>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -59,6 +64,8 @@ impl std::fmt::Debug for AppConfig {
             .field("usage_retries", &self.usage_retries)
             .field("checkpoint_every_records", &self.checkpoint_every_records)
             .field("checkpoint_every", &self.checkpoint_every)
+            .field("egress", &self.egress)
+            .field("egress_roots", &self.egress_roots.len())
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +79,8 @@ impl Default for AppConfig {
             checkpoint_every_records: 1000,
             checkpoint_every: Duration::from_secs(60),
             clock: clock::system(),
+            egress: EgressPolicy::default(),
+            egress_roots: Vec::new(),
         }
     }
 }
@@ -185,7 +194,9 @@ impl App {
         }
         let vault = Vault::new(store.clone(), master_key);
         let catalog = Catalog::load(store.clone(), tenants.all().iter().map(|t| t.id.as_str()))?;
-        let (jobs, interrupted) = Jobs::load(store.clone(), vault.clone(), clock.clone())?;
+        let egress = Egress::new(config.egress.clone(), config.egress_roots.clone());
+        let (jobs, interrupted) =
+            Jobs::load(store.clone(), vault.clone(), egress.clone(), clock.clone())?;
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
 
@@ -195,7 +206,7 @@ impl App {
             audit: audit.clone(),
             tenants: tenants.clone(),
             jobs: jobs.clone(),
-            notifier: Notifier::start(&tasks, cancel.clone()),
+            notifier: Notifier::start(&tasks, cancel.clone(), egress.clone()),
             metrics: metrics.clone(),
             clock: clock.clone(),
         };
@@ -226,13 +237,18 @@ impl App {
                 tenants,
                 audit: audit.clone(),
                 max_memory_mib: (config.engine.max_memory_bytes >> 20) as u32,
+                egress: egress.clone(),
             },
             policies: PolicyService {
                 policies,
                 audit: audit.clone(),
                 activation: Arc::default(),
             },
-            catalog: CatalogService { catalog, vault },
+            catalog: CatalogService {
+                catalog,
+                vault,
+                egress: egress.clone(),
+            },
             audit: AuditService {
                 audit,
                 store: store.clone(),

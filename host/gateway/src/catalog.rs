@@ -101,9 +101,77 @@ fn placeholders(template: &str) -> Vec<&str> {
     out
 }
 
+/// What a URL template fixes: its origin (scheme, host, port) and the path before its first
+/// placeholder. A resolved URL must keep both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    /// The template's origin.
+    pub origin: url::Origin,
+    /// The template's path up to its first placeholder.
+    pub path_prefix: String,
+}
+
+/// Checks where a template's placeholders stand (the path and the query only, never the
+/// scheme, host, port or fragment) and returns what it fixes.
+fn destination(template: &str) -> Result<Destination, CatalogError> {
+    let bad = |m: &str| Err(CatalogError::Invalid(format!("url: {m}")));
+    let Some((scheme, rest)) = template.split_once("://") else {
+        return bad("an absolute http(s) URL is required");
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    if scheme.contains(['{', '}']) || rest[..authority_end].contains(['{', '}']) {
+        return bad(
+            "placeholders may stand in the path and the query only, not in the scheme, host or port",
+        );
+    }
+    if rest
+        .find('#')
+        .is_some_and(|at| rest[at..].contains(['{', '}']))
+    {
+        return bad("placeholders may not stand in the fragment");
+    }
+    let fixed = rest[..rest.find('{').unwrap_or(rest.len())]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default();
+    let parsed = reqwest::Url::parse(&format!("{scheme}://{fixed}"))
+        .map_err(|e| CatalogError::Invalid(format!("url: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+        return bad("an http(s) URL with a host is required");
+    }
+    Ok(Destination {
+        origin: parsed.origin(),
+        path_prefix: parsed.path().to_owned(),
+    })
+}
+
+/// Whether a placeholder's value would move the path: `.`, `..`, or a percent-encoded form of
+/// them (decoded however many times).
+fn dot_segment(value: &str) -> bool {
+    let mut current = value.to_owned();
+    for _ in 0..4 {
+        if current == "." || current == ".." {
+            return true;
+        }
+        let decoded = percent_encoding::percent_decode_str(&current)
+            .decode_utf8_lossy()
+            .into_owned();
+        if decoded == current {
+            return false;
+        }
+        current = decoded;
+    }
+    current == "." || current == ".."
+}
+
 impl ToolEntry {
-    /// Checks the entry: known method, an http(s) URL template, sane headers, and a credential
-    /// format that places `{secret}`.
+    /// What the entry's URL template fixes: origin and path prefix.
+    pub fn destination(&self) -> Result<Destination, CatalogError> {
+        destination(&self.url)
+    }
+
+    /// Checks the entry: known method, an http(s) URL template whose placeholders stand in the
+    /// path and query only, sane headers, and a credential format that places `{secret}`.
     pub fn validate(&self) -> Result<(), CatalogError> {
         let bad = |m: String| Err(CatalogError::Invalid(m));
         if !crate::valid_name(&self.service) || !crate::valid_name(&self.tool_name) {
@@ -112,6 +180,7 @@ impl ToolEntry {
         if !METHODS.contains(&self.method.as_str()) {
             return bad(format!("method must be one of {METHODS:?}"));
         }
+        destination(&self.url)?;
         let mut probe = self.url.clone();
         for p in placeholders(&self.url) {
             probe = probe.replace(&format!("{{{p}}}"), "x");
@@ -153,9 +222,15 @@ impl ToolEntry {
                 ))),
             }
         };
+        let fixed = destination(&self.url)?;
         let mut url = self.url.clone();
         for p in placeholders(&self.url) {
             let value = text(p)?;
+            if dot_segment(&value) {
+                return Err(CatalogError::Unresolvable(format!(
+                    "argument `{p}` may not be `.` or `..` (in any encoding)"
+                )));
+            }
             url = url.replace(
                 &format!("{{{p}}}"),
                 &utf8_percent_encode(&value, NON_ALPHANUMERIC).to_string(),
@@ -163,6 +238,11 @@ impl ToolEntry {
         }
         let mut parsed = reqwest::Url::parse(&url)
             .map_err(|e| CatalogError::Unresolvable(format!("url: {e}")))?;
+        if parsed.origin() != fixed.origin || !parsed.path().starts_with(&fixed.path_prefix) {
+            return Err(CatalogError::Unresolvable(
+                "the arguments would move the request off the catalog entry's destination".into(),
+            ));
+        }
         let present: Vec<&String> = self
             .query
             .iter()
@@ -311,6 +391,67 @@ mod tests {
         );
         assert_eq!(r.method, "DELETE");
         assert!(r.body.is_none());
+    }
+
+    #[test]
+    fn a_dot_segment_argument_in_any_encoding_is_refused() {
+        let mut e = entry();
+        e.url = "https://api.github.com/orgs/acme/repos/{r}/collaborators/{u}".into();
+        for dots in [".", "..", "%2e", "%2E%2E", "%2e.", ".%2e", "%252e%252e"] {
+            let args = json!({"r": dots, "u": "mallory"});
+            assert!(
+                matches!(
+                    e.resolve(args.as_object().unwrap()),
+                    Err(CatalogError::Unresolvable(_))
+                ),
+                "{dots} resolved"
+            );
+        }
+        let fine = json!({"r": "..repo", "u": "mallory"});
+        let r = e.resolve(fine.as_object().unwrap()).unwrap();
+        assert!(
+            r.url.starts_with("https://api.github.com/orgs/acme/repos/"),
+            "{}",
+            r.url
+        );
+    }
+
+    #[test]
+    fn placeholders_may_not_choose_the_scheme_host_or_port() {
+        for url in [
+            "https://{host}/repos",
+            "https://api.x.com{suffix}/v1",
+            "https://api.x.com:{port}/v1",
+            "{scheme}://api.x.com/v1",
+            "https://{user}@api.x.com/v1",
+            "https://api.x.com/v1#{frag}",
+        ] {
+            let mut e = entry();
+            e.url = url.into();
+            assert!(
+                matches!(e.validate(), Err(CatalogError::Invalid(_))),
+                "{url} was accepted"
+            );
+        }
+        let mut e = entry();
+        e.url = "https://api.x.com/v1/{id}?q={q}".into();
+        assert!(e.validate().is_ok());
+    }
+
+    #[test]
+    fn a_resolved_url_keeps_the_templates_origin_and_path_prefix() {
+        let e = entry();
+        let d = e.destination().unwrap();
+        assert_eq!(d.origin.ascii_serialization(), "https://api.github.com");
+        assert_eq!(d.path_prefix, "/repos/");
+        for owner in ["@evil.example", "//evil.example", "\\\\evil", "a/../../x"] {
+            let args = json!({"owner": owner, "repo": "r"});
+            if let Ok(r) = e.resolve(args.as_object().unwrap()) {
+                let url = reqwest::Url::parse(&r.url).unwrap();
+                assert_eq!(url.host_str(), Some("api.github.com"), "{owner}");
+                assert!(url.path().starts_with("/repos/"), "{owner}: {}", r.url);
+            }
+        }
     }
 
     #[test]

@@ -81,8 +81,12 @@ impl From<TenantError> for AppError {
 impl From<CatalogError> for AppError {
     fn from(e: CatalogError) -> Self {
         match e {
-            CatalogError::Invalid(_) | CatalogError::Unresolvable(_) => Self::Invalid {
+            CatalogError::Invalid(_) => Self::Invalid {
                 code: "invalid_request",
+                message: e.to_string(),
+            },
+            CatalogError::Unresolvable(_) => Self::Invalid {
+                code: "unresolvable",
                 message: e.to_string(),
             },
             CatalogError::Store(e) => e.into(),

@@ -15,9 +15,11 @@ use tokio::sync::Semaphore;
 
 use crate::catalog::ResolvedRequest;
 use crate::clock::SharedClock;
+use crate::egress::{Egress, EgressError, Outbound};
 use crate::store::{Store, StoreError, Table, Write};
 use crate::tenants::tenant_key;
 use crate::vault::Vault;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Largest downstream response body kept, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
@@ -47,6 +49,25 @@ pub struct Execution {
     pub body: String,
     /// Time from sending to the end of the body.
     pub duration_ms: u64,
+}
+
+impl Execution {
+    /// Replaces every occurrence of `secret` in what is kept of the answer: a downstream that
+    /// echoes the credential back does not hand it to the agent.
+    fn redact(&mut self, secret: &str) {
+        const REDACTED: &str = "[redacted]";
+        if secret.is_empty() {
+            return;
+        }
+        if self.body.contains(secret) {
+            self.body = self.body.replace(secret, REDACTED);
+        }
+        for value in self.headers.values_mut() {
+            if value.contains(secret) {
+                *value = value.replace(secret, REDACTED);
+            }
+        }
+    }
 }
 
 /// A downstream call.
@@ -90,7 +111,7 @@ pub struct Jobs {
     store: Store,
     clock: SharedClock,
     vault: Vault,
-    client: reqwest::Client,
+    egress: Egress,
     workers: Arc<Semaphore>,
 }
 
@@ -99,6 +120,7 @@ impl Jobs {
     pub fn load(
         store: Store,
         vault: Vault,
+        egress: Egress,
         clock: SharedClock,
     ) -> Result<(Self, Vec<Job>), StoreError> {
         let mut interrupted = Vec::new();
@@ -110,26 +132,12 @@ impl Jobs {
                 interrupted.push(job);
             }
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let same_host = attempt.previous().first().and_then(|u| u.host_str())
-                    == attempt.url().host_str();
-                if same_host && attempt.previous().len() < 5 {
-                    attempt.follow()
-                } else {
-                    attempt.stop()
-                }
-            }))
-            .build()
-            .expect("an HTTP client");
         Ok((
             Self {
                 clock,
                 store,
                 vault,
-                client,
+                egress,
                 workers: Arc::new(Semaphore::new(8)),
             },
             interrupted,
@@ -188,29 +196,66 @@ impl Jobs {
     async fn send(&self, job: &Job) -> Result<Execution, String> {
         let r = &job.request;
         let method = reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|e| e.to_string())?;
-        let mut request = self.client.request(method, &r.url);
+        let url = reqwest::Url::parse(&r.url).map_err(|e| format!("url: {e}"))?;
+        let mut headers = HeaderMap::new();
+        let header = |name: &str, value: &str| {
+            Ok::<_, String>((
+                HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|e| format!("header {name}: {e}"))?,
+                HeaderValue::from_str(value).map_err(|e| format!("header {name}: {e}"))?,
+            ))
+        };
         for (name, value) in &r.headers {
-            request = request.header(name, value);
+            let (name, value) = header(name, value)?;
+            headers.insert(name, value);
         }
-        if let Some(body) = &r.body {
-            request = request
-                .header("content-type", "application/json")
-                .body(body.clone());
+        if r.body.is_some() {
+            headers.insert(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
+        let mut secret = None;
         if let Some(c) = &r.credential {
-            let secret = self
+            // Bound to origins when stored; checked here again, as the catalog may have
+            // changed since the call was resolved.
+            let origin = url.origin().ascii_serialization();
+            let origins = self
+                .vault
+                .origins(&job.tenant_id, &c.name)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "credential_not_found".to_owned())?;
+            if !origins.contains(&origin) {
+                return Err(format!(
+                    "credential_origin_mismatch: credential `{}` may not be sent to {origin}",
+                    c.name
+                ));
+            }
+            let opened = self
                 .vault
                 .open(&job.tenant_id, &c.name)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| "credential_not_found".to_owned())?;
-            let value = zeroize::Zeroizing::new(c.format.replace("{secret}", &secret));
-            request = request.header(c.header.as_str(), value.as_str());
+            let value = zeroize::Zeroizing::new(c.format.replace("{secret}", &opened));
+            let (name, mut value) = header(&c.header, &value)?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+            secret = Some(opened);
         }
+        let request = Outbound {
+            method,
+            url,
+            headers,
+            body: r.body.as_ref().map(|b| b.clone().into_bytes()),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            redirects: crate::egress::MAX_REDIRECTS,
+        };
         let started = Instant::now();
-        let mut response = request
-            .send()
-            .await
-            .map_err(|e| format!("downstream: {e}"))?;
+        let mut response = self.egress.send(request).await.map_err(|e| match e {
+            EgressError::Denied(_) => e.to_string(),
+            other => format!("downstream: {other}"),
+        })?;
         let status = response.status().as_u16();
         let headers = response
             .headers()
@@ -233,11 +278,15 @@ impl Jobs {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Execution {
+        let mut execution = Execution {
             status,
             headers,
             body: String::from_utf8_lossy(&body).into_owned(),
             duration_ms: started.elapsed().as_millis() as u64,
-        })
+        };
+        if let Some(secret) = secret {
+            execution.redact(&secret);
+        }
+        Ok(execution)
     }
 }

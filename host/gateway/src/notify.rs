@@ -16,6 +16,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::egress::{Egress, EgressError, Outbound};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+
 /// Attempts per delivery (the first and the retries).
 pub const ATTEMPTS: u32 = 5;
 /// Delay before the first retry; doubled for each next one.
@@ -50,14 +53,8 @@ pub struct Notifier {
 impl Notifier {
     /// Starts the delivery task on `tasks`; it and every delivery in flight stop at `cancel`
     /// (an event cut off by shutdown is not delivered).
-    pub fn start(tasks: &TaskTracker, cancel: CancellationToken) -> Self {
+    pub fn start(tasks: &TaskTracker, cancel: CancellationToken, egress: Egress) -> Self {
         let (queue, mut rx) = mpsc::channel::<Notification>(10_000);
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("an HTTP client");
         let in_flight = Arc::new(Semaphore::new(64));
         let deliveries = tasks.clone();
         tasks.spawn(async move {
@@ -75,8 +72,8 @@ impl Notifier {
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         return;
                     };
-                    let (client, bytes, signature, cancel) = (
-                        client.clone(),
+                    let (egress, bytes, signature, cancel) = (
+                        egress.clone(),
                         bytes.clone(),
                         signature.clone(),
                         cancel.clone(),
@@ -84,7 +81,7 @@ impl Notifier {
                     deliveries.spawn(async move {
                         tokio::select! {
                             () = cancel.cancelled() => {}
-                            () = deliver(&client, &url, n.kind, bytes, &signature) => {}
+                            () = deliver(&egress, &url, n.kind, bytes, &signature) => {}
                         }
                         drop(permit);
                     });
@@ -105,20 +102,41 @@ impl Notifier {
     }
 }
 
-async fn deliver(client: &reqwest::Client, url: &str, kind: &str, body: Vec<u8>, signature: &str) {
+async fn deliver(egress: &Egress, url: &str, kind: &str, body: Vec<u8>, signature: &str) {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        tracing::error!(url, "webhook URL does not parse");
+        return;
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        "x-writ-event",
+        HeaderValue::from_str(kind).expect("event kinds are ASCII"),
+    );
+    headers.insert(
+        "x-writ-signature",
+        HeaderValue::from_str(signature).expect("signatures are hex"),
+    );
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
-        let sent = client
-            .post(url)
-            .header("content-type", "application/json")
-            .header("x-writ-event", kind)
-            .header("x-writ-signature", signature)
-            .body(body.clone())
-            .send()
+        let sent = egress
+            .send(Outbound {
+                method: reqwest::Method::POST,
+                url: parsed.clone(),
+                headers: headers.clone(),
+                body: Some(body.clone()),
+                connect_timeout: Duration::from_secs(2),
+                timeout: Duration::from_secs(5),
+                redirects: 0,
+            })
             .await;
         match sent {
             Ok(r) if r.status().is_success() => return,
             Ok(r) => tracing::warn!(url, attempt, status = %r.status(), "webhook refused"),
+            Err(e @ EgressError::Denied(_)) => {
+                tracing::error!(url, error = %e, "webhook refused by the egress guard");
+                return;
+            }
             Err(e) => tracing::warn!(url, attempt, error = %e, "webhook unreachable"),
         }
         if attempt < ATTEMPTS {

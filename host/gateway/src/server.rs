@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::access::Require;
 use crate::api::{self, BodyLimits};
 use crate::app::{App, AppConfig};
+use crate::egress::{EgressPolicy, parse_allowlist};
 use crate::store::Store;
 use crate::tenants::new_operator_secret;
 
@@ -30,6 +31,12 @@ pub struct ServeConfig {
     pub app: AppConfig,
     /// Request body limits.
     pub limits: BodyLimits,
+    /// Destinations the egress guard opens: comma-separated networks, addresses and host names
+    /// (`--egress-allow`).
+    pub egress_allow: String,
+    /// A PEM bundle of CAs trusted for outbound HTTPS besides the web PKI roots
+    /// (`--egress-ca-file`).
+    pub egress_ca_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -42,6 +49,8 @@ impl ServeConfig {
             master_key: None,
             app: AppConfig::default(),
             limits: BodyLimits::default(),
+            egress_allow: String::new(),
+            egress_ca_file: None,
         }
     }
 }
@@ -95,15 +104,28 @@ impl Gateway {
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         let signer = crate::checkpoint::CheckpointSigner::load_or_create(&config.data_dir)?;
         let master_key = crate::vault::master_key(&config.data_dir, config.master_key.as_deref())?;
-        let app = App::open(store, config.app.clone(), signer, &master_key)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let mut app_config = config.app.clone();
+        let (allow_nets, allow_hosts) = parse_allowlist(&config.egress_allow)
+            .map_err(|e| anyhow::anyhow!("--egress-allow: {e}"))?;
+        app_config.egress = EgressPolicy {
+            allow_nets,
+            allow_hosts,
+            own: vec![listener.local_addr()?],
+        };
+        if let Some(path) = &config.egress_ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            app_config.egress_roots = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM bundle of certificates", path.display()))?;
+        }
+        let app = App::open(store, app_config, signer, &master_key)?;
         let (operator_key, operator_key_generated) = match config.operator_key {
             Some(key) => (key, false),
             None => operator_key_file(&config.data_dir)?,
         };
         app.tenants().tenants().install_operator_key(&operator_key);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             app,
             listener,

@@ -35,8 +35,11 @@ pub enum StoreError {
 /// Result of a store operation.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The store's tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The store's tables, one sled tree each, named after the variant in snake case.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray, strum::EnumCount,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Table {
     /// tenant id → tenant record.
     Tenants,
@@ -64,6 +67,8 @@ pub enum Table {
     Escalations,
     /// tenant ‖ credential name → nonce ‖ XChaCha20-Poly1305 sealed secret.
     Credentials,
+    /// tenant ‖ credential name → the origins the credential may be sent to (JSON).
+    CredentialOrigins,
     /// tenant ‖ service ‖ tool name → catalog entry.
     Catalog,
     /// tenant ‖ job id → downstream job.
@@ -73,44 +78,8 @@ pub enum Table {
 }
 
 impl Table {
-    const ALL: [Table; 16] = [
-        Self::Tenants,
-        Self::Keys,
-        Self::KeyIds,
-        Self::Policies,
-        Self::Active,
-        Self::Audit,
-        Self::Events,
-        Self::Sessions,
-        Self::SessionMarks,
-        Self::Usage,
-        Self::Checkpoints,
-        Self::Escalations,
-        Self::Credentials,
-        Self::Catalog,
-        Self::Jobs,
-        Self::Idempotency,
-    ];
-
     fn name(self) -> &'static str {
-        match self {
-            Self::Tenants => "tenants",
-            Self::Keys => "keys",
-            Self::KeyIds => "key_ids",
-            Self::Policies => "policies",
-            Self::Active => "active",
-            Self::Audit => "audit",
-            Self::Events => "events",
-            Self::Sessions => "sessions",
-            Self::SessionMarks => "session_marks",
-            Self::Usage => "usage",
-            Self::Checkpoints => "checkpoints",
-            Self::Escalations => "escalations",
-            Self::Credentials => "credentials",
-            Self::Catalog => "catalog",
-            Self::Jobs => "jobs",
-            Self::Idempotency => "idempotency",
-        }
+        self.into()
     }
 }
 
@@ -137,7 +106,7 @@ pub struct Store(std::sync::Arc<Parts>);
 struct Parts {
     dir: std::path::PathBuf,
     db: sled::Db,
-    trees: [sled::Tree; 16],
+    trees: [sled::Tree; <Table as strum::EnumCount>::COUNT],
 }
 
 impl Store {
@@ -171,9 +140,9 @@ impl Store {
             // keep a leaf of audit blocks (up to 16 blocks of 16 records) in the log.
             .segment_size(2 << 20)
             .open()?;
-        let trees = Table::ALL
+        let trees = <Table as strum::VariantArray>::VARIANTS
+            .iter()
             .map(|t| db.open_tree(t.name()))
-            .into_iter()
             .collect::<std::result::Result<Vec<_>, _>>()?
             .try_into()
             .unwrap_or_else(|_| unreachable!("one tree per table"));

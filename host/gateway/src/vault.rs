@@ -81,6 +81,37 @@ fn valid_credential_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
+/// Most origins one credential may name.
+pub const MAX_ORIGINS: usize = 16;
+
+/// Each origin as `scheme://host[:port]` (the default port left out); one with a path, a
+/// query, credentials or another scheme than http(s) is refused.
+fn normalize_origins(origins: &[String]) -> Result<Vec<String>, VaultError> {
+    const USAGE: &str =
+        "origins must be 1 to 16 http(s) origins such as https://api.github.com, without a path";
+    if origins.is_empty() || origins.len() > MAX_ORIGINS {
+        return Err(VaultError::Invalid(USAGE));
+    }
+    let mut out = Vec::with_capacity(origins.len());
+    for origin in origins {
+        let url = reqwest::Url::parse(origin).map_err(|_| VaultError::Invalid(USAGE))?;
+        let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host().is_none()
+            || !url.username().is_empty()
+            || url.password().is_some()
+            || !bare
+        {
+            return Err(VaultError::Invalid(USAGE));
+        }
+        let normalized = url.origin().ascii_serialization();
+        if !out.contains(&normalized) {
+            out.push(normalized);
+        }
+    }
+    Ok(out)
+}
+
 impl Vault {
     /// A vault over `store` sealed with `master_key`.
     pub fn new(store: Store, master_key: &[u8; 32]) -> Self {
@@ -90,8 +121,16 @@ impl Vault {
         }
     }
 
-    /// Seals and stores a tenant's credential, replacing any of the same name.
-    pub fn put(&self, tenant_id: &str, name: &str, secret: &str) -> Result<(), VaultError> {
+    /// Seals and stores a tenant's credential with the origins it may be sent to (e.g.
+    /// `https://api.github.com`), replacing any of the same name; returns the origins as stored
+    /// (normalized).
+    pub fn put(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        secret: &str,
+        origins: &[String],
+    ) -> Result<Vec<String>, VaultError> {
         if !valid_credential_name(name) {
             return Err(VaultError::Invalid(
                 "credential name must be 1 to 64 letters, digits, `-`, `_` or `.`",
@@ -102,6 +141,7 @@ impl Vault {
                 "secret must be 1 byte to 16 KiB with no line breaks",
             ));
         }
+        let origins = normalize_origins(origins)?;
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
@@ -116,12 +156,30 @@ impl Vault {
             .map_err(|_| VaultError::Unsealable(name.to_owned()))?;
         let mut value = nonce.to_vec();
         value.extend_from_slice(&sealed);
-        self.store.put_raw(
-            Table::Credentials,
-            &tenant_key(tenant_id, &[name.as_bytes()]),
-            &value,
-        )?;
-        Ok(())
+        let key = tenant_key(tenant_id, &[name.as_bytes()]);
+        self.store.commit(&[
+            (
+                Table::CredentialOrigins,
+                key.clone(),
+                serde_json::to_vec(&origins).expect("strings serialize"),
+            ),
+            (Table::Credentials, key, value),
+        ])?;
+        Ok(origins)
+    }
+
+    /// The origins a tenant's credential may be sent to; `None` if there is no such
+    /// credential. A credential stored before origins existed has none: it is sent nowhere.
+    pub fn origins(&self, tenant_id: &str, name: &str) -> Result<Option<Vec<String>>, VaultError> {
+        let key = tenant_key(tenant_id, &[name.as_bytes()]);
+        if self.store.get_raw(Table::Credentials, &key)?.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.store
+                .get(Table::CredentialOrigins, &key)?
+                .unwrap_or_default(),
+        ))
     }
 
     /// Opens a tenant's credential, to inject it into a downstream request.
@@ -172,6 +230,7 @@ impl Vault {
         let key = tenant_key(tenant_id, &[name.as_bytes()]);
         let existed = self.store.get_raw(Table::Credentials, &key)?.is_some();
         self.store.remove(Table::Credentials, &key)?;
+        self.store.remove(Table::CredentialOrigins, &key)?;
         Ok(existed)
     }
 }
@@ -188,7 +247,13 @@ mod tests {
     fn secrets_round_trip_and_are_not_stored_in_clear() {
         let dir = tempfile::tempdir().unwrap();
         let v = vault(dir.path(), [1; 32]);
-        v.put("ten_a", "github", "ghp_supersecret").unwrap();
+        v.put(
+            "ten_a",
+            "github",
+            "ghp_supersecret",
+            &["https://api.github.com".into()],
+        )
+        .unwrap();
         assert_eq!(
             v.open("ten_a", "github").unwrap().unwrap().as_str(),
             "ghp_supersecret"
@@ -210,7 +275,13 @@ mod tests {
     fn sealed_value_moved_or_opened_with_another_key_fails() {
         let dir = tempfile::tempdir().unwrap();
         let v = vault(dir.path(), [1; 32]);
-        v.put("ten_a", "github", "s3cret").unwrap();
+        v.put(
+            "ten_a",
+            "github",
+            "s3cret",
+            &["https://api.github.com".into()],
+        )
+        .unwrap();
         let sealed = v
             .store
             .get_raw(Table::Credentials, &tenant_key("ten_a", &[b"github"]))
@@ -234,6 +305,40 @@ mod tests {
         ));
         assert!(v.delete("ten_a", "github").unwrap());
         assert!(v.open("ten_a", "github").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_credential_names_the_origins_it_may_be_sent_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = vault(dir.path(), [1; 32]);
+        let stored = v
+            .put(
+                "ten_a",
+                "github",
+                "s",
+                &[
+                    "https://API.github.com:443".into(),
+                    "http://127.0.0.1:8080".into(),
+                ],
+            )
+            .unwrap();
+        assert_eq!(stored, ["https://api.github.com", "http://127.0.0.1:8080"]);
+        assert_eq!(v.origins("ten_a", "github").unwrap(), Some(stored));
+        assert_eq!(v.origins("ten_a", "other").unwrap(), None);
+        for bad in [
+            vec![],
+            vec!["https://api.github.com/repos".to_owned()],
+            vec!["ftp://files.example".to_owned()],
+            vec!["https://user:pw@api.github.com".to_owned()],
+            vec!["api.github.com".to_owned()],
+        ] {
+            assert!(
+                matches!(v.put("ten_a", "x", "s", &bad), Err(VaultError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(v.delete("ten_a", "github").unwrap());
+        assert_eq!(v.origins("ten_a", "github").unwrap(), None);
     }
 
     #[test]

@@ -508,6 +508,9 @@ pub struct ToolList {
 pub struct CredentialBody {
     /// The secret: stored encrypted, never returned.
     pub secret: String,
+    /// The origins it may be sent to, e.g. `https://api.github.com` (1 to 16). It is sent only
+    /// to these, and over plain HTTP only to an `http://` origin named here.
+    pub origins: Vec<String>,
 }
 
 /// The tenant's credential names.

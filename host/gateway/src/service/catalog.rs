@@ -3,6 +3,7 @@
 
 use crate::access::{Admin, Agent, Reviewer, TenantScope};
 use crate::catalog::{Catalog, ResolvedRequest, ToolEntry};
+use crate::egress::Egress;
 use crate::error::{AppError, Result};
 use crate::vault::Vault;
 
@@ -11,11 +12,47 @@ use crate::vault::Vault;
 pub struct CatalogService {
     pub(crate) catalog: Catalog,
     pub(crate) vault: Vault,
+    pub(crate) egress: Egress,
 }
 
 impl CatalogService {
-    /// Adds or replaces a tool in the tenant's catalog.
+    /// Adds or replaces a tool in the tenant's catalog. Refused: a destination the egress
+    /// guard refuses when it is a literal address, and a credential sent to an origin it is
+    /// not bound to (checked again when a job runs, as the catalog can change after).
     pub fn put_tool(&self, scope: &TenantScope<Admin>, entry: ToolEntry) -> Result<ToolEntry> {
+        entry.validate()?;
+        let destination = entry.destination()?;
+        let fixed = reqwest::Url::parse(&destination.origin.ascii_serialization())
+            .map_err(|e| AppError::invalid(format!("url: {e}")))?;
+        self.egress
+            .policy()
+            .check_url(&fixed)
+            .map_err(|e| AppError::Invalid {
+                code: "egress_denied",
+                message: e.to_string(),
+            })?;
+        if let Some(credential) = &entry.credential {
+            let origin = destination.origin.ascii_serialization();
+            match self.vault.origins(scope.tenant_id(), &credential.name)? {
+                None => {
+                    return Err(AppError::invalid(format!(
+                        "credential `{}` is not stored; put it (with its origins) first",
+                        credential.name
+                    )));
+                }
+                Some(origins) if !origins.contains(&origin) => {
+                    return Err(AppError::Invalid {
+                        code: "credential_origin_mismatch",
+                        message: format!(
+                            "credential `{}` may be sent only to {}, not to {origin}",
+                            credential.name,
+                            origins.join(", ")
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
         self.catalog.put(scope.tenant_id(), &entry)?;
         Ok(entry)
     }
@@ -25,14 +62,16 @@ impl CatalogService {
         Ok(self.catalog.list(scope.tenant_id())?)
     }
 
-    /// Stores (sealed) a credential of the tenant. Its value is never returned.
+    /// Stores (sealed) a credential of the tenant with the origins it may be sent to; returns
+    /// them normalized. Its value is never returned.
     pub fn put_credential(
         &self,
         scope: &TenantScope<Admin>,
         name: &str,
         secret: &str,
-    ) -> Result<()> {
-        Ok(self.vault.put(scope.tenant_id(), name, secret)?)
+        origins: &[String],
+    ) -> Result<Vec<String>> {
+        Ok(self.vault.put(scope.tenant_id(), name, secret, origins)?)
     }
 
     /// The names of the tenant's credentials.

@@ -4,6 +4,7 @@
 
 use crate::access::{Admin, KeyManager, OperatorScope, Require, TenantScope};
 use crate::audit::{Effects, Kind, RecordBody, SharedLedger};
+use crate::egress::Egress;
 use crate::error::{AppError, Result};
 use crate::tenants::{KeyRecord, Principal, Role, Tenant, TenantLimits, Tenants};
 
@@ -14,6 +15,8 @@ pub struct TenantService {
     pub(crate) audit: SharedLedger,
     /// The most memory a tenant's evaluations may be given, MiB (the engine's cap).
     pub(crate) max_memory_mib: u32,
+    /// What outbound connections may reach (webhook URLs are checked against it).
+    pub(crate) egress: Egress,
 }
 
 impl TenantService {
@@ -99,8 +102,21 @@ impl TenantService {
         Ok(key)
     }
 
-    /// Sets the tenant's webhook URLs; returns the new signing secret (shown once).
+    /// Sets the tenant's webhook URLs; returns the new signing secret (shown once). A URL
+    /// whose host is an address the egress guard refuses is refused here, naming the rule; a
+    /// name is checked each time it is delivered to.
     pub fn set_webhooks(&self, scope: &TenantScope<Admin>, urls: Vec<String>) -> Result<String> {
+        for url in &urls {
+            if let Ok(parsed) = reqwest::Url::parse(url) {
+                self.egress
+                    .policy()
+                    .check_url(&parsed)
+                    .map_err(|e| AppError::Invalid {
+                        code: "egress_denied",
+                        message: format!("`{url}`: {e}"),
+                    })?;
+            }
+        }
         Ok(self.tenants.set_webhooks(scope.tenant_id(), urls)?)
     }
 

@@ -61,7 +61,8 @@ pub async fn list_tools(
     }))
 }
 
-/// Stores a credential, encrypted at rest; it is never returned (tenant admin).
+/// Stores a credential, encrypted at rest, with the origins it may be sent to; it is never
+/// returned (tenant admin).
 #[utoipa::path(put, path = "/v1/credentials/{name}", tag = "catalog",
     params(("name" = String, Path)),
     request_body = CredentialBody,
@@ -76,7 +77,7 @@ pub async fn put_credential(
     state
         .app
         .catalog()
-        .put_credential(&who.require()?, &name, &body.secret)?;
+        .put_credential(&who.require()?, &name, &body.secret, &body.origins)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
