@@ -374,3 +374,215 @@ async fn templates_keep_their_destination() {
         "/orgs/acme/repos/writ/collaborators/alice"
     );
 }
+
+#[tokio::test]
+async fn every_change_that_governs_calls_is_in_the_chain_with_who_made_it() {
+    let seen = Arc::default();
+    let base = serve_http("127.0.0.1", echo(Arc::clone(&seen))).await;
+    let (gw, _dir) = start("127.0.0.1/32", None).await;
+    let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
+    let op = gw.operator_key.clone();
+    assert_eq!(put_credential(&gw, &t, &[&base]).await.0, 204);
+    assert_eq!(
+        put_tool(&gw, &t, "get", &format!("{base}/r/{{id}}"), true)
+            .await
+            .0,
+        200
+    );
+    let job = run(&gw, &t, "get", json!({"id": "7"})).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    let hooks = json!({"urls": [format!("{base}/hook")]});
+    let (status, _) = gw
+        .call(Method::PUT, "/v1/webhooks", Some(&t.admin), Some(hooks))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = gw
+        .call(
+            Method::PUT,
+            "/v1/webhooks",
+            Some(&t.admin),
+            Some(json!({"urls": []})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = gw
+        .call(
+            Method::PATCH,
+            &format!("/v1/admin/tenants/{}", t.id),
+            Some(&op),
+            Some(json!({"irreversible_gate": false})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/catalog/github/get",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/catalog/github/get",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/credentials/github",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+
+    let export = gw
+        .request(Method::GET, "/v1/audit/export", Some(&t.admin), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!export.contains(SECRET), "the secret is in no record");
+    let records: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let detail =
+        |r: &Value| -> Value { serde_json::from_str(r["detail"].as_str().unwrap()).unwrap() };
+    let of = |kind: &str| -> Vec<&Value> { records.iter().filter(|r| r["kind"] == kind).collect() };
+    for (kind, actor) in [
+        ("credential_put", "admin@example.com"),
+        ("catalog_put", "admin@example.com"),
+        ("webhooks_set", "admin@example.com"),
+        ("webhooks_removed", "admin@example.com"),
+        ("catalog_deleted", "admin@example.com"),
+        ("credential_deleted", "admin@example.com"),
+        ("tenant_limits_changed", "operator"),
+    ] {
+        let found = of(kind);
+        assert_eq!(found.len(), 1, "{kind}");
+        assert_eq!(found[0]["actor"], actor, "{kind}");
+        assert!(
+            detail(found[0])["key_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("key_"),
+            "{kind}"
+        );
+    }
+    assert_eq!(detail(of("credential_put")[0])["origins"], json!([base]));
+    assert_eq!(detail(of("catalog_put")[0])["credential"], "github");
+    let limits = detail(of("tenant_limits_changed")[0]);
+    assert_eq!(limits["old"]["irreversible_gate"], true);
+    assert_eq!(limits["new"]["irreversible_gate"], false);
+    // The decision records the downstream request it resolved to, never the secret.
+    let decision = of("decision")
+        .into_iter()
+        .find(|r| r["action"] == "get")
+        .expect("the call's decision");
+    let request = &detail(decision)["request"];
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["url"], format!("{base}/r/7"));
+    assert_eq!(request["credential"], "github");
+
+    // The independent verifier recomputes every record, the new kinds included.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &export).unwrap();
+    let out = tokio::process::Command::new(writ_tests::python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/verify_export.py"
+        ))
+        .arg(file.path())
+        .args(["--tenant", &t.id])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!("ok {}", records.len())),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn the_webhook_secret_is_sealed_at_rest_and_signs_after_a_restart() {
+    // (signature header, body) of each delivery.
+    type Deliveries = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let got: Deliveries = Arc::default();
+    let receiver = {
+        let got = got.clone();
+        axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let got = got.clone();
+            async move {
+                let signature = req.headers()["x-writ-signature"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                    .await
+                    .unwrap();
+                got.lock().unwrap().push((signature, body.to_vec()));
+                "ok"
+            }
+        })
+    };
+    let hook = format!("{}/hook", serve_http("127.0.0.1", receiver).await);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_in(dir.path()).await;
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (status, set) = gw
+        .call(
+            Method::PUT,
+            "/v1/webhooks",
+            Some(&t.admin),
+            Some(json!({"urls": [hook]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{set}");
+    let secret = set["secret"].as_str().unwrap().to_owned();
+    gw.stop().await;
+    for file in writ_tests::files_under(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the webhook secret is in clear in {}",
+            file.display()
+        );
+    }
+
+    let gw = TestGateway::start_in(dir.path()).await;
+    let over = json!({"amount": 800, "currency": "GBP", "recipient_id": "r"});
+    let (_, held) = gw.execute(&t.agent, "s", "payments.initiate", over).await;
+    assert_eq!(held["decision"], "ESCALATE", "{held}");
+    let started = Instant::now();
+    while got.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (signature, body) = got.lock().unwrap()[0].clone();
+    let (t_ms, v1) = signature
+        .strip_prefix("t=")
+        .and_then(|s| s.split_once(",v1="))
+        .unwrap();
+    use hmac::Mac as _;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t_ms}.").as_bytes());
+    mac.update(&body);
+    assert_eq!(
+        v1,
+        hex::encode(mac.finalize().into_bytes()),
+        "signed with the same secret"
+    );
+}

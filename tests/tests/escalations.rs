@@ -761,12 +761,26 @@ async fn webhooks_are_signed_retried_and_never_slow_a_decision() {
             events.iter().map(|(k, _, _)| k.as_str()).collect();
         assert!(kinds.contains("escalation_opened") && kinds.contains("escalation_resolved"));
         for (kind, signature, body) in &events {
+            // `t=<ms>,v1=<hex HMAC of "<ms>.<body>">`: the time is signed with the body.
+            let (t, v1) = signature
+                .strip_prefix("t=")
+                .and_then(|s| s.split_once(",v1="))
+                .unwrap_or_else(|| panic!("{signature}"));
+            let sent_ms: u64 = t.parse().unwrap();
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            assert!(now_ms.abs_diff(sent_ms) < 60_000, "signed now: {signature}");
             let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(format!("{t}.").as_bytes());
             mac.update(body);
-            assert_eq!(
-                signature,
-                &format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-            );
+            assert_eq!(v1, hex::encode(mac.finalize().into_bytes()));
+            // The same signature does not cover the body at another time.
+            let mut replayed = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            replayed.update(format!("{}.", sent_ms + 300_000).as_bytes());
+            replayed.update(body);
+            assert_ne!(v1, hex::encode(replayed.finalize().into_bytes()));
             let event: Value = serde_json::from_slice(body).unwrap();
             assert_eq!(event["type"], kind.as_str());
             assert_eq!(event["escalation_id"], id.as_str());

@@ -206,7 +206,7 @@ impl App {
             audit: audit.clone(),
             tenants: tenants.clone(),
             jobs: jobs.clone(),
-            notifier: Notifier::start(&tasks, cancel.clone(), egress.clone()),
+            notifier: Notifier::start(&tasks, cancel.clone(), egress.clone(), clock.clone()),
             metrics: metrics.clone(),
             clock: clock.clone(),
         };
@@ -238,6 +238,9 @@ impl App {
                 audit: audit.clone(),
                 max_memory_mib: (config.engine.max_memory_bytes >> 20) as u32,
                 egress: egress.clone(),
+                config: Arc::default(),
+                vault: vault.clone(),
+                store: store.clone(),
             },
             policies: PolicyService {
                 policies,
@@ -248,6 +251,7 @@ impl App {
                 catalog,
                 vault,
                 egress: egress.clone(),
+                audit: audit.clone(),
             },
             audit: AuditService {
                 audit,
@@ -264,6 +268,7 @@ impl App {
             tasks,
             cancel,
         };
+        services.tenants.load_webhook_secrets()?;
         services.jobs.record_interrupted(interrupted);
         let inner = Arc::new(services);
         spawn_checkpoint_signer(&inner);

@@ -9,7 +9,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Store, StoreError, Table, Write};
 use crate::tenants::{tenant_key, tenant_prefix};
 
 /// Errors of the catalog.
@@ -277,8 +277,9 @@ impl ToolEntry {
 /// The tenants' catalogs in the store. Cheap to clone.
 ///
 /// Which services each tenant has entries for is also kept in memory, so a call naming a
-/// service outside the tenant's catalog is answered without touching the store. Entries are never removed and [`Catalog::put`] is the
-/// only writer, so the set only grows, and it grows after the entry is stored.
+/// service outside the tenant's catalog is answered without touching the store. The set only
+/// grows, after an entry is stored: a service whose entries were all deleted stays in it, and
+/// its calls are answered `unknown_tool` rather than treated as uncatalogued.
 #[derive(Clone)]
 pub struct Catalog {
     store: Store,
@@ -310,21 +311,37 @@ impl Catalog {
         Ok(catalog)
     }
 
-    /// Adds or replaces an entry, after validating it.
+    /// Adds or replaces an entry, after validating it, without a record (the unit tests').
+    #[cfg(test)]
     pub fn put(&self, tenant_id: &str, entry: &ToolEntry) -> Result<(), CatalogError> {
+        let (table, key, value) = self.row(tenant_id, entry)?;
+        self.store.put_raw(table, &key, &value)?;
+        self.stored(tenant_id, entry);
+        Ok(())
+    }
+
+    /// The store row of a validated entry, to commit with the record of its change; then
+    /// [`Catalog::stored`].
+    pub fn row(&self, tenant_id: &str, entry: &ToolEntry) -> Result<Write, CatalogError> {
         entry.validate()?;
-        let key = tenant_key(
-            tenant_id,
-            &[entry.service.as_bytes(), entry.tool_name.as_bytes()],
-        );
-        self.store.put(Table::Catalog, &key, entry)?;
+        let key = Self::key(tenant_id, &entry.service, &entry.tool_name);
+        let value = serde_json::to_vec(entry).expect("catalog entries serialize");
+        Ok((Table::Catalog, key, value))
+    }
+
+    /// The row of `service` / `tool_name`, to remove with the record of its deletion.
+    pub fn key(tenant_id: &str, service: &str, tool_name: &str) -> Vec<u8> {
+        tenant_key(tenant_id, &[service.as_bytes(), tool_name.as_bytes()])
+    }
+
+    /// Notes in memory that `entry` is stored (its service is now catalogued).
+    pub fn stored(&self, tenant_id: &str, entry: &ToolEntry) {
         self.services
             .write()
             .expect("catalog services lock")
             .entry(tenant_id.to_owned())
             .or_default()
             .insert(entry.service.clone());
-        Ok(())
     }
 
     /// The entry for `service` and `tool_name`.
@@ -334,8 +351,9 @@ impl Catalog {
         service: &str,
         tool_name: &str,
     ) -> Result<Option<ToolEntry>, CatalogError> {
-        let key = tenant_key(tenant_id, &[service.as_bytes(), tool_name.as_bytes()]);
-        Ok(self.store.get(Table::Catalog, &key)?)
+        Ok(self
+            .store
+            .get(Table::Catalog, &Self::key(tenant_id, service, tool_name))?)
     }
 
     /// Whether the tenant has any entry for `service` (from memory).

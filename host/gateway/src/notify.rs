@@ -1,7 +1,8 @@
 //! Webhook notifications of escalations: each tenant may register URLs; on
 //! `escalation_opened` and `escalation_resolved` the gateway POSTs a JSON event, signed with
-//! HMAC-SHA256 of the body under the tenant's webhook secret (`X-Writ-Signature:
-//! sha256=<hex>`), retried with exponential backoff.
+//! HMAC-SHA256 under the tenant's webhook secret over the time and the body
+//! (`X-Writ-Signature: t=<ms>,v1=<hex>`), retried with exponential backoff, through the
+//! egress guard.
 //!
 //! Delivery never slows a decision: events go on a bounded queue (full: dropped and logged)
 //! and are sent by background tasks.
@@ -16,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::SharedClock;
 use crate::egress::{Egress, EgressError, Outbound};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 
@@ -37,11 +39,15 @@ pub struct Notification {
     pub body: Value,
 }
 
-/// The signature header value of `body` under `secret`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// The `X-Writ-Signature` value of `body` sent at `t_ms` under `secret`:
+/// `t=<ms>,v1=<hex HMAC-SHA256 of "<ms>.<body>">`. The time is signed with the body, so a
+/// receiver that refuses old timestamps cannot be sent a captured delivery again later.
+pub fn signature(secret: &str, t_ms: u64, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(t_ms.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    format!("t={t_ms},v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// The sending side of the delivery queue. Cheap to clone.
@@ -53,7 +59,12 @@ pub struct Notifier {
 impl Notifier {
     /// Starts the delivery task on `tasks`; it and every delivery in flight stop at `cancel`
     /// (an event cut off by shutdown is not delivered).
-    pub fn start(tasks: &TaskTracker, cancel: CancellationToken, egress: Egress) -> Self {
+    pub fn start(
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+        egress: Egress,
+        clock: SharedClock,
+    ) -> Self {
         let (queue, mut rx) = mpsc::channel::<Notification>(10_000);
         let in_flight = Arc::new(Semaphore::new(64));
         let deliveries = tasks.clone();
@@ -67,21 +78,22 @@ impl Notifier {
                     },
                 };
                 let bytes = serde_json::to_vec(&n.body).expect("events serialize");
-                let signature = signature(&n.secret, &bytes);
+                let secret = Arc::new(n.secret);
                 for url in n.urls {
                     let Ok(permit) = in_flight.clone().acquire_owned().await else {
                         return;
                     };
-                    let (egress, bytes, signature, cancel) = (
+                    let (egress, bytes, secret, cancel, clock) = (
                         egress.clone(),
                         bytes.clone(),
-                        signature.clone(),
+                        secret.clone(),
                         cancel.clone(),
+                        clock.clone(),
                     );
                     deliveries.spawn(async move {
                         tokio::select! {
                             () = cancel.cancelled() => {}
-                            () = deliver(&egress, &url, n.kind, bytes, &signature) => {}
+                            () = deliver(&egress, &clock, &url, n.kind, bytes, &secret) => {}
                         }
                         drop(permit);
                     });
@@ -102,7 +114,14 @@ impl Notifier {
     }
 }
 
-async fn deliver(egress: &Egress, url: &str, kind: &str, body: Vec<u8>, signature: &str) {
+async fn deliver(
+    egress: &Egress,
+    clock: &SharedClock,
+    url: &str,
+    kind: &str,
+    body: Vec<u8>,
+    secret: &str,
+) {
     let Ok(parsed) = reqwest::Url::parse(url) else {
         tracing::error!(url, "webhook URL does not parse");
         return;
@@ -113,12 +132,14 @@ async fn deliver(egress: &Egress, url: &str, kind: &str, body: Vec<u8>, signatur
         "x-writ-event",
         HeaderValue::from_str(kind).expect("event kinds are ASCII"),
     );
-    headers.insert(
-        "x-writ-signature",
-        HeaderValue::from_str(signature).expect("signatures are hex"),
-    );
     let mut backoff = FIRST_BACKOFF;
     for attempt in 1..=ATTEMPTS {
+        // Signed at each attempt: a retry carries its own time.
+        let signed = signature(secret, clock.now_ms(), &body);
+        headers.insert(
+            "x-writ-signature",
+            HeaderValue::from_str(&signed).expect("signatures are ASCII"),
+        );
         let sent = egress
             .send(Outbound {
                 method: reqwest::Method::POST,

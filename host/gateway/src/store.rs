@@ -69,6 +69,8 @@ pub enum Table {
     Credentials,
     /// tenant ‖ credential name → the origins the credential may be sent to (JSON).
     CredentialOrigins,
+    /// tenant id → nonce ‖ XChaCha20-Poly1305 sealed webhook signing secret.
+    WebhookSecrets,
     /// tenant ‖ service ‖ tool name → catalog entry.
     Catalog,
     /// tenant ‖ job id → downstream job.
@@ -97,6 +99,9 @@ pub fn key(parts: &[&[u8]]) -> Vec<u8> {
 
 /// One write of a [`Store::commit`].
 pub type Write = (Table, Vec<u8>, Vec<u8>);
+
+/// One removal of a [`Store::commit_with_removes`].
+pub type Remove = (Table, Vec<u8>);
 
 /// The sled database and its trees. Cheap to clone: one reference count, where the parts
 /// themselves would be eighteen and a path copy (each evaluation takes a clone).
@@ -332,7 +337,16 @@ impl Store {
     /// Every sled transaction costs a log buffer write, and every insert a copy of its leaf,
     /// so the audit log's writer commits a whole batch at once, in as few values as it can.
     pub fn commit(&self, writes: &[Write]) -> Result<()> {
-        let mut tables: Vec<Table> = writes.iter().map(|(t, _, _)| *t).collect();
+        self.commit_with_removes(writes, &[])
+    }
+
+    /// [`Store::commit`] that also removes `removes`, in the same transaction.
+    pub fn commit_with_removes(&self, writes: &[Write], removes: &[Remove]) -> Result<()> {
+        let mut tables: Vec<Table> = writes
+            .iter()
+            .map(|(t, _, _)| *t)
+            .chain(removes.iter().map(|(t, _)| *t))
+            .collect();
         tables.sort_by_key(|t| *t as usize);
         tables.dedup();
         let trees: Vec<&sled::Tree> = tables.iter().map(|t| self.tree(*t)).collect();
@@ -341,6 +355,10 @@ impl Store {
                 for (table, key, value) in writes {
                     let at = tables.iter().position(|t| t == table).expect("collected");
                     trees[at].set(key.as_slice(), value.as_slice());
+                }
+                for (table, key) in removes {
+                    let at = tables.iter().position(|t| t == table).expect("collected");
+                    trees[at].remove(key.as_slice())?;
                 }
                 Ok(())
             });

@@ -11,7 +11,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
-use crate::store::{self, Store, StoreError, Table};
+use crate::store::{self, Store, StoreError, Table, Write};
 use writ_runtime::evaluation::Limits;
 
 /// Prefix of tenant keys (agent, reviewer, admin).
@@ -168,8 +168,10 @@ pub struct Tenant {
     /// Webhook URLs notified of escalations.
     #[serde(default)]
     pub webhook_urls: Vec<String>,
-    /// HMAC-SHA256 key signing webhook bodies (an HMAC key must be kept to sign with).
-    #[serde(default)]
+    /// HMAC-SHA256 key signing webhook deliveries, in memory only: it is stored sealed in the
+    /// vault. (Read from a row, it is one written before that, which the gateway moves into the
+    /// vault at start.)
+    #[serde(default, skip_serializing)]
     pub webhook_secret: Option<String>,
 }
 
@@ -329,28 +331,24 @@ impl Tenants {
         all
     }
 
-    /// Replaces a tenant's limits, after validating them.
-    pub fn set_limits(
+    /// The tenant as it is and as it would be with `limits`, after validating them; nothing
+    /// is written (see [`Tenants::row`] and [`Tenants::replaced`]).
+    pub fn with_limits(
         &self,
         tenant_id: &str,
         limits: TenantLimits,
         max_memory_mib: u32,
-    ) -> Result<Tenant> {
+    ) -> Result<(Tenant, Tenant)> {
         limits.validate(max_memory_mib)?;
-        let mut tenants = self.tenants.write().expect("tenants lock");
-        let tenant = tenants
-            .get_mut(tenant_id)
-            .ok_or(TenantError::TenantNotFound)?;
-        let mut updated = tenant.clone();
+        let current = self.get(tenant_id).ok_or(TenantError::TenantNotFound)?;
+        let mut updated = current.clone();
         updated.limits = limits;
-        self.store
-            .put(Table::Tenants, tenant_id.as_bytes(), &updated)?;
-        *tenant = updated.clone();
-        Ok(updated)
+        Ok((current, updated))
     }
 
-    /// Replaces a tenant's webhook URLs and issues a new signing secret, returned once.
-    pub fn set_webhooks(&self, tenant_id: &str, urls: Vec<String>) -> Result<String> {
+    /// The tenant with webhook `urls` and a new signing secret (returned once), after
+    /// validating them; nothing is written.
+    pub fn with_webhooks(&self, tenant_id: &str, urls: Vec<String>) -> Result<(Tenant, String)> {
         if urls.len() > 10 {
             return Err(TenantError::Invalid("at most 10 webhook URLs".into()));
         }
@@ -364,18 +362,28 @@ impl Tenants {
                 )));
             }
         }
-        let secret = format!("whsec_{}", random_hex(24));
-        let mut tenants = self.tenants.write().expect("tenants lock");
-        let tenant = tenants
-            .get_mut(tenant_id)
-            .ok_or(TenantError::TenantNotFound)?;
-        let mut updated = tenant.clone();
+        let mut updated = self.get(tenant_id).ok_or(TenantError::TenantNotFound)?;
+        let secret = (!urls.is_empty()).then(|| format!("whsec_{}", random_hex(24)));
+        updated.webhook_secret = secret.clone();
         updated.webhook_urls = urls;
-        updated.webhook_secret = Some(secret.clone());
-        self.store
-            .put(Table::Tenants, tenant_id.as_bytes(), &updated)?;
-        *tenant = updated;
-        Ok(secret)
+        Ok((updated, secret.unwrap_or_default()))
+    }
+
+    /// A tenant's store row, to commit with the record of its change.
+    pub fn row(tenant: &Tenant) -> Write {
+        (
+            Table::Tenants,
+            tenant.id.as_bytes().to_vec(),
+            serde_json::to_vec(tenant).expect("tenants serialize"),
+        )
+    }
+
+    /// Puts a tenant whose row was committed into the in-memory table.
+    pub fn replaced(&self, tenant: Tenant) {
+        self.tenants
+            .write()
+            .expect("tenants lock")
+            .insert(tenant.id.clone(), tenant);
     }
 
     /// Creates a key for a tenant; returns the record and the secret, shown once.

@@ -50,6 +50,7 @@ impl CallScope {
                 })
                 .collect(),
             rows: Vec::new(),
+            removes: Vec::new(),
         }
     }
 }

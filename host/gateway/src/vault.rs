@@ -14,7 +14,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use crate::store::{Store, StoreError, Table};
+use crate::store::{Remove, Store, StoreError, Table, Write};
 use crate::tenants::{tenant_key, tenant_prefix};
 
 /// Errors of the vault.
@@ -74,6 +74,11 @@ fn aad(tenant_id: &str, name: &str) -> Vec<u8> {
     crate::store::key(&[tenant_id.as_bytes(), name.as_bytes()])
 }
 
+/// A webhook secret's associated data: no credential name is empty, so it never opens as one.
+fn webhook_aad(tenant_id: &str) -> Vec<u8> {
+    crate::store::key(&[tenant_id.as_bytes(), b"", b"webhook"])
+}
+
 fn valid_credential_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -131,6 +136,20 @@ impl Vault {
         secret: &str,
         origins: &[String],
     ) -> Result<Vec<String>, VaultError> {
+        let (rows, origins) = self.rows(tenant_id, name, secret, origins)?;
+        self.store.commit(&rows)?;
+        Ok(origins)
+    }
+
+    /// The rows that store a credential (sealed) and its origins, to commit with the record of
+    /// the change; and the origins normalized.
+    pub fn rows(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        secret: &str,
+        origins: &[String],
+    ) -> Result<(Vec<Write>, Vec<String>), VaultError> {
         if !valid_credential_name(name) {
             return Err(VaultError::Invalid(
                 "credential name must be 1 to 64 letters, digits, `-`, `_` or `.`",
@@ -157,15 +176,80 @@ impl Vault {
         let mut value = nonce.to_vec();
         value.extend_from_slice(&sealed);
         let key = tenant_key(tenant_id, &[name.as_bytes()]);
-        self.store.commit(&[
+        let rows = vec![
             (
                 Table::CredentialOrigins,
                 key.clone(),
                 serde_json::to_vec(&origins).expect("strings serialize"),
             ),
             (Table::Credentials, key, value),
-        ])?;
-        Ok(origins)
+        ];
+        Ok((rows, origins))
+    }
+
+    /// The rows of a credential, to remove with the record of its deletion.
+    pub fn keys(tenant_id: &str, name: &str) -> Vec<Remove> {
+        let key = tenant_key(tenant_id, &[name.as_bytes()]);
+        vec![
+            (Table::Credentials, key.clone()),
+            (Table::CredentialOrigins, key),
+        ]
+    }
+
+    /// The row that stores a tenant's webhook signing secret, sealed, to commit with the
+    /// record of the change.
+    pub fn webhook_row(&self, tenant_id: &str, secret: &str) -> Result<Write, VaultError> {
+        let mut nonce = [0u8; 24];
+        rand::rng().fill_bytes(&mut nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.as_bytes(),
+                    aad: &webhook_aad(tenant_id),
+                },
+            )
+            .map_err(|_| VaultError::Unsealable("webhook secret".into()))?;
+        let mut value = nonce.to_vec();
+        value.extend_from_slice(&sealed);
+        Ok((Table::WebhookSecrets, tenant_id.as_bytes().to_vec(), value))
+    }
+
+    /// The row of a tenant's webhook secret, to remove with the record of its removal.
+    pub fn webhook_key(tenant_id: &str) -> Remove {
+        (Table::WebhookSecrets, tenant_id.as_bytes().to_vec())
+    }
+
+    /// Opens a tenant's webhook signing secret, if it has one.
+    pub fn open_webhook(&self, tenant_id: &str) -> Result<Option<Zeroizing<String>>, VaultError> {
+        let Some(value) = self
+            .store
+            .get_raw(Table::WebhookSecrets, tenant_id.as_bytes())?
+        else {
+            return Ok(None);
+        };
+        self.unseal(&value, &webhook_aad(tenant_id), "webhook secret")
+            .map(Some)
+    }
+
+    fn unseal(
+        &self,
+        value: &[u8],
+        aad: &[u8],
+        what: &str,
+    ) -> Result<Zeroizing<String>, VaultError> {
+        if value.len() < 24 {
+            return Err(VaultError::Unsealable(what.to_owned()));
+        }
+        let (nonce, sealed) = value.split_at(24);
+        let plain = self
+            .cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .map_err(|_| VaultError::Unsealable(what.to_owned()))?;
+        String::from_utf8(plain)
+            .map(Zeroizing::new)
+            .map_err(|_| VaultError::Unsealable(what.to_owned()))
     }
 
     /// The origins a tenant's credential may be sent to; `None` if there is no such
@@ -195,23 +279,7 @@ impl Vault {
         else {
             return Ok(None);
         };
-        if value.len() < 24 {
-            return Err(VaultError::Unsealable(name.to_owned()));
-        }
-        let (nonce, sealed) = value.split_at(24);
-        let plain = self
-            .cipher
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad(tenant_id, name),
-                },
-            )
-            .map_err(|_| VaultError::Unsealable(name.to_owned()))?;
-        String::from_utf8(plain)
-            .map(|s| Some(Zeroizing::new(s)))
-            .map_err(|_| VaultError::Unsealable(name.to_owned()))
+        self.unseal(&value, &aad(tenant_id, name), name).map(Some)
     }
 
     /// The names of a tenant's credentials (never their values).

@@ -429,8 +429,9 @@ pub struct WebhooksBody {
 pub struct WebhooksView {
     /// The URLs.
     pub urls: Vec<String>,
-    /// The signing secret: returned once, when set. Each event carries
-    /// `X-Writ-Signature: sha256=<hex HMAC-SHA256 of the body under this secret>`.
+    /// The signing secret: returned once, when set. Each delivery carries
+    /// `X-Writ-Signature: t=<ms since the epoch>,v1=<hex HMAC-SHA256 of "<t>.<body>" under this
+    /// secret>`; refuse a delivery whose `t` is older than a few minutes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
 }

@@ -103,7 +103,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::reject_escalation))
         .routes(routes!(handlers::decide_escalation))
         .routes(routes!(handlers::set_webhooks, handlers::get_webhooks))
-        .routes(routes!(handlers::put_tool))
+        .routes(routes!(handlers::put_tool, handlers::delete_tool))
         .routes(routes!(handlers::list_tools))
         .routes(routes!(
             handlers::put_credential,

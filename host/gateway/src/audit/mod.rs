@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::SharedClock;
 use crate::metrics::AuditWriterMetrics;
-use crate::store::{Store, StoreError, Table, Write};
+use crate::store::{Remove, Store, StoreError, Table, Write};
 use crate::tenants::{tenant_key, tenant_prefix};
 
 mod blocks;
@@ -85,8 +85,11 @@ pub struct Effects {
     pub expect: Vec<(Vec<u8>, f64)>,
     /// Counter keys and amounts to add.
     pub add: Vec<(Vec<u8>, f64)>,
-    /// Rows written in the same transaction (an escalation's state, a job it creates).
+    /// Rows written in the same transaction (an escalation's state, a job it creates, a
+    /// configuration change).
     pub rows: Vec<Write>,
+    /// Rows removed in the same transaction (a configuration entry deleted).
+    pub removes: Vec<Remove>,
 }
 
 #[derive(Clone, Copy)]

@@ -22,6 +22,20 @@ pub enum Kind {
     EscalationResolved,
     /// A downstream job finished (completed or failed).
     JobFinished,
+    /// A catalog entry was added or replaced.
+    CatalogPut,
+    /// A catalog entry was removed.
+    CatalogDeleted,
+    /// A credential was stored (its name and origins; never the secret).
+    CredentialPut,
+    /// A credential was removed.
+    CredentialDeleted,
+    /// The tenant's webhook URLs were set (and a new signing secret issued).
+    WebhooksSet,
+    /// The tenant's webhooks were removed.
+    WebhooksRemoved,
+    /// The operator changed the tenant's limits (old and new values).
+    TenantLimitsChanged,
 }
 
 impl Kind {
@@ -122,6 +136,21 @@ impl RecordBody {
 }
 
 impl RecordBody {
+    /// A configuration change of `kind` made with the key `key_id` held by `subject`: the
+    /// subject is the record's `actor`, and `detail` (a JSON object) gains the `key_id`.
+    pub fn configuration(
+        kind: Kind,
+        key_id: &str,
+        subject: &str,
+        mut detail: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        let mut body = Self::new(kind);
+        detail.insert("key_id".into(), key_id.into());
+        body.actor = Some(subject.to_owned());
+        body.detail = Some(serde_json::Value::Object(detail).to_string());
+        body
+    }
+
     /// An empty record of `kind` for [`AuditLog::append`], which fills in `seq`, `prev_hash`,
     /// `tenant_id`, `timestamp_ms` and, unless the caller chose one, `event_id`.
     pub fn new(kind: Kind) -> Self {

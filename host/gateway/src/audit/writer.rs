@@ -21,6 +21,8 @@ pub(crate) struct Batch {
     pub(crate) records: HashMap<String, Vec<(u64, Vec<u8>)>>,
     /// Index rows and the records' own rows.
     pub(crate) rows: Vec<Write>,
+    /// Rows the records remove.
+    pub(crate) removes: Vec<Remove>,
     /// (tenant, session, seq) of the new records that have a session.
     pub(crate) sessions: Vec<(String, String, u64)>,
 }
@@ -119,7 +121,7 @@ impl Chains {
                 out
             })
         };
-        if let Err(e) = self.store.commit(&writes) {
+        if let Err(e) = self.store.commit_with_removes(&writes, &batch.removes) {
             tracing::error!(error = %e, "audit write failed");
             // Nothing was written: the chains stay as they were.
             let failed = e.to_string();
@@ -206,6 +208,7 @@ impl Chains {
             ));
         }
         batch.rows.extend(effects.rows);
+        batch.removes.extend(effects.removes);
         if let Some(session_id) = &record.body.session_id {
             batch
                 .sessions

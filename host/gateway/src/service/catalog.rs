@@ -1,10 +1,15 @@
 //! A tenant's tool catalog and credential vault as a service: admins configure them, agents'
 //! logical tool calls are resolved through them.
 
+use serde_json::json;
+
+use super::configuration;
 use crate::access::{Admin, Agent, Reviewer, TenantScope};
+use crate::audit::{Effects, Kind, SharedLedger};
 use crate::catalog::{Catalog, ResolvedRequest, ToolEntry};
 use crate::egress::Egress;
 use crate::error::{AppError, Result};
+use crate::store::Table;
 use crate::vault::Vault;
 
 /// Manages catalog entries and credentials, and resolves tool calls. Cheap to clone.
@@ -13,17 +18,24 @@ pub struct CatalogService {
     pub(crate) catalog: Catalog,
     pub(crate) vault: Vault,
     pub(crate) egress: Egress,
+    pub(crate) audit: SharedLedger,
 }
 
 impl CatalogService {
-    /// Adds or replaces a tool in the tenant's catalog. Refused: a destination the egress
-    /// guard refuses when it is a literal address, and a credential sent to an origin it is
-    /// not bound to (checked again when a job runs, as the catalog can change after).
-    pub fn put_tool(&self, scope: &TenantScope<Admin>, entry: ToolEntry) -> Result<ToolEntry> {
+    /// Adds or replaces a tool in the tenant's catalog, recorded in the chain in the same
+    /// write. Refused: a destination the egress guard refuses when it is a literal address, and
+    /// a credential sent to an origin it is not bound to (checked again when a job runs, as the
+    /// catalog can change after).
+    pub async fn put_tool(
+        &self,
+        scope: &TenantScope<Admin>,
+        entry: ToolEntry,
+    ) -> Result<ToolEntry> {
         entry.validate()?;
         let destination = entry.destination()?;
-        let fixed = reqwest::Url::parse(&destination.origin.ascii_serialization())
-            .map_err(|e| AppError::invalid(format!("url: {e}")))?;
+        let origin = destination.origin.ascii_serialization();
+        let fixed =
+            reqwest::Url::parse(&origin).map_err(|e| AppError::invalid(format!("url: {e}")))?;
         self.egress
             .policy()
             .check_url(&fixed)
@@ -32,7 +44,6 @@ impl CatalogService {
                 message: e.to_string(),
             })?;
         if let Some(credential) = &entry.credential {
-            let origin = destination.origin.ascii_serialization();
             match self.vault.origins(scope.tenant_id(), &credential.name)? {
                 None => {
                     return Err(AppError::invalid(format!(
@@ -53,8 +64,57 @@ impl CatalogService {
                 Some(_) => {}
             }
         }
-        self.catalog.put(scope.tenant_id(), &entry)?;
+        let row = self.catalog.row(scope.tenant_id(), &entry)?;
+        let detail = json!({
+            "service": entry.service,
+            "tool_name": entry.tool_name,
+            "method": entry.method,
+            "url": entry.url,
+            "credential": entry.credential.as_ref().map(|c| &c.name),
+            "destructive": entry.destructive,
+        });
+        let record = configuration(Kind::CatalogPut, scope.key(), detail);
+        let effects = Effects {
+            rows: vec![row],
+            ..Effects::default()
+        };
+        self.audit
+            .append(scope.tenant_id(), record, effects)
+            .await?;
+        self.catalog.stored(scope.tenant_id(), &entry);
         Ok(entry)
+    }
+
+    /// Removes a tool from the tenant's catalog, recorded in the chain in the same write.
+    pub async fn delete_tool(
+        &self,
+        scope: &TenantScope<Admin>,
+        service: &str,
+        tool_name: &str,
+    ) -> Result<()> {
+        if self
+            .catalog
+            .get(scope.tenant_id(), service, tool_name)?
+            .is_none()
+        {
+            return Err(AppError::NotFound("tool"));
+        }
+        let record = configuration(
+            Kind::CatalogDeleted,
+            scope.key(),
+            json!({"service": service, "tool_name": tool_name}),
+        );
+        let effects = Effects {
+            removes: vec![(
+                Table::Catalog,
+                Catalog::key(scope.tenant_id(), service, tool_name),
+            )],
+            ..Effects::default()
+        };
+        self.audit
+            .append(scope.tenant_id(), record, effects)
+            .await?;
+        Ok(())
     }
 
     /// The tenant's catalog.
@@ -62,16 +122,30 @@ impl CatalogService {
         Ok(self.catalog.list(scope.tenant_id())?)
     }
 
-    /// Stores (sealed) a credential of the tenant with the origins it may be sent to; returns
-    /// them normalized. Its value is never returned.
-    pub fn put_credential(
+    /// Stores (sealed) a credential of the tenant with the origins it may be sent to, recorded
+    /// in the chain (its name and origins, never the secret) in the same write; returns the
+    /// origins normalized. Its value is never returned.
+    pub async fn put_credential(
         &self,
         scope: &TenantScope<Admin>,
         name: &str,
         secret: &str,
         origins: &[String],
     ) -> Result<Vec<String>> {
-        Ok(self.vault.put(scope.tenant_id(), name, secret, origins)?)
+        let (rows, origins) = self.vault.rows(scope.tenant_id(), name, secret, origins)?;
+        let record = configuration(
+            Kind::CredentialPut,
+            scope.key(),
+            json!({"name": name, "origins": origins}),
+        );
+        let effects = Effects {
+            rows,
+            ..Effects::default()
+        };
+        self.audit
+            .append(scope.tenant_id(), record, effects)
+            .await?;
+        Ok(origins)
     }
 
     /// The names of the tenant's credentials.
@@ -79,13 +153,20 @@ impl CatalogService {
         Ok(self.vault.names(scope.tenant_id())?)
     }
 
-    /// Removes a credential of the tenant.
-    pub fn delete_credential(&self, scope: &TenantScope<Admin>, name: &str) -> Result<()> {
-        if self.vault.delete(scope.tenant_id(), name)? {
-            Ok(())
-        } else {
-            Err(AppError::NotFound("credential"))
+    /// Removes a credential of the tenant, recorded in the chain in the same write.
+    pub async fn delete_credential(&self, scope: &TenantScope<Admin>, name: &str) -> Result<()> {
+        if self.vault.origins(scope.tenant_id(), name)?.is_none() {
+            return Err(AppError::NotFound("credential"));
         }
+        let record = configuration(Kind::CredentialDeleted, scope.key(), json!({"name": name}));
+        let effects = Effects {
+            removes: Vault::keys(scope.tenant_id(), name),
+            ..Effects::default()
+        };
+        self.audit
+            .append(scope.tenant_id(), record, effects)
+            .await?;
+        Ok(())
     }
 
     /// Resolves a Tenet tool call against the tenant's catalog: its downstream request, `None`

@@ -287,6 +287,9 @@ impl ExecuteService {
         record.arguments = Some(req.arguments.clone());
         record.session_id = Some(req.session_id.clone());
         record.client_hint = req.client_hint.clone();
+        if let Some(target) = &req.target {
+            record.detail = Some(with_request(record.detail.take(), target));
+        }
         record.outcome = Some(decision.outcome.as_str().to_owned());
         record.reason = Some(decision.reason.clone());
         record.codes = decision.codes.clone();
@@ -445,4 +448,22 @@ impl ExecuteService {
             None => Ok(opened),
         }
     }
+}
+
+/// `detail` (a JSON object as text, or none) with the downstream request the call resolved to:
+/// method, URL, the body's blake3 and the credential's name; never the secret.
+fn with_request(detail: Option<String>, target: &ResolvedRequest) -> String {
+    let mut object = detail
+        .and_then(|d| serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&d).ok())
+        .unwrap_or_default();
+    object.insert(
+        "request".into(),
+        serde_json::json!({
+            "method": target.method,
+            "url": target.url,
+            "body_blake3": target.body.as_ref().map(|b| blake3::hash(b.as_bytes()).to_hex().to_string()),
+            "credential": target.credential.as_ref().map(|c| &c.name),
+        }),
+    );
+    serde_json::Value::Object(object).to_string()
 }

@@ -18,3 +18,15 @@ pub use execute::ExecuteService;
 pub use jobs::JobService;
 pub use policies::PolicyService;
 pub use tenants::TenantService;
+
+use crate::audit::{Kind, RecordBody};
+use crate::tenants::KeyRecord;
+
+/// The record of a configuration change of `kind` made with `key`: its subject is the actor,
+/// its id goes into `detail` (a JSON object) with what changed.
+pub(crate) fn configuration(kind: Kind, key: &KeyRecord, detail: serde_json::Value) -> RecordBody {
+    let serde_json::Value::Object(detail) = detail else {
+        unreachable!("configuration details are JSON objects")
+    };
+    RecordBody::configuration(kind, &key.key_id, &key.subject, detail)
+}

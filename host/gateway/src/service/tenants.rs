@@ -3,10 +3,17 @@
 //! by the admin. Key changes are recorded in the tenant's chain.
 
 use crate::access::{Admin, KeyManager, OperatorScope, Require, TenantScope};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::configuration;
 use crate::audit::{Effects, Kind, RecordBody, SharedLedger};
 use crate::egress::Egress;
 use crate::error::{AppError, Result};
+use crate::store::Store;
 use crate::tenants::{KeyRecord, Principal, Role, Tenant, TenantLimits, Tenants};
+use crate::vault::Vault;
 
 /// Manages tenants, keys and webhooks. Cheap to clone.
 #[derive(Clone)]
@@ -17,9 +24,32 @@ pub struct TenantService {
     pub(crate) max_memory_mib: u32,
     /// What outbound connections may reach (webhook URLs are checked against it).
     pub(crate) egress: Egress,
+    /// Serializes a tenant's configuration changes, each read, changed and recorded whole.
+    pub(crate) config: Arc<tokio::sync::Mutex<()>>,
+    /// Where webhook signing secrets are sealed.
+    pub(crate) vault: Vault,
+    pub(crate) store: Store,
 }
 
 impl TenantService {
+    /// Puts every tenant's webhook secret, from the vault, in memory; a secret a row still
+    /// holds in clear (written before secrets were sealed) is sealed into the vault and the row
+    /// rewritten without it, in one transaction.
+    pub fn load_webhook_secrets(&self) -> Result<()> {
+        for mut tenant in self.tenants.all() {
+            if let Some(clear) = tenant.webhook_secret.clone() {
+                let sealed = self.vault.webhook_row(&tenant.id, &clear)?;
+                self.store.commit(&[Tenants::row(&tenant), sealed])?;
+                continue;
+            }
+            if let Some(secret) = self.vault.open_webhook(&tenant.id)? {
+                tenant.webhook_secret = Some(secret.to_string());
+                self.tenants.replaced(tenant);
+            }
+        }
+        Ok(())
+    }
+
     /// Tenants and keys, for authentication.
     pub fn tenants(&self) -> &Tenants {
         &self.tenants
@@ -35,20 +65,40 @@ impl TenantService {
         Ok(self.tenants.create_tenant(name)?)
     }
 
-    /// Replaces a tenant's limits.
-    pub fn set_limits(
+    /// Replaces a tenant's limits, recorded in the tenant's chain (old and new values) in the
+    /// same write.
+    pub async fn set_limits(
         &self,
-        _operator: &OperatorScope,
+        operator: &OperatorScope,
         tenant_id: &str,
         limits: impl FnOnce(TenantLimits) -> TenantLimits,
     ) -> Result<Tenant> {
-        let tenant = self
+        let _serial = self.config.lock().await;
+        let current = self
             .tenants
             .get(tenant_id)
             .ok_or(AppError::NotFound("tenant"))?;
-        Ok(self
-            .tenants
-            .set_limits(tenant_id, limits(tenant.limits), self.max_memory_mib)?)
+        let (old, new) =
+            self.tenants
+                .with_limits(tenant_id, limits(current.limits), self.max_memory_mib)?;
+        let record = configuration(
+            Kind::TenantLimitsChanged,
+            operator.key(),
+            json!({"old": old.limits, "new": new.limits}),
+        );
+        self.commit(tenant_id, record, &new).await?;
+        Ok(new)
+    }
+
+    /// Commits a tenant's new row with the record of its change, then puts it in force.
+    async fn commit(&self, tenant_id: &str, record: RecordBody, tenant: &Tenant) -> Result<()> {
+        let effects = Effects {
+            rows: vec![Tenants::row(tenant)],
+            ..Effects::default()
+        };
+        self.audit.append(tenant_id, record, effects).await?;
+        self.tenants.replaced(tenant.clone());
+        Ok(())
     }
 
     /// Creates a key; returns its record and its secret (shown once). Recorded in the chain.
@@ -102,10 +152,15 @@ impl TenantService {
         Ok(key)
     }
 
-    /// Sets the tenant's webhook URLs; returns the new signing secret (shown once). A URL
-    /// whose host is an address the egress guard refuses is refused here, naming the rule; a
-    /// name is checked each time it is delivered to.
-    pub fn set_webhooks(&self, scope: &TenantScope<Admin>, urls: Vec<String>) -> Result<String> {
+    /// Sets the tenant's webhook URLs (none: webhooks removed), recorded in the chain (the
+    /// URLs, never the secret) in the same write; returns the new signing secret (shown once).
+    /// A URL whose host is an address the egress guard refuses is refused here, naming the
+    /// rule; a name is checked each time it is delivered to.
+    pub async fn set_webhooks(
+        &self,
+        scope: &TenantScope<Admin>,
+        urls: Vec<String>,
+    ) -> Result<String> {
         for url in &urls {
             if let Ok(parsed) = reqwest::Url::parse(url) {
                 self.egress
@@ -117,7 +172,29 @@ impl TenantService {
                     })?;
             }
         }
-        Ok(self.tenants.set_webhooks(scope.tenant_id(), urls)?)
+        let _serial = self.config.lock().await;
+        let tenant_id = scope.tenant_id();
+        let (tenant, secret) = self.tenants.with_webhooks(tenant_id, urls)?;
+        let mut effects = Effects {
+            rows: vec![Tenants::row(&tenant)],
+            ..Effects::default()
+        };
+        let record = if tenant.webhook_urls.is_empty() {
+            effects.removes.push(Vault::webhook_key(tenant_id));
+            configuration(Kind::WebhooksRemoved, scope.key(), json!({}))
+        } else {
+            effects
+                .rows
+                .push(self.vault.webhook_row(tenant_id, &secret)?);
+            configuration(
+                Kind::WebhooksSet,
+                scope.key(),
+                json!({"urls": tenant.webhook_urls}),
+            )
+        };
+        self.audit.append(tenant_id, record, effects).await?;
+        self.tenants.replaced(tenant);
+        Ok(secret)
     }
 
     /// The tenant's webhook URLs.

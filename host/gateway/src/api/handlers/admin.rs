@@ -40,21 +40,25 @@ pub async fn patch_tenant(
     Path(tenant_id): Path<String>,
     AppJson(body): AppJson<PatchTenantBody>,
 ) -> Result<Json<TenantView>, ApiError> {
-    let tenant = state.app.tenants().set_limits(
-        &who.require_operator("setting limits")?,
-        &tenant_id,
-        |mut l| {
-            l.fuel = body.fuel.unwrap_or(l.fuel);
-            l.memory_mib = body.memory_mib.unwrap_or(l.memory_mib);
-            l.deadline_ms = body.deadline_ms.unwrap_or(l.deadline_ms);
-            l.escalation_hold_s = body.escalation_hold_s.unwrap_or(l.escalation_hold_s);
-            l.max_pending_escalations = body
-                .max_pending_escalations
-                .unwrap_or(l.max_pending_escalations);
-            l.irreversible_gate = body.irreversible_gate.unwrap_or(l.irreversible_gate);
-            l
-        },
-    )?;
+    let tenant = state
+        .app
+        .tenants()
+        .set_limits(
+            &who.require_operator("setting limits")?,
+            &tenant_id,
+            |mut l| {
+                l.fuel = body.fuel.unwrap_or(l.fuel);
+                l.memory_mib = body.memory_mib.unwrap_or(l.memory_mib);
+                l.deadline_ms = body.deadline_ms.unwrap_or(l.deadline_ms);
+                l.escalation_hold_s = body.escalation_hold_s.unwrap_or(l.escalation_hold_s);
+                l.max_pending_escalations = body
+                    .max_pending_escalations
+                    .unwrap_or(l.max_pending_escalations);
+                l.irreversible_gate = body.irreversible_gate.unwrap_or(l.irreversible_gate);
+                l
+            },
+        )
+        .await?;
     Ok(Json(tenant.into()))
 }
 

@@ -38,8 +38,31 @@ pub async fn put_tool(
         destructive: body.destructive,
     };
     Ok(Json(
-        state.app.catalog().put_tool(&who.require()?, entry)?.into(),
+        state
+            .app
+            .catalog()
+            .put_tool(&who.require()?, entry)
+            .await?
+            .into(),
     ))
+}
+
+/// Removes a tool from the tenant's catalog; recorded in the chain (tenant admin).
+#[utoipa::path(delete, path = "/v1/catalog/{service}/{tool_name}", tag = "catalog",
+    params(("service" = String, Path), ("tool_name" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn delete_tool(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path((service, tool_name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .app
+        .catalog()
+        .delete_tool(&who.require()?, &service, &tool_name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The tenant's tool catalog (tenant admin or reviewer).
@@ -77,7 +100,8 @@ pub async fn put_credential(
     state
         .app
         .catalog()
-        .put_credential(&who.require()?, &name, &body.secret, &body.origins)?;
+        .put_credential(&who.require()?, &name, &body.secret, &body.origins)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -107,6 +131,7 @@ pub async fn delete_credential(
     state
         .app
         .catalog()
-        .delete_credential(&who.require()?, &name)?;
+        .delete_credential(&who.require()?, &name)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -183,10 +183,11 @@ pub async fn set_webhooks(
     let secret = state
         .app
         .tenants()
-        .set_webhooks(&who.require()?, body.urls.clone())?;
+        .set_webhooks(&who.require()?, body.urls.clone())
+        .await?;
     Ok(Json(WebhooksView {
+        secret: (!body.urls.is_empty()).then_some(secret),
         urls: body.urls,
-        secret: Some(secret),
     }))
 }
 
