@@ -350,6 +350,25 @@ async fn an_idempotency_key_runs_once_however_often_it_is_sent() {
     assert_eq!(r.status(), 422);
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"]["code"], "idempotency_key_reused");
+    // A key that is not text is refused, not silently ignored (which would run the call).
+    let records = gw.audit(&t.admin).await.len();
+    let r = reqwest::Client::new()
+        .post(gw.url("/v1/execute"))
+        .bearer_auth(&t.agent)
+        .header(
+            "Idempotency-Key",
+            reqwest::header::HeaderValue::from_bytes(b"req-\xff\xfe").unwrap(),
+        )
+        .json(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        gw.audit(&t.admin).await.len(),
+        records,
+        "nothing was decided"
+    );
 }
 
 #[tokio::test]

@@ -113,10 +113,20 @@ pub async fn tenet_execute(
     ),
     ApiError,
 > {
-    let key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_request",
+                        "Idempotency-Key must be printable ASCII text",
+                    )
+                })?
+                .to_owned(),
+        ),
+    };
     let (status, json) = match key {
         Some(key) => {
             let fingerprint = blake3::hash(
