@@ -20,6 +20,7 @@ async fn load(target: &str, addr: SocketAddr, keys: &[String]) -> Report {
         stop: Stop::Requests(REQUESTS),
         warmup_s: 0.0,
         mix: Mix::default(),
+        metrics_key: Some("wk_op_test_operator_key".into()),
     };
     let report = bench::run_load(target, addr, keys, None, &config)
         .await

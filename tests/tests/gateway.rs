@@ -971,8 +971,21 @@ async fn operations_endpoints_answer() {
             "{path}"
         );
     }
+    // The metrics name every tenant: without the operator key they are refused.
+    for key in [
+        None,
+        Some(t.admin.as_str()),
+        Some(t.agent.as_str()),
+        Some("wk_live_forged"),
+    ] {
+        let status = gw
+            .request(Method::GET, "/metrics", key, None)
+            .await
+            .status();
+        assert!(status == 401 || status == 403, "{key:?}: {status}");
+    }
     let metrics = gw
-        .request(Method::GET, "/metrics", None, None)
+        .request(Method::GET, "/metrics", Some(&gw.operator_key), None)
         .await
         .text()
         .await
@@ -1117,4 +1130,21 @@ async fn calls_beyond_the_pool_slots_wait_for_one() {
         panic!("the calls are done")
     };
     gw.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_are_public_only_when_the_operator_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = TestGateway::config(dir.path());
+    config.metrics_public = true;
+    let gw = TestGateway::start_with(config).await;
+    let response = gw.request(Method::GET, "/metrics", None, None).await;
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("writ_audit_append_seconds")
+    );
 }

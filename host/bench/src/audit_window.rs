@@ -127,14 +127,16 @@ impl Scraped {
     }
 }
 
-/// The `/metrics` text of the gateway at `addr`, if it serves one.
-pub(crate) async fn scrape_metrics(addr: SocketAddr) -> Option<String> {
-    let response = loopback_client()
+/// The `/metrics` text of the gateway at `addr`, read with the operator `key`, if it serves
+/// one.
+pub(crate) async fn scrape_metrics(addr: SocketAddr, key: Option<&str>) -> Option<String> {
+    let mut request = loopback_client()
         .ok()?
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .ok()?;
+        .get(format!("http://{addr}/metrics"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.ok()?;
     if !response.status().is_success() {
         return None;
     }

@@ -45,6 +45,9 @@ pub struct LoadConfig {
     pub warmup_s: f64,
     /// The call mix.
     pub mix: Mix,
+    /// The operator key, to read the gateway's `/metrics` (the audit writer's window).
+    #[serde(skip)]
+    pub metrics_key: Option<String>,
 }
 
 impl LoadConfig {
@@ -139,6 +142,7 @@ pub async fn run_load(
     // CPU time of the target, of this process and of the machine, and the target's
     // `/metrics`, read when the measured window opens (CPU first: `/metrics` is a round trip).
     let measure_from = shared.measure_from;
+    let metrics_key = config.metrics_key.clone();
     let at_start = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
         let cpu = (
@@ -146,7 +150,7 @@ pub async fn run_load(
             cpu_seconds(std::process::id()),
             machine_cpu_ticks(),
         );
-        (cpu, scrape_metrics(addr).await)
+        (cpu, scrape_metrics(addr, metrics_key.as_deref()).await)
     });
     let mut latency = latency_histogram();
     let (mut statuses, mut decisions, mut sent) =
@@ -176,7 +180,10 @@ pub async fn run_load(
         (Some(start), Some(end)) => end.idle_percent_since(&start),
         _ => None,
     };
-    let audit = match (metrics_at_start, scrape_metrics(addr).await) {
+    let audit = match (
+        metrics_at_start,
+        scrape_metrics(addr, config.metrics_key.as_deref()).await,
+    ) {
         (Some(start), Some(end)) => AuditWindow::between(&start, &end, seconds),
         _ => None,
     };
@@ -349,6 +356,7 @@ mod tests {
             stop: Stop::Seconds(5.0),
             warmup_s: 1.0,
             mix: Mix::default(),
+            metrics_key: None,
         };
         assert!(ok.validate().is_ok());
         for bad in [

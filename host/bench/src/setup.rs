@@ -128,6 +128,7 @@ pub async fn hold_escalations(
         stop: Stop::Requests(400),
         warmup_s: 0.0,
         mix: "payment=1".parse()?,
+        metrics_key: None,
     };
     run_load(
         "warm-up",

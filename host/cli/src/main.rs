@@ -53,6 +53,10 @@ enum Command {
         /// internal service with a private CA).
         #[arg(long, env = "WRIT_EGRESS_CA_FILE")]
         egress_ca_file: Option<PathBuf>,
+        /// Serve `/metrics` without a key (its labels name every tenant); by default it needs
+        /// the operator key.
+        #[arg(long, env = "WRIT_METRICS_PUBLIC")]
+        metrics_public: bool,
     },
     /// Manage tenants on a running gateway (operator key).
     Tenant {
@@ -303,11 +307,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             pool_slots,
             egress_allow,
             egress_ca_file,
+            metrics_public,
         } => {
             let mut config = ServeConfig::new(listen, data_dir);
             config.app = config.app.with_pool_slots(pool_slots);
             config.egress_allow = egress_allow;
             config.egress_ca_file = egress_ca_file;
+            config.metrics_public = metrics_public;
             serve(config, demo_policy).await
         }
         Command::Tenant {
@@ -403,13 +409,14 @@ async fn serve(mut config: ServeConfig, demo_policy: Option<PathBuf>) -> anyhow:
 /// and report.
 async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     use writ_bench::{self as bench, LoadConfig, Spawned, Stop};
-    let config = LoadConfig {
+    let mut config = LoadConfig {
         connections: args.connections,
         stop: args
             .requests
             .map_or(Stop::Seconds(args.duration), Stop::Requests),
         warmup_s: args.warmup,
         mix: args.mix,
+        metrics_key: None,
     };
     config.validate()?;
     anyhow::ensure!(
@@ -456,6 +463,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         args.tenants,
         args.policy.display()
     ));
+    config.metrics_key = Some(operator_key.clone());
     let tenants =
         bench::setup_tenants(&base, &operator_key, &policy, "bench", args.tenants).await?;
     let rss_after_setup = pid.and_then(bench::rss_bytes);

@@ -3,7 +3,7 @@
 //! size-limited raw body.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, OptionalFromRequestParts, Request};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
@@ -41,6 +41,23 @@ impl FromRequestParts<ApiState> for Auth {
             .authenticate(secret)
             .map(Auth)
             .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// No key at all is `None`; a key that is not a live one is still refused.
+impl OptionalFromRequestParts<ApiState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ApiState,
+    ) -> Result<Option<Self>, ApiError> {
+        if key_secret(&parts.headers).is_none() {
+            return Ok(None);
+        }
+        <Self as FromRequestParts<ApiState>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }
 

@@ -47,6 +47,8 @@ impl Default for BodyLimits {
 #[derive(Clone)]
 pub struct ApiState {
     app: App,
+    /// `/metrics` answers without a key.
+    metrics_public: bool,
     idempotency: std::sync::Arc<idempotency::Idempotency>,
     max_json_bytes: usize,
     max_json_depth: usize,
@@ -120,8 +122,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     routes().split_for_parts().1
 }
 
-/// The gateway's router.
-pub fn router(app: App, limits: BodyLimits) -> axum::Router {
+/// The gateway's router; `/metrics` needs the operator key unless `metrics_public`.
+pub fn router(app: App, limits: BodyLimits, metrics_public: bool) -> axum::Router {
     let (router, openapi) = routes().split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
     router
@@ -137,6 +139,7 @@ pub fn router(app: App, limits: BodyLimits) -> axum::Router {
         .layer(DefaultBodyLimit::disable())
         .layer(TraceLayer::new_for_http())
         .with_state(ApiState {
+            metrics_public,
             idempotency: std::sync::Arc::new(idempotency::Idempotency::new(
                 app.store().clone(),
                 app.clock().clone(),

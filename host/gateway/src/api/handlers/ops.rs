@@ -5,7 +5,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
+use crate::access::Require;
 use crate::api::ApiState;
+use crate::api::error::ApiError;
+use crate::api::extract::Auth;
 use crate::api::wire::*;
 
 /// Liveness: the process serves HTTP.
@@ -37,14 +40,25 @@ pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>)
     }
 }
 
-/// Prometheus metrics (OpenMetrics text).
-#[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
-pub async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
-    (
+/// Prometheus metrics (OpenMetrics text): the operator key is required (they name every
+/// tenant), unless the gateway runs with `--metrics-public`.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String),
+              (status = 401), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn metrics(
+    State(state): State<ApiState>,
+    who: Option<Auth>,
+) -> Result<impl IntoResponse, ApiError> {
+    if !state.metrics_public {
+        let Auth(who) = who.ok_or(ApiError::Unauthorized)?;
+        who.require_operator("reading metrics")?;
+    }
+    Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.app.metrics().render(),
-    )
+    ))
 }
