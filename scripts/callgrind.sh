@@ -40,7 +40,7 @@ trap cleanup EXIT
 for _ in $(seq 600); do grep -q "listening on" "$OUT/gateway.out" 2>/dev/null && break; sleep 0.5; done
 URL=$(sed -n 's/^listening on //p' "$OUT/gateway.out")
 [ -n "$URL" ] || { echo "the gateway did not start; see $OUT/gateway.err" >&2; exit 1; }
-records() { curl -s "$URL/metrics" | awk '/^writ_audit_batch_records_sum/ {print $2}'; }
+records() { curl -s -H "Authorization: Bearer $WRIT_OPERATOR_KEY" "$URL/metrics" | awk '/^writ_audit_batch_records_sum/ {print $2}'; }
 
 # Enough load for the warm-up and the window: instrumented, the gateway is 50-100 times slower.
 "$BIN" bench --gateway "$URL" --policy "$POLICY" --no-floor -c "$CONNS" \
