@@ -90,6 +90,23 @@ pub fn python() -> std::path::PathBuf {
     venv
 }
 
+/// Runs the independent verifier (`python/verify_export.py`, Python's `json` and `blake3` only)
+/// on the JSON Lines `export`, with `args` (e.g. `--tenant ID`).
+pub async fn run_verifier(export: &str, args: &[&str]) -> std::process::Output {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), export).expect("write the export");
+    tokio::process::Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/python/verify_export.py"
+        ))
+        .arg(file.path())
+        .args(args)
+        .output()
+        .await
+        .expect("run the verifier")
+}
+
 /// Runs `python/<script>` under pytest with `env`, asserts it passed, and returns its output.
 pub async fn run_pytest(script: &str, env: &[(&str, String)]) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

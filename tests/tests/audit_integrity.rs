@@ -208,18 +208,7 @@ async fn export_is_verified_by_the_independent_python_verifier() {
         .collect();
     assert_eq!(lines.len(), 34);
     assert_chain_valid(&lines);
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &text).unwrap();
-    let out = tokio::process::Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/verify_export.py"
-        ))
-        .arg(file.path())
-        .args(["--tenant", &t.id])
-        .output()
-        .await
-        .unwrap();
+    let out = writ_tests::run_verifier(&text, &["--tenant", &t.id]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -231,16 +220,7 @@ async fn export_is_verified_by_the_independent_python_verifier() {
 
     // The verifier is not a rubber stamp: one altered character breaks it at that seq.
     let tampered = text.replacen("naïve", "naive", 1);
-    std::fs::write(file.path(), tampered).unwrap();
-    let out = tokio::process::Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/verify_export.py"
-        ))
-        .arg(file.path())
-        .output()
-        .await
-        .unwrap();
+    let out = writ_tests::run_verifier(&tampered, &[]).await;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("broken 4 hash_mismatch"));
 

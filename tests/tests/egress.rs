@@ -492,18 +492,7 @@ async fn every_change_that_governs_calls_is_in_the_chain_with_who_made_it() {
     assert_eq!(request["credential"], "github");
 
     // The independent verifier recomputes every record, the new kinds included.
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), &export).unwrap();
-    let out = tokio::process::Command::new(writ_tests::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/python/verify_export.py"
-        ))
-        .arg(file.path())
-        .args(["--tenant", &t.id])
-        .output()
-        .await
-        .unwrap();
+    let out = writ_tests::run_verifier(&export, &["--tenant", &t.id]).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

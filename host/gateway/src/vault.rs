@@ -161,20 +161,7 @@ impl Vault {
             ));
         }
         let origins = normalize_origins(origins)?;
-        let mut nonce = [0u8; 24];
-        rand::rng().fill_bytes(&mut nonce);
-        let sealed = self
-            .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: secret.as_bytes(),
-                    aad: &aad(tenant_id, name),
-                },
-            )
-            .map_err(|_| VaultError::Unsealable(name.to_owned()))?;
-        let mut value = nonce.to_vec();
-        value.extend_from_slice(&sealed);
+        let value = self.seal(secret, &aad(tenant_id, name), name)?;
         let key = tenant_key(tenant_id, &[name.as_bytes()]);
         let rows = vec![
             (
@@ -199,6 +186,12 @@ impl Vault {
     /// The row that stores a tenant's webhook signing secret, sealed, to commit with the
     /// record of the change.
     pub fn webhook_row(&self, tenant_id: &str, secret: &str) -> Result<Write, VaultError> {
+        let value = self.seal(secret, &webhook_aad(tenant_id), "webhook secret")?;
+        Ok((Table::WebhookSecrets, tenant_id.as_bytes().to_vec(), value))
+    }
+
+    /// `plain` sealed under a fresh random nonce with `aad`: nonce ‖ ciphertext.
+    fn seal(&self, plain: &str, aad: &[u8], what: &str) -> Result<Vec<u8>, VaultError> {
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
@@ -206,14 +199,14 @@ impl Vault {
             .encrypt(
                 XNonce::from_slice(&nonce),
                 Payload {
-                    msg: secret.as_bytes(),
-                    aad: &webhook_aad(tenant_id),
+                    msg: plain.as_bytes(),
+                    aad,
                 },
             )
-            .map_err(|_| VaultError::Unsealable("webhook secret".into()))?;
+            .map_err(|_| VaultError::Unsealable(what.to_owned()))?;
         let mut value = nonce.to_vec();
         value.extend_from_slice(&sealed);
-        Ok((Table::WebhookSecrets, tenant_id.as_bytes().to_vec(), value))
+        Ok(value)
     }
 
     /// The row of a tenant's webhook secret, to remove with the record of its removal.
