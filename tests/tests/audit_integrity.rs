@@ -11,8 +11,8 @@ use writ_gateway::audit::{Record, replace_stored_record, stored_record};
 use writ_gateway::checkpoint::{self, Checkpoint, CheckpointSigner};
 use writ_gateway::store::{Store, Table};
 use writ_gateway::verify::{Problem, verify_chain};
+use writ_tests::artifacts;
 use writ_tests::gateway::{TestGateway, assert_chain_valid};
-use writ_tests::{artifacts, python};
 
 /// Runs a gateway on `dir`, makes `n` decisions for a new tenant, stops it (which signs a
 /// checkpoint); returns the tenant id.
