@@ -50,7 +50,7 @@ pub struct AppConfig {
     /// What outbound connections may reach.
     pub egress: EgressPolicy,
     /// CAs trusted for outbound HTTPS besides the web PKI roots.
-    pub egress_roots: Vec<reqwest::Certificate>,
+    pub egress_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -194,7 +194,8 @@ impl App {
         }
         let vault = Vault::new(store.clone(), master_key);
         let catalog = Catalog::load(store.clone(), tenants.all().iter().map(|t| t.id.as_str()))?;
-        let egress = Egress::new(config.egress.clone(), config.egress_roots.clone());
+        let egress = Egress::new(config.egress.clone(), &config.egress_roots)
+            .map_err(|e| anyhow::anyhow!("the egress CA bundle: {e}"))?;
         let (jobs, interrupted) =
             Jobs::load(store.clone(), vault.clone(), egress.clone(), clock.clone())?;
         let tasks = TaskTracker::new();

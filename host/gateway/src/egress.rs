@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use reqwest::Url;
+use rustls::pki_types::CertificateDer;
 
 /// Why a destination was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -246,7 +247,9 @@ fn canonical(ip: IpAddr) -> IpAddr {
 #[derive(Clone)]
 pub struct Egress {
     policy: Arc<EgressPolicy>,
-    extra_roots: Arc<Vec<reqwest::Certificate>>,
+    /// One TLS configuration (the web PKI roots and the operator's) for every hop's client, so
+    /// the roots are parsed once, not per request.
+    tls: Arc<rustls::ClientConfig>,
 }
 
 /// An outbound request failed.
@@ -287,12 +290,25 @@ pub struct Outbound {
 }
 
 impl Egress {
-    /// A guard enforcing `policy`, trusting the web PKI roots and `extra_roots`.
-    pub fn new(policy: EgressPolicy, extra_roots: Vec<reqwest::Certificate>) -> Self {
-        Self {
-            policy: Arc::new(policy),
-            extra_roots: Arc::new(extra_roots),
+    /// A guard enforcing `policy`, trusting the web PKI roots and `extra_roots` (DER); an
+    /// extra root that is not a CA certificate rustls accepts is an error.
+    pub fn new(
+        policy: EgressPolicy,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Self, rustls::Error> {
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        for root in extra_roots {
+            roots.add(root.clone())?;
         }
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Self {
+            policy: Arc::new(policy),
+            tls: Arc::new(tls),
+        })
     }
 
     /// The policy.
@@ -359,10 +375,8 @@ impl Egress {
         if let Some(url::Host::Domain(host)) = request.url.host() {
             builder = builder.resolve_to_addrs(host, addrs);
         }
-        for root in self.extra_roots.iter() {
-            builder = builder.add_root_certificate(root.clone());
-        }
         builder
+            .use_preconfigured_tls(self.tls.as_ref().clone())
             .build()
             .map_err(|e| EgressError::Http(format!("building the client: {e}")))
     }

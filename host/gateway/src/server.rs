@@ -121,7 +121,11 @@ impl Gateway {
         };
         if let Some(path) = &config.egress_ca_file {
             let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            app_config.egress_roots = reqwest::Certificate::from_pem_bundle(&pem)
+            use rustls::pki_types::pem::PemObject as _;
+            app_config.egress_roots = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+                .filter(|certs| !certs.is_empty())
                 .with_context(|| format!("{}: not a PEM bundle of certificates", path.display()))?;
         }
         let app = App::open(store, app_config, signer, &master_key)?;
