@@ -55,6 +55,8 @@ impl TestCa {
         let base = format!("https://{}", listener.local_addr().expect("address"));
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                // As a real server would: without it, Nagle holds the handshake's last flight.
+                let _ = tcp.set_nodelay(true);
                 let (acceptor, router) = (acceptor.clone(), router.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
