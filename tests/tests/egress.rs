@@ -391,56 +391,50 @@ async fn every_change_that_governs_calls_is_in_the_chain_with_who_made_it() {
     );
     let job = run(&gw, &t, "get", json!({"id": "7"})).await;
     assert_eq!(job["status"], "completed", "{job}");
+    let path = format!("/v1/admin/tenants/{}", t.id);
     let hooks = json!({"urls": [format!("{base}/hook")]});
-    let (status, _) = gw
-        .call(Method::PUT, "/v1/webhooks", Some(&t.admin), Some(hooks))
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = gw
-        .call(
+    // Each change in turn, with the answer it must get.
+    for (method, path, key, body, expected) in [
+        (Method::PUT, "/v1/webhooks", &t.admin, Some(hooks), 200),
+        (
             Method::PUT,
             "/v1/webhooks",
-            Some(&t.admin),
+            &t.admin,
             Some(json!({"urls": []})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = gw
-        .call(
+            200,
+        ),
+        (
             Method::PATCH,
-            &format!("/v1/admin/tenants/{}", t.id),
-            Some(&op),
+            path.as_str(),
+            &op,
             Some(json!({"irreversible_gate": false})),
-        )
-        .await;
-    assert_eq!(status, 200);
-    let (status, _) = gw
-        .call(
+            200,
+        ),
+        (
             Method::DELETE,
             "/v1/catalog/github/get",
-            Some(&t.admin),
+            &t.admin,
             None,
-        )
-        .await;
-    assert_eq!(status, 204);
-    let (status, _) = gw
-        .call(
+            204,
+        ),
+        (
             Method::DELETE,
             "/v1/catalog/github/get",
-            Some(&t.admin),
+            &t.admin,
             None,
-        )
-        .await;
-    assert_eq!(status, 404);
-    let (status, _) = gw
-        .call(
+            404,
+        ),
+        (
             Method::DELETE,
             "/v1/credentials/github",
-            Some(&t.admin),
+            &t.admin,
             None,
-        )
-        .await;
-    assert_eq!(status, 204);
+            204,
+        ),
+    ] {
+        let (status, answer) = gw.call(method.clone(), path, Some(key), body).await;
+        assert_eq!(status, expected, "{method} {path}: {answer}");
+    }
 
     let export = gw
         .request(Method::GET, "/v1/audit/export", Some(&t.admin), None)
