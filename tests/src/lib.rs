@@ -73,6 +73,7 @@ pub fn call(action: &str, arguments: serde_json::Value) -> ToolCall {
     }
 }
 
+pub mod child;
 pub mod gateway;
 pub mod tls;
 

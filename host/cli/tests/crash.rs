@@ -3,70 +3,25 @@
 //! data dir. Every event id any agent received must be in the chain, the chain must verify with
 //! no gaps, and the gateway must continue it at the next seq.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use writ_client::Client;
-use writ_client::wire::CreateKeyBody;
 use writ_tests::artifacts;
+use writ_tests::child::ChildGateway;
 use writ_tests::gateway::assert_chain_valid;
 
-const OPERATOR: &str = "wk_op_crash_test_operator";
-
-struct Gateway {
-    child: Child,
-    url: String,
-}
-
-fn spawn(dir: &std::path::Path) -> Gateway {
+fn spawn(dir: &std::path::Path) -> ChildGateway {
     spawn_logging(dir, Stdio::null())
 }
 
-fn spawn_logging(dir: &std::path::Path, stderr: Stdio) -> Gateway {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_writ"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("WRIT_OPERATOR_KEY", OPERATOR)
-        // The tests' downstream services listen on 127.0.0.1.
-        .env("WRIT_EGRESS_ALLOW", "127.0.0.1/32")
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    Gateway {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    }
+fn spawn_logging(dir: &std::path::Path, stderr: Stdio) -> ChildGateway {
+    ChildGateway::spawn(env!("CARGO_BIN_EXE_writ"), dir, stderr)
 }
 
-async fn wait_ready(client: &reqwest::Client, url: &str) {
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = client.get(format!("{url}/readyz")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "gateway did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_ready(client: &reqwest::Client, gw: &ChildGateway) {
+    gw.wait_ready(client).await;
 }
 
 async fn post(client: &reqwest::Client, url: &str, key: &str, body: Value) -> Value {
@@ -83,35 +38,13 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, body: Value) -> Va
 
 /// Creates a tenant on the child gateway with an admin and an agent key and `policy` active;
 /// returns (admin key, agent key).
-async fn tenant(client: &reqwest::Client, url: &str, policy: &str) -> (String, String) {
-    let operator = Client::with_http(client.clone(), url, OPERATOR);
-    let tenant_id = operator.create_tenant("t").await.unwrap().tenant_id;
-    let mut keys = Vec::new();
-    for role in ["admin", "agent"] {
-        let key = CreateKeyBody {
-            role: role.into(),
-            subject: role.into(),
-            agent_id: None,
-        };
-        keys.push(operator.create_key(&tenant_id, &key).await.unwrap().api_key);
-    }
-    operator
-        .with_key(&keys[0])
-        .upload_policy("p", true, writ_tests::component(policy))
-        .await
-        .unwrap();
-    let agent = keys.pop().unwrap();
-    (keys.pop().unwrap(), agent)
+async fn tenant(client: &reqwest::Client, gw: &ChildGateway, policy: &str) -> (String, String) {
+    let (_, admin, agent) = gw.tenant(client, policy).await;
+    (admin, agent)
 }
 
-async fn all_records(client: &reqwest::Client, url: &str, key: &str) -> Vec<Value> {
-    let text = Client::with_http(client.clone(), url, key)
-        .export(None)
-        .await
-        .unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+async fn all_records(client: &reqwest::Client, gw: &ChildGateway, key: &str) -> Vec<Value> {
+    gw.all_records(client, key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,9 +52,9 @@ async fn every_acknowledged_decision_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let mut gw = spawn(dir.path());
-    wait_ready(&client, &gw.url).await;
+    wait_ready(&client, &gw).await;
 
-    let (admin, agent) = tenant(&client, &gw.url, artifacts::PAYMENTS_LIMITS).await;
+    let (admin, agent) = tenant(&client, &gw, artifacts::PAYMENTS_LIMITS).await;
 
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
     for (round, kill_after_ms) in [300u64, 900, 1700].into_iter().enumerate() {
@@ -158,8 +91,7 @@ async fn every_acknowledged_decision_survives_sigkill() {
             }));
         }
         tokio::time::sleep(Duration::from_millis(kill_after_ms)).await;
-        gw.child.kill().unwrap(); // SIGKILL
-        gw.child.wait().unwrap();
+        gw.kill();
         for a in agents {
             a.await.unwrap();
         }
@@ -170,8 +102,8 @@ async fn every_acknowledged_decision_survives_sigkill() {
         );
 
         gw = spawn(dir.path());
-        wait_ready(&client, &gw.url).await;
-        let records = all_records(&client, &gw.url, &admin).await;
+        wait_ready(&client, &gw).await;
+        let records = all_records(&client, &gw, &admin).await;
         assert_chain_valid(&records);
         let in_chain: std::collections::HashSet<&str> = records
             .iter()
@@ -224,8 +156,7 @@ async fn every_acknowledged_decision_survives_sigkill() {
             records.len()
         );
     }
-    gw.child.kill().unwrap();
-    gw.child.wait().unwrap();
+    gw.kill();
 }
 
 /// A job interrupted by a restart is marked failed (`interrupted`) and recorded, never re-run.
@@ -250,8 +181,8 @@ async fn interrupted_job_is_failed_not_re_run() {
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
     let mut gw = spawn(dir.path());
-    wait_ready(&client, &gw.url).await;
-    let (admin, agent) = tenant(&client, &gw.url, artifacts::ALLOW_ALL).await;
+    wait_ready(&client, &gw).await;
+    let (admin, agent) = tenant(&client, &gw, artifacts::ALLOW_ALL).await;
     let put = client
         .put(format!("{}/v1/catalog/pay/pay.send", gw.url))
         .header("X-PROVENANCE-API-KEY", &admin)
@@ -279,11 +210,10 @@ async fn interrupted_job_is_failed_not_re_run() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    gw.child.kill().unwrap();
-    gw.child.wait().unwrap();
+    gw.kill();
 
     gw = spawn(dir.path());
-    wait_ready(&client, &gw.url).await;
+    wait_ready(&client, &gw).await;
     let state: Value = client
         .get(format!("{}/v1/jobs/{job}", gw.url))
         .bearer_auth(&agent)
@@ -297,14 +227,13 @@ async fn interrupted_job_is_failed_not_re_run() {
     assert_eq!(state["executionError"], "interrupted");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(*hits.lock().unwrap(), 1, "the payment was not sent twice");
-    let records = all_records(&client, &gw.url, &admin).await;
+    let records = all_records(&client, &gw, &admin).await;
     assert!(
         records.iter().any(|r| r["kind"] == "job_finished"
             && r["detail"].as_str().unwrap().contains("interrupted")),
         "the interruption is recorded"
     );
-    gw.child.kill().unwrap();
-    gw.child.wait().unwrap();
+    gw.kill();
 }
 
 /// A downstream credential appears in no response, no log line (at debug level) and no audit
@@ -322,8 +251,8 @@ async fn credentials_never_reach_logs_responses_or_the_audit() {
     let log = std::fs::File::create(&log_path).unwrap();
     let client = reqwest::Client::new();
     let mut gw = spawn_logging(&dir.path().join("data"), Stdio::from(log));
-    wait_ready(&client, &gw.url).await;
-    let (admin, agent) = tenant(&client, &gw.url, artifacts::ALLOW_ALL).await;
+    wait_ready(&client, &gw).await;
+    let (admin, agent) = tenant(&client, &gw, artifacts::ALLOW_ALL).await;
     let mut responses = String::new();
     let mut send = async |r: reqwest::RequestBuilder| {
         let text = r
@@ -393,8 +322,7 @@ async fn credentials_never_reach_logs_responses_or_the_audit() {
             .await
             .unwrap(),
     );
-    gw.child.kill().unwrap();
-    gw.child.wait().unwrap();
+    gw.kill();
     let logs = std::fs::read_to_string(&log_path).unwrap();
     assert!(logs.contains("decision"), "the log was captured");
     assert!(!logs.contains(SECRET), "the secret was logged");

@@ -44,6 +44,30 @@ pub enum AppError {
         /// What the conflict is.
         message: String,
     },
+    /// The request, or what it would store, is over a bound.
+    #[error("{message}")]
+    TooLarge {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// Which bound.
+        message: String,
+    },
+    /// The tenant has used its share for now; try again after `retry_after_s` seconds.
+    #[error("{message}")]
+    RateLimited {
+        /// Whole seconds until a call would be admitted.
+        retry_after_s: u64,
+        /// Which limit.
+        message: String,
+    },
+    /// The gateway, or this tenant, cannot serve now; nothing was acknowledged.
+    #[error("{message}")]
+    Unavailable {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What is unavailable.
+        message: String,
+    },
     /// Something failed inside the gateway; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -60,7 +84,22 @@ impl From<StoreError> for AppError {
 
 impl From<AuditError> for AppError {
     fn from(e: AuditError) -> Self {
-        Self::Internal(Box::new(e))
+        match e {
+            AuditError::RecordTooLarge { .. } => Self::TooLarge {
+                code: "record_too_large",
+                message: e.to_string(),
+            },
+            AuditError::FlushFailed | AuditError::WriteFailed(_) => {
+                tracing::error!(error = %e, "the store did not take a record");
+                Self::Unavailable {
+                    code: "store_unavailable",
+                    message:
+                        "the audit store cannot make records durable now; nothing was acknowledged"
+                            .into(),
+                }
+            }
+            other => Self::Internal(Box::new(other)),
+        }
     }
 }
 

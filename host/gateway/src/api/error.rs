@@ -57,6 +57,9 @@ impl ApiError {
                 AppError::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
                 AppError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
                 AppError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+                AppError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+                AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                AppError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
                 AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
         }
@@ -72,6 +75,13 @@ impl IntoResponse for ApiError {
         let body = serde_json::json!({
             "error": { "code": code, "message": self.to_string() }
         });
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let Self::App(AppError::RateLimited { retry_after_s, .. }) = &self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(*retry_after_s),
+            );
+        }
+        response
     }
 }

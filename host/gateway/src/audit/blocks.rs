@@ -7,10 +7,40 @@ use super::*;
 /// Most records stored in one block (one store value).
 pub(crate) const BLOCK_RECORDS: usize = 16;
 
-/// Largest decompressed block a stored size prefix is believed for: 16 records, each bounded by
-/// the 1 MiB request body it can carry, with room to spare. A corrupt prefix cannot make a
-/// reader allocate more.
-pub(crate) const MAX_BLOCK_BYTES: usize = 32 << 20;
+/// A block closes before its records' stored JSON would pass this many bytes (a record alone
+/// may reach [`MAX_RECORD_BYTES`]), so every block the writer makes is under
+/// [`MAX_BLOCK_BYTES`] whatever its records hold.
+pub(crate) const BLOCK_TARGET_BYTES: usize = 4 << 20;
+
+/// Largest decompressed block a stored size prefix is believed for. Above any block the writer
+/// makes, and above the 16 records of up to ~2 MiB each that writers before blocks closed by
+/// size could put in one, so those stay readable. A corrupt prefix cannot make a reader
+/// allocate more.
+pub(crate) const MAX_BLOCK_BYTES: usize = 64 << 20;
+
+/// Consecutive records (seq, stored JSON) cut into blocks: at most [`BLOCK_RECORDS`] records,
+/// and a block holding more than one keeps under [`BLOCK_TARGET_BYTES`].
+pub(crate) fn blocks(records: &[(u64, Vec<u8>)]) -> impl Iterator<Item = &[(u64, Vec<u8>)]> {
+    let mut rest = records;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let mut end = 0;
+        while end < rest.len() && end < BLOCK_RECORDS {
+            let next = rest[end].1.len() + 1;
+            if end > 0 && bytes + next > BLOCK_TARGET_BYTES {
+                break;
+            }
+            bytes += next;
+            end += 1;
+        }
+        let (block, tail) = rest.split_at(end);
+        rest = tail;
+        Some(block)
+    })
+}
 
 /// A block's stored form: the records' stored JSON joined by `\n`, compressed with LZ4 after a
 /// little-endian `u32` of the uncompressed size. Records repeat their field names and share

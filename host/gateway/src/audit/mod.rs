@@ -14,8 +14,9 @@
 //! expectations without a lock.
 //!
 //! **Storage**, shaped so a batch costs the store few values (sled copies a leaf per insert):
-//! - a tenant's records are stored in blocks of up to 16 consecutive records
-//!   (their stored JSON joined by `\n`, compressed with LZ4), keyed by tenant and first seq;
+//! - a tenant's records are stored in blocks of up to 16 consecutive records and 4 MiB
+//!   (their stored JSON joined by `\n`, compressed with LZ4), keyed by tenant and first seq; a
+//!   record is at most [`MAX_RECORD_BYTES`], so every block reads back whatever was appended;
 //! - an event id the writer gives a record names its seq, so finding it
 //!   needs no index; only ids chosen before the append (an escalation's, which its row and
 //!   job name first) are indexed;
@@ -52,7 +53,7 @@ pub use ledger::{Appending, ChainHead, Ledger, SharedLedger};
 pub(crate) use record::hash_hex;
 #[allow(unused_imports)]
 use record::*;
-pub use record::{Kind, Record, RecordBody, RecordCharge};
+pub use record::{Kind, MAX_RECORD_BYTES, Record, RecordBody, RecordCharge, call_record_bytes};
 #[allow(unused_imports)]
 use sessions::*;
 #[allow(unused_imports)]
@@ -70,6 +71,14 @@ pub enum AuditError {
     /// The store refused the write (nothing was written).
     #[error("audit write failed: {0}")]
     WriteFailed(String),
+    /// The record's stored form would be over [`MAX_RECORD_BYTES`] (nothing was written).
+    #[error("the record would take {bytes} bytes, over the bound of {limit}")]
+    RecordTooLarge {
+        /// Its stored size.
+        bytes: usize,
+        /// [`MAX_RECORD_BYTES`].
+        limit: usize,
+    },
     /// A usage counter the policy read changed before the record was written (nothing was).
     #[error("a usage counter changed since the policy read it")]
     UsageConflict,

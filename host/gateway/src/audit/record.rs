@@ -180,6 +180,32 @@ impl RecordBody {
     }
 }
 
+/// Largest stored form of one record, bytes. A call is refused before evaluation when its record
+/// could be larger ([`call_record_bytes`]); the writer refuses any record that is.
+pub const MAX_RECORD_BYTES: usize = 3 << 19;
+
+/// Room kept in a call's record for what the policy and the gateway add after the call is
+/// received: reason, codes and charges at their runtime bounds, escaped, and the fixed fields.
+const DECISION_RESERVE: usize = 64 << 10;
+
+/// Bytes `s` takes as a JSON string with serde_json's escapes (without the quotes).
+pub(crate) fn escaped_len(s: &str) -> usize {
+    s.len()
+        + s.bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..0x20 => 5,
+                _ => 0,
+            })
+            .sum::<usize>()
+}
+
+/// An upper bound of the stored size of the record a call with these texts makes (its
+/// decision, or its opened escalation), whatever the policy answers.
+pub fn call_record_bytes(texts: &[&str]) -> usize {
+    DECISION_RESERVE + texts.iter().map(|t| escaped_len(t) + 2).sum::<usize>()
+}
+
 /// The event id the writer gives record `seq`: its seq in hex, so it is found without an
 /// index, and 64 random bits, so it is not guessable from the seq.
 pub(crate) fn event_id_for(seq: u64) -> String {
@@ -234,6 +260,11 @@ pub(crate) fn stored_bytes(mut canonical: Vec<u8>, hash: &str) -> Vec<u8> {
     canonical.extend_from_slice(hash.as_bytes());
     canonical.extend_from_slice(b"\"}");
     canonical
+}
+
+/// The length of [`stored_bytes`] for these canonical bytes.
+pub(crate) fn stored_len(canonical: &[u8]) -> usize {
+    canonical.len() + ",\"hash\":\"\"".len() + 64
 }
 
 /// A stored record's hash as bytes; a malformed one is an error, never a zero hash.

@@ -356,3 +356,74 @@ async fn a_write_out_takes_a_few_sessions_and_the_mark_stops_below_the_rest() {
         assert_eq!(seqs(&found), [n]);
     }
 }
+
+#[test]
+fn escaped_len_is_what_serde_json_writes_for_a_string() {
+    for text in [
+        "",
+        "plain",
+        r#"{"a":"\"quoted\"","b":[1,2]}"#,
+        "tab\tnewline\nreturn\r\u{8}\u{c}\u{0}\u{1f}\u{7f}",
+        "é ünïcode ✓ \\ back",
+    ] {
+        let json = serde_json::to_string(text).unwrap();
+        assert_eq!(escaped_len(text) + 2, json.len(), "{text:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_records_near_the_bound_is_cut_into_blocks_that_all_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let log = AuditLog::start(store.clone());
+    // Quotes double when the arguments are stored as a JSON string.
+    let quotes = "\"".repeat(MAX_RECORD_BYTES / 2 - 4096);
+    let items: Vec<(String, RecordBody, Effects)> = (0..16)
+        .map(|n| {
+            let mut record = call("s", n);
+            record.arguments = Some(quotes.clone());
+            ("ten_a".to_owned(), record, Effects::default())
+        })
+        .collect();
+    for written in log.write_batch(items) {
+        written.unwrap();
+    }
+    for block in store.iter_raw(Table::Audit, b"ten_a\0", b"ten_a\x01") {
+        let (_, stored) = block.unwrap();
+        let size = u32::from_le_bytes(stored[..4].try_into().unwrap()) as usize;
+        assert!(size <= BLOCK_TARGET_BYTES.max(MAX_RECORD_BYTES), "{size}");
+        assert!(decode_block(&stored).is_some());
+    }
+    let records = log.records("ten_a", None, 100).unwrap();
+    assert_eq!(seqs(&records), (0..16).collect::<Vec<_>>());
+    let report = crate::verify::verify_chain(&store, "ten_a", None).unwrap();
+    assert!(report.ok(), "{:?}", report.broken);
+    assert_eq!(report.records, 16);
+}
+
+#[tokio::test]
+async fn a_record_over_the_bound_is_refused_and_the_chain_goes_on_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let log = AuditLog::start(store.clone());
+    let mut huge = call("s", 1);
+    huge.arguments = Some("\"".repeat(MAX_RECORD_BYTES / 2 + 1));
+    let results = log.write_batch(vec![
+        ("ten_a".to_owned(), call("s", 0), Effects::default()),
+        ("ten_a".to_owned(), huge, Effects::default()),
+        ("ten_a".to_owned(), call("s", 2), Effects::default()),
+    ]);
+    assert!(matches!(
+        results[1],
+        Err(AuditError::RecordTooLarge {
+            limit: MAX_RECORD_BYTES,
+            ..
+        })
+    ));
+    let records = log.records("ten_a", None, 10).unwrap();
+    assert_eq!(seqs(&records), [0, 1]);
+    assert_eq!(
+        records[1].body.arguments.as_deref(),
+        Some(r#"{"amount":2}"#)
+    );
+}

@@ -33,7 +33,7 @@ impl Batch {
     pub(crate) fn writes(&mut self) -> Vec<Write> {
         let mut writes = std::mem::take(&mut self.rows);
         for (tenant_id, records) in &self.records {
-            for block in records.chunks(BLOCK_RECORDS) {
+            for block in blocks(records) {
                 let bytes = encode_block(block.iter().map(|(_, r)| r.as_slice()));
                 writes.push((Table::Audit, block_key(tenant_id, block[0].0), bytes));
             }
@@ -191,6 +191,13 @@ impl Chains {
         body.timestamp_ms = self.clock.now_ms();
         body.tenant_id = tenant_id;
         let canonical = body.canonical();
+        let bytes = stored_len(&canonical);
+        if bytes > MAX_RECORD_BYTES {
+            return Err(AuditError::RecordTooLarge {
+                bytes,
+                limit: MAX_RECORD_BYTES,
+            });
+        }
         let hash = chain_hash(&head.prev_hash, &canonical);
         head.next_seq += 1;
         head.prev_hash = hash;

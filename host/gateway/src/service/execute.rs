@@ -14,7 +14,10 @@ use writ_runtime::evaluation::Evaluation;
 use super::escalations::EscalationService;
 use super::jobs::JobService;
 use crate::access::{Agent, TenantScope};
-use crate::audit::{AuditError, Effects, Kind, RecordBody, RecordCharge, SharedLedger};
+use crate::audit::{
+    AuditError, Effects, Kind, MAX_RECORD_BYTES, RecordBody, RecordCharge, SharedLedger,
+    call_record_bytes,
+};
 use crate::catalog::ResolvedRequest;
 use crate::clock::SharedClock;
 use crate::error::{AppError, Result};
@@ -96,6 +99,7 @@ impl ExecuteService {
                 "this key may only act as agent `{bound}`"
             )));
         }
+        check_record_size(&req)?;
         let tenant = self
             .tenants
             .get(tenant_id)
@@ -448,6 +452,34 @@ impl ExecuteService {
             None => Ok(opened),
         }
     }
+}
+
+/// Refuses, before evaluation, a call whose record could be over [`MAX_RECORD_BYTES`]: every
+/// decision records the call's texts, escaped, so a body within the request limit can still
+/// make a record over it.
+fn check_record_size(req: &ExecuteRequest) -> Result<()> {
+    let target = req.target.as_ref();
+    let bytes = call_record_bytes(&[
+        &req.action,
+        &req.agent_id,
+        &req.session_id,
+        &req.arguments,
+        req.client_hint.as_deref().unwrap_or_default(),
+        target.map_or("", |t| t.url.as_str()),
+        target.map_or("", |t| t.method.as_str()),
+        target
+            .and_then(|t| t.credential.as_ref())
+            .map_or("", |c| c.name.as_str()),
+    ]);
+    if bytes > MAX_RECORD_BYTES {
+        return Err(AppError::TooLarge {
+            code: "record_too_large",
+            message: format!(
+                "this call's audit record could take {bytes} bytes (its text as stored, escaped), over the bound of {MAX_RECORD_BYTES}; nothing was evaluated or recorded"
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// `detail` (a JSON object as text, or none) with the downstream request the call resolved to:

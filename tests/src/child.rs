@@ -1,0 +1,126 @@
+//! The real `writ` binary as a child process on a loopback port, for tests that kill and
+//! restart a gateway on the same data directory.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use writ_client::Client;
+use writ_client::wire::CreateKeyBody;
+
+/// The operator key every child gateway is started with.
+pub const OPERATOR: &str = "wk_op_child_test_operator";
+
+/// A `writ serve` child process.
+pub struct ChildGateway {
+    child: Option<Child>,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl ChildGateway {
+    /// Starts `writ` (at `bin`) serving `dir`, its log (at debug level) going to `stderr`.
+    pub fn spawn(bin: &str, dir: &Path, stderr: Stdio) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("WRIT_OPERATOR_KEY", OPERATOR)
+            // The tests' downstream services listen on 127.0.0.1.
+            .env("WRIT_EGRESS_ALLOW", "127.0.0.1/32")
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// A handle on a gateway already running at `url`, for tasks that only send it requests
+    /// (dropping it kills nothing).
+    pub fn attach(url: String) -> Self {
+        Self { child: None, url }
+    }
+
+    /// Waits until `/readyz` answers 200 (at most a minute).
+    pub async fn wait_ready(&self, client: &reqwest::Client) {
+        let started = Instant::now();
+        loop {
+            if let Ok(r) = client.get(format!("{}/readyz", self.url)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "gateway did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and waits for the process to go.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Creates a tenant with an admin and an agent key and `policy` active; returns (tenant
+    /// id, admin key, agent key).
+    pub async fn tenant(&self, client: &reqwest::Client, policy: &str) -> (String, String, String) {
+        let operator = Client::with_http(client.clone(), &self.url, OPERATOR);
+        let tenant_id = operator.create_tenant("t").await.unwrap().tenant_id;
+        let mut keys = Vec::new();
+        for role in ["admin", "agent"] {
+            let key = CreateKeyBody {
+                role: role.into(),
+                subject: role.into(),
+                agent_id: None,
+            };
+            keys.push(operator.create_key(&tenant_id, &key).await.unwrap().api_key);
+        }
+        operator
+            .with_key(&keys[0])
+            .upload_policy("p", true, crate::component(policy))
+            .await
+            .unwrap();
+        let agent = keys.pop().unwrap();
+        (tenant_id, keys.pop().unwrap(), agent)
+    }
+
+    /// Every record of the key's tenant, from the export.
+    pub async fn all_records(&self, client: &reqwest::Client, key: &str) -> Vec<Value> {
+        let text = Client::with_http(client.clone(), &self.url, key)
+            .export(None)
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for ChildGateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
