@@ -126,3 +126,136 @@ async fn an_agent_flooding_oversized_records_cannot_stop_the_gateway_restarting(
         "{answer}"
     );
 }
+
+/// A gateway whose store holds one tenant with an active policy that no longer loads and
+/// another whose chain head does not decode still starts: those two are degraded (named with
+/// what failed in `/readyz` for the operator, counted in the metrics), their calls are blocked
+/// (recorded where the chain takes it, 503 where it does not), a third tenant serves, and
+/// activating a policy again repairs the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_that_cannot_be_loaded_is_degraded_and_the_others_serve() {
+    use writ_tests::child::OPERATOR;
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let mut gw = spawn(dir.path());
+    gw.wait_ready(&client).await;
+    let (no_policy, no_policy_admin, no_policy_agent) =
+        gw.tenant(&client, artifacts::ALLOW_ALL).await;
+    let (bad_chain, _, bad_chain_agent) = gw.tenant(&client, artifacts::PAYMENTS_LIMITS).await;
+    let (_, _, healthy_agent) = gw.tenant(&client, artifacts::PAYMENTS_LIMITS).await;
+    let payment = json!({"amount": 10, "currency": "GBP"});
+    for agent in [&no_policy_agent, &bad_chain_agent, &healthy_agent] {
+        assert_eq!(execute(&client, &gw, agent, payment.clone()).await.0, 200);
+    }
+    gw.kill();
+
+    // ALLOW_ALL is active only for the first tenant: its files go.
+    let policy_id = blake3::hash(&writ_tests::component(artifacts::ALLOW_ALL))
+        .to_hex()
+        .to_string();
+    for ext in ["wasm", "cwasm"] {
+        std::fs::remove_file(
+            dir.path()
+                .join("policies")
+                .join(format!("{policy_id}.{ext}")),
+        )
+        .unwrap();
+    }
+    {
+        let store = writ_gateway::store::Store::open(dir.path()).unwrap();
+        let last = gw_last_seq(&store, &bad_chain);
+        writ_gateway::audit::replace_stored_record(&store, &bad_chain, last, Some(b"not a record"))
+            .unwrap();
+        store.flush().unwrap();
+    }
+
+    gw = spawn(dir.path());
+    gw.wait_ready(&client).await;
+    let public: Value = client
+        .get(format!("{}/readyz", gw.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(public["degraded_tenants"], 2, "{public}");
+    assert!(
+        public.get("degraded").is_none(),
+        "tenant ids are for the operator: {public}"
+    );
+    let detail: Value = client
+        .get(format!("{}/readyz", gw.url))
+        .header("X-PROVENANCE-API-KEY", OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reasons: std::collections::HashMap<&str, &str> = detail["degraded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["tenant_id"].as_str().unwrap(),
+                d["reason"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        reasons[no_policy.as_str()].starts_with("policy: "),
+        "{detail}"
+    );
+    assert!(
+        reasons[bad_chain.as_str()].starts_with("chain: "),
+        "{detail}"
+    );
+    let metrics = client
+        .get(format!("{}/metrics", gw.url))
+        .header("X-PROVENANCE-API-KEY", OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("writ_tenants_degraded 2"), "{metrics}");
+
+    let (status, answer) = execute(&client, &gw, &no_policy_agent, payment.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "BLOCK");
+    assert_eq!(answer["codes"], json!(["tenant_unavailable"]), "{answer}");
+    let (status, answer) = execute(&client, &gw, &bad_chain_agent, payment.clone()).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (503, &json!("tenant_unavailable")),
+        "{answer}"
+    );
+    let (status, answer) = execute(&client, &gw, &healthy_agent, payment.clone()).await;
+    assert_eq!(
+        (status, answer["decision"].as_str()),
+        (200, Some("ALLOW")),
+        "{answer}"
+    );
+
+    writ_client::Client::with_http(client.clone(), &gw.url, &no_policy_admin)
+        .upload_policy("again", true, writ_tests::component(artifacts::ALLOW_ALL))
+        .await
+        .unwrap();
+    let (status, answer) = execute(&client, &gw, &no_policy_agent, payment).await;
+    assert_eq!(
+        (status, answer["decision"].as_str()),
+        (200, Some("ALLOW")),
+        "{answer}"
+    );
+}
+
+/// The seq of a tenant's last stored record.
+fn gw_last_seq(store: &writ_gateway::store::Store, tenant_id: &str) -> u64 {
+    writ_gateway::audit::stored_records(store, tenant_id, 0)
+        .map(|r| r.unwrap().0)
+        .last()
+        .unwrap()
+}

@@ -14,6 +14,7 @@ use crate::audit::{AuditLog, SharedLedger};
 use crate::catalog::Catalog;
 use crate::checkpoint::CheckpointSigner;
 use crate::clock::{self, SharedClock};
+use crate::degraded::{Degraded, Part};
 use crate::egress::{Egress, EgressPolicy};
 use crate::escalations::Escalations;
 use crate::jobs::Jobs;
@@ -112,6 +113,7 @@ struct Services {
     audit: AuditService,
     checkpoints: CheckpointService,
     metrics: Arc<Metrics>,
+    degraded: Degraded,
     store: Store,
     clock: SharedClock,
     tasks: TaskTracker,
@@ -181,8 +183,9 @@ impl App {
         let clock = config.clock.clone();
         let engine = Engine::new(&config.engine)
             .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
-        let tenants = Tenants::load(store.clone(), clock.clone())?;
-        let policies = Policies::load(engine.clone(), store.clone(), clock.clone())?;
+        let degraded = Degraded::default();
+        let tenants = Tenants::load(store.clone(), clock.clone(), &degraded)?;
+        let policies = Policies::load(engine.clone(), store.clone(), clock.clone(), &degraded)?;
         let metrics = Arc::new(Metrics::default());
         let audit: SharedLedger = Arc::new(AuditLog::start_observed(
             store.clone(),
@@ -190,20 +193,31 @@ impl App {
             clock.clone(),
         ));
         for tenant in tenants.all() {
-            audit.load_head(&tenant.id)?;
+            if let Err(e) = audit.load_head(&tenant.id) {
+                degraded.mark(&tenant.id, Part::Chain, e);
+            }
         }
         let vault = Vault::new(store.clone(), master_key);
-        let catalog = Catalog::load(store.clone(), tenants.all().iter().map(|t| t.id.as_str()))?;
+        let catalog = Catalog::load(
+            store.clone(),
+            tenants.all().iter().map(|t| t.id.as_str()),
+            &degraded,
+        )?;
         let egress = Egress::new(config.egress.clone(), &config.egress_roots)
             .map_err(|e| anyhow::anyhow!("the egress CA bundle: {e}"))?;
-        let (jobs, interrupted) =
-            Jobs::load(store.clone(), vault.clone(), egress.clone(), clock.clone())?;
+        let (jobs, interrupted) = Jobs::load(
+            store.clone(),
+            vault.clone(),
+            egress.clone(),
+            clock.clone(),
+            &degraded,
+        )?;
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
 
         let jobs = JobService::new(jobs, audit.clone(), tasks.clone(), cancel.clone());
         let escalations = EscalationService {
-            registry: Escalations::load(store.clone())?,
+            registry: Escalations::load(store.clone(), &degraded)?,
             audit: audit.clone(),
             tenants: tenants.clone(),
             jobs: jobs.clone(),
@@ -232,6 +246,7 @@ impl App {
             clock: clock.clone(),
             evaluations: Arc::new(Semaphore::new(config.max_concurrent_evaluations)),
             usage_retries: config.usage_retries,
+            degraded: degraded.clone(),
         };
         let services = Services {
             tenants: TenantService {
@@ -247,6 +262,7 @@ impl App {
                 policies,
                 audit: audit.clone(),
                 activation: Arc::default(),
+                degraded: degraded.clone(),
             },
             catalog: CatalogService {
                 catalog,
@@ -264,12 +280,13 @@ impl App {
             jobs,
             checkpoints,
             metrics,
+            degraded,
             store,
             clock,
             tasks,
             cancel,
         };
-        services.tenants.load_webhook_secrets()?;
+        services.tenants.load_webhook_secrets(&services.degraded);
         services.jobs.record_interrupted(interrupted);
         let inner = Arc::new(services);
         spawn_checkpoint_signer(&inner);
@@ -317,6 +334,11 @@ impl App {
         &self.inner.checkpoints
     }
 
+    /// Tenants that could not be loaded whole at start.
+    pub fn degraded(&self) -> &Degraded {
+        &self.inner.degraded
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
@@ -336,10 +358,15 @@ impl App {
 
     /// Whether the gateway can serve: the store answers a read.
     pub fn ready(&self) -> bool {
-        self.inner
-            .store
-            .get_raw(crate::store::Table::Tenants, b"")
-            .is_ok()
+        self.unready().is_none()
+    }
+
+    /// Why the gateway cannot serve now, if it cannot.
+    pub fn unready(&self) -> Option<String> {
+        match self.inner.store.get_raw(crate::store::Table::Tenants, b"") {
+            Ok(_) => None,
+            Err(e) => Some(format!("the store does not answer: {e}")),
+        }
     }
 
     /// Stops the background tasks (sweeper, checkpoint signer, running jobs' bookkeeping) and

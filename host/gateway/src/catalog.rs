@@ -291,6 +291,7 @@ impl Catalog {
     pub fn load<'a>(
         store: Store,
         tenants: impl IntoIterator<Item = &'a str>,
+        degraded: &crate::degraded::Degraded,
     ) -> Result<Self, CatalogError> {
         let catalog = Self {
             store,
@@ -298,11 +299,13 @@ impl Catalog {
         };
         let mut services = HashMap::new();
         for tenant_id in tenants {
-            let names: HashSet<String> = catalog
-                .list(tenant_id)?
-                .into_iter()
-                .map(|e| e.service)
-                .collect();
+            let names: HashSet<String> = match catalog.list(tenant_id) {
+                Ok(entries) => entries.into_iter().map(|e| e.service).collect(),
+                Err(e) => {
+                    degraded.mark(tenant_id, crate::degraded::Part::Catalog, e);
+                    continue;
+                }
+            };
             if !names.is_empty() {
                 services.insert(tenant_id.to_owned(), names);
             }
@@ -534,7 +537,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let catalog = Catalog::load(store, ["t1", "t2"]).unwrap();
+            let catalog = Catalog::load(store, ["t1", "t2"], &Default::default()).unwrap();
             assert!(!catalog.has_service("t1", "github"));
             catalog.put("t1", &entry()).unwrap();
             assert!(catalog.has_service("t1", "github"));
@@ -550,7 +553,7 @@ mod tests {
             assert!(!catalog.has_service("t1", "stripe"));
         }
         let store = Store::open(dir.path()).unwrap();
-        let catalog = Catalog::load(store, ["t1", "t2"]).unwrap();
+        let catalog = Catalog::load(store, ["t1", "t2"], &Default::default()).unwrap();
         assert!(catalog.has_service("t1", "github"));
         assert!(!catalog.has_service("t2", "github"));
         assert_eq!(

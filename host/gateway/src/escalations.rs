@@ -245,9 +245,17 @@ impl Drop for Subscription {
 
 impl Escalations {
     /// Loads the pending escalations' counts and deadlines from the store.
-    pub fn load(store: Store) -> Result<Self, StoreError> {
+    pub fn load(store: Store, degraded: &crate::degraded::Degraded) -> Result<Self, StoreError> {
         let mut inner = Inner::default();
-        for (_, e) in store.scan::<Escalation>(Table::Escalations, b"")? {
+        let (rows, bad) = store.scan_each::<Escalation>(Table::Escalations, b"")?;
+        for (key, e) in bad {
+            degraded.mark(
+                &crate::tenants::tenant_of_key(&key),
+                crate::degraded::Part::Escalations,
+                e,
+            );
+        }
+        for (_, e) in rows {
             if e.status == Status::Pending {
                 *inner.pending.entry(e.tenant_id.clone()).or_default() += 1;
                 inner.deadlines.insert((e.deadline_ms, e.tenant_id, e.id));
@@ -483,7 +491,8 @@ mod tests {
     #[test]
     fn a_channel_lives_only_while_someone_is_subscribed() {
         let dir = tempfile::tempdir().unwrap();
-        let escalations = Escalations::load(Store::open(dir.path()).unwrap()).unwrap();
+        let escalations =
+            Escalations::load(Store::open(dir.path()).unwrap(), &Default::default()).unwrap();
         let pending = escalation("esc_1", Status::Pending);
         escalations.opened(&pending);
 

@@ -122,9 +122,18 @@ impl Jobs {
         vault: Vault,
         egress: Egress,
         clock: SharedClock,
+        degraded: &crate::degraded::Degraded,
     ) -> Result<(Self, Vec<Job>), StoreError> {
         let mut interrupted = Vec::new();
-        for (_, mut job) in store.scan::<Job>(Table::Jobs, b"")? {
+        let (rows, bad) = store.scan_each::<Job>(Table::Jobs, b"")?;
+        for (key, e) in bad {
+            degraded.mark(
+                &crate::tenants::tenant_of_key(&key),
+                crate::degraded::Part::Jobs,
+                e,
+            );
+        }
+        for (_, mut job) in rows {
             if matches!(job.status, JobStatus::Pending | JobStatus::Running) {
                 job.status = JobStatus::Failed;
                 job.error = Some("interrupted".into());

@@ -12,6 +12,7 @@ pub mod audit;
 mod catalog;
 pub mod checkpoint;
 pub mod clock;
+pub mod degraded;
 pub mod egress;
 mod error;
 mod escalations;

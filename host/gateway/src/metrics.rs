@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,8 @@ pub struct Metrics {
     pub audit_append_seconds: Histogram,
     /// What the audit writer observes per batch.
     pub audit_writer: AuditWriterMetrics,
+    /// Tenants that could not be loaded at start (set when rendered).
+    pub tenants_degraded: Gauge,
 }
 
 /// What the audit writer observes per batch (group commit). The histograms are shared
@@ -88,7 +91,14 @@ impl Default for Metrics {
             "Durable flush time per audit batch",
             audit_writer.flush_seconds.clone(),
         );
+        let tenants_degraded = Gauge::default();
+        registry.register(
+            "tenants_degraded",
+            "Tenants that could not be loaded at start; their calls are blocked",
+            tenants_degraded.clone(),
+        );
         Self {
+            tenants_degraded,
             registry,
             decisions,
             evaluation_seconds,

@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
+use crate::degraded::{Degraded, Part};
 use crate::store::{Store, StoreError, Table};
 use crate::tenants::{tenant_key, tenant_prefix};
 use writ_runtime::engine::{CompiledPolicy, Engine, LoadError};
@@ -95,7 +96,14 @@ fn valid_policy_name(name: &str) -> bool {
 impl Policies {
     /// Loads every tenant's active policy, from its compiled artifact when the engine accepts
     /// it, else by compiling the stored component.
-    pub fn load(engine: Engine, store: Store, clock: SharedClock) -> Result<Self> {
+    /// A tenant whose active policy does not load is marked in `degraded` and left without
+    /// one; the others load.
+    pub fn load(
+        engine: Engine,
+        store: Store,
+        clock: SharedClock,
+        degraded: &Degraded,
+    ) -> Result<Self> {
         let dir = store.dir().join("policies");
         std::fs::create_dir_all(&dir).map_err(|e| file_error(&dir, e))?;
         let policies = Self {
@@ -108,9 +116,22 @@ impl Policies {
         let actives: Vec<(Vec<u8>, String)> = policies.store.scan(Table::Active, b"")?;
         for (tenant, policy_id) in actives {
             let tenant = String::from_utf8_lossy(&tenant).into_owned();
-            let meta = policies.meta(&tenant, &policy_id)?;
             // One at a time, so a policy active for several tenants is loaded once.
-            let compiled = policies.compiled(&meta.policy_id, meta.size, None)?;
+            let loaded = policies.meta(&tenant, &policy_id).and_then(|meta| {
+                let compiled = policies.compiled(&meta.policy_id, meta.size, None)?;
+                Ok((meta, compiled))
+            });
+            let (meta, compiled) = match loaded {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    degraded.mark(
+                        &tenant,
+                        Part::Policy,
+                        format!("active policy {policy_id}: {e}"),
+                    );
+                    continue;
+                }
+            };
             policies
                 .active
                 .write()
@@ -294,6 +315,7 @@ mod tests {
                 engine.clone(),
                 Store::open(dir.path()).unwrap(),
                 crate::clock::system(),
+                &Degraded::default(),
             )
             .unwrap();
             let a = policies.upload("ten_a", "p", &bytes).unwrap();
@@ -310,6 +332,7 @@ mod tests {
             engine,
             Store::open(dir.path()).unwrap(),
             crate::clock::system(),
+            &Degraded::default(),
         )
         .unwrap();
         let (a, b, c) = (
@@ -333,6 +356,7 @@ mod tests {
                 engine.clone(),
                 Store::open(dir.path()).unwrap(),
                 crate::clock::system(),
+                &Degraded::default(),
             )
             .unwrap();
             let refused = policies.upload("ten_a", "p", b"\0asmnot a component");
@@ -349,6 +373,7 @@ mod tests {
             engine,
             Store::open(dir.path()).unwrap(),
             crate::clock::system(),
+            &Degraded::default(),
         )
         .unwrap();
         assert_eq!(policies.active("ten_a").unwrap().meta.policy_id, id);

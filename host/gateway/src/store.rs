@@ -231,6 +231,25 @@ impl Store {
             .collect()
     }
 
+    /// [`Store::scan`] that decodes each value on its own: the values that decode, and the
+    /// keys of those that do not with their errors (a store error ends the scan).
+    #[allow(clippy::type_complexity)]
+    pub fn scan_each<T: DeserializeOwned>(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<(Vec<(Vec<u8>, T)>, Vec<(Vec<u8>, StoreError)>)> {
+        let (mut good, mut bad) = (Vec::new(), Vec::new());
+        for kv in self.tree(table).scan_prefix(prefix) {
+            let (k, v) = kv?;
+            match decode(table, &v) {
+                Ok(value) => good.push((k.to_vec(), value)),
+                Err(e) => bad.push((k.to_vec(), e)),
+            }
+        }
+        Ok((good, bad))
+    }
+
     /// Every key starting with `prefix`, in order.
     pub fn scan_keys(&self, table: Table, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
         self.tree(table)

@@ -11,6 +11,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::SharedClock;
+use crate::degraded::{Degraded, Part};
 use crate::store::{self, Store, StoreError, Table, Write};
 use writ_runtime::evaluation::Limits;
 
@@ -237,15 +238,23 @@ pub fn new_operator_secret() -> String {
 
 impl Tenants {
     /// Loads every tenant and key from the store.
-    pub fn load(store: Store, clock: SharedClock) -> Result<Self> {
-        let keys = store
-            .scan::<KeyRecord>(Table::Keys, b"")?
+    /// A tenant row that does not decode is marked in `degraded` (its calls are blocked); a key
+    /// row that does not decode is logged and that key does not authenticate.
+    pub fn load(store: Store, clock: SharedClock, degraded: &Degraded) -> Result<Self> {
+        let (keys, bad_keys) = store.scan_each::<KeyRecord>(Table::Keys, b"")?;
+        for (hash, e) in bad_keys {
+            tracing::error!(key_hash = %hex::encode(hash), error = %e, "a stored key does not decode; it will not authenticate");
+        }
+        let keys = keys
             .into_iter()
             .filter(|(_, k)| !k.revoked)
             .filter_map(|(hash, k)| Some((<[u8; 32]>::try_from(hash).ok()?, Arc::new(k))))
             .collect();
-        let tenants = store
-            .scan::<Tenant>(Table::Tenants, b"")?
+        let (tenants, bad_tenants) = store.scan_each::<Tenant>(Table::Tenants, b"")?;
+        for (id, e) in bad_tenants {
+            degraded.mark(&String::from_utf8_lossy(&id), Part::Tenant, e);
+        }
+        let tenants = tenants
             .into_iter()
             .map(|(_, t)| (t.id.clone(), t))
             .collect();
@@ -487,6 +496,12 @@ impl Tenants {
 /// The prefix of every row of `tenant_id` in tenant-scoped tables: the id and the separator.
 pub fn tenant_prefix(tenant_id: &str) -> Vec<u8> {
     store::key(&[tenant_id.as_bytes(), b""])
+}
+
+/// The tenant a tenant-scoped row's key belongs to (see [`tenant_key`]).
+pub fn tenant_of_key(key: &[u8]) -> String {
+    let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+    String::from_utf8_lossy(&key[..end]).into_owned()
 }
 
 /// Key used to store a tenant's rows in tenant-scoped tables.

@@ -33,6 +33,8 @@ pub mod codes {
     pub const ESCALATION_REJECTED: &str = "escalation_rejected";
     /// The host escalated an allowed irreversible call (DELETE, or destructive in the catalog).
     pub const IRREVERSIBLE_ACTION: &str = "irreversible_action";
+    /// The tenant could not be loaded when the gateway started (see `/readyz`).
+    pub const TENANT_UNAVAILABLE: &str = "tenant_unavailable";
 }
 
 /// The downstream HTTP request a tool call resolves to.

@@ -265,10 +265,29 @@ pub struct SessionView {
 }
 
 /// `GET /healthz` and `GET /readyz`.
-#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
 pub struct Health {
     /// `ok`, or `unavailable`.
     pub status: String,
+    /// `/readyz`: why the gateway is not ready, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `/readyz`: how many tenants could not be loaded at start (their calls are blocked;
+    /// every other tenant serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded_tenants: Option<usize>,
+    /// `/readyz` with the operator key: each degraded tenant and what failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Vec<DegradedTenant>>,
+}
+
+/// A tenant the gateway could not load whole at start.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct DegradedTenant {
+    /// The tenant.
+    pub tenant_id: String,
+    /// Each part that failed and its error.
+    pub reason: String,
 }
 
 /// `GET /v1/audit/verify`.

@@ -41,7 +41,15 @@ impl CheckpointService {
     ) -> Result<Self> {
         let mut latest = HashMap::new();
         for tenant_id in tenants {
-            if let Some(note) = store.get_raw(Table::Checkpoints, tenant_id.as_bytes())?
+            let note = match store.get_raw(Table::Checkpoints, tenant_id.as_bytes()) {
+                Ok(note) => note,
+                Err(e) => {
+                    // Its next checkpoint is signed as if it had none.
+                    tracing::error!(tenant = %tenant_id, error = %e, "a stored checkpoint does not read");
+                    continue;
+                }
+            };
+            if let Some(note) = note
                 && let Ok(cp) =
                     checkpoint::verify(&String::from_utf8_lossy(&note), &signer.public_key())
             {

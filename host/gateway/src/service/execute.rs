@@ -20,6 +20,7 @@ use crate::audit::{
 };
 use crate::catalog::ResolvedRequest;
 use crate::clock::SharedClock;
+use crate::degraded::Degraded;
 use crate::error::{AppError, Result};
 use crate::escalations::{self, Escalation, Status};
 use crate::metrics::{DecisionLabels, Metrics};
@@ -80,6 +81,8 @@ pub struct ExecuteService {
     pub(crate) evaluations: Arc<Semaphore>,
     /// Re-evaluations when the usage counters a policy read change before its charges commit.
     pub(crate) usage_retries: usize,
+    /// Tenants not loaded whole at start: their calls are blocked.
+    pub(crate) degraded: Degraded,
 }
 
 impl ExecuteService {
@@ -100,6 +103,9 @@ impl ExecuteService {
             )));
         }
         check_record_size(&req)?;
+        if self.degraded.reason(tenant_id).is_some() {
+            return self.unavailable(tenant_id, &req).await;
+        }
         let tenant = self
             .tenants
             .get(tenant_id)
@@ -132,7 +138,7 @@ impl ExecuteService {
                 "the tenant has no active policy; every call is blocked",
             );
             return Ok(self
-                .record_decision(&tenant, &req, decision, None, None, Effects::default())
+                .record_decision(&tenant.id, &req, decision, None, None, Effects::default())
                 .await?);
         };
 
@@ -181,7 +187,7 @@ impl ExecuteService {
             }
             match self
                 .record_call(
-                    &tenant,
+                    &tenant.id,
                     &req,
                     record,
                     decision,
@@ -211,7 +217,7 @@ impl ExecuteService {
         );
         Ok(self
             .record_decision(
-                &tenant,
+                &tenant.id,
                 &req,
                 decision,
                 Some(&policy),
@@ -219,6 +225,25 @@ impl ExecuteService {
                 Effects::default(),
             )
             .await?)
+    }
+
+    /// The answer to a call of a degraded tenant: BLOCK `tenant_unavailable`, recorded if its
+    /// chain takes it; 503 if not. What failed is for the operator (`/readyz`, the log), not
+    /// the agent.
+    async fn unavailable(&self, tenant_id: &str, req: &ExecuteRequest) -> Result<ExecuteOutcome> {
+        let decision = Decision::block(
+            codes::TENANT_UNAVAILABLE,
+            "this tenant could not be loaded when the gateway started; its calls are blocked until an operator repairs it",
+        );
+        self.record_decision(tenant_id, req, decision, None, None, Effects::default())
+            .await
+            .map_err(|e| {
+                tracing::error!(tenant = %tenant_id, error = %e, "a degraded tenant's call could not be recorded");
+                AppError::Unavailable {
+                    code: codes::TENANT_UNAVAILABLE,
+                    message: "this tenant could not be loaded when the gateway started; its calls are refused until an operator repairs it".into(),
+                }
+            })
     }
 
     async fn evaluate(
@@ -257,7 +282,7 @@ impl ExecuteService {
 
     async fn record_decision(
         &self,
-        tenant: &Tenant,
+        tenant_id: &str,
         req: &ExecuteRequest,
         decision: Decision,
         policy: Option<&Arc<ActivePolicy>>,
@@ -266,7 +291,7 @@ impl ExecuteService {
     ) -> std::result::Result<ExecuteOutcome, AuditError> {
         let record = RecordBody::new(Kind::Decision);
         self.record_call(
-            tenant, req, record, decision, policy, evaluation, effects, None,
+            tenant_id, req, record, decision, policy, evaluation, effects, None,
         )
         .await
     }
@@ -276,7 +301,7 @@ impl ExecuteService {
     #[allow(clippy::too_many_arguments)]
     async fn record_call(
         &self,
-        tenant: &Tenant,
+        tenant_id: &str,
         req: &ExecuteRequest,
         mut record: RecordBody,
         decision: Decision,
@@ -312,7 +337,7 @@ impl ExecuteService {
                 .collect();
         }
         let started = Instant::now();
-        let appended = self.audit.append(&tenant.id, record, effects).await;
+        let appended = self.audit.append(tenant_id, record, effects).await;
         self.metrics
             .audit_append_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -320,12 +345,12 @@ impl ExecuteService {
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {
-                tenant: tenant.id.clone(),
+                tenant: tenant_id.to_owned(),
                 outcome: decision.outcome.as_str().to_owned(),
             })
             .inc();
         tracing::debug!(
-            tenant = %tenant.id,
+            tenant = %tenant_id,
             agent = %req.agent_id,
             action = %req.action,
             outcome = decision.outcome.as_str(),
@@ -367,7 +392,7 @@ impl ExecuteService {
             );
             return Ok(self
                 .record_decision(
-                    tenant,
+                    &tenant.id,
                     req,
                     blocked,
                     Some(policy),
@@ -423,7 +448,7 @@ impl ExecuteService {
         let rx = self.escalations.subscribe(&esc.id);
         // Boxed, so the held state below does not reserve room for the append.
         let opened = Box::pin(self.record_call(
-            tenant,
+            &tenant.id,
             req,
             record,
             decision,

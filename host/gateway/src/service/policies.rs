@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::access::{Admin, Reviewer, TenantScope};
 use crate::audit::{Effects, Kind, RecordBody, SharedLedger};
+use crate::degraded::{Degraded, Part};
 use crate::error::{AppError, Result};
 use crate::policies::{ActivePolicy, Policies, PolicyMeta};
 
@@ -16,6 +17,8 @@ pub struct PolicyService {
     pub(crate) audit: SharedLedger,
     /// Serializes activations so the audit order matches the order they took effect.
     pub(crate) activation: Arc<tokio::sync::Mutex<()>>,
+    /// An activation repairs a tenant whose active policy did not load.
+    pub(crate) degraded: Degraded,
 }
 
 impl PolicyService {
@@ -77,6 +80,7 @@ impl PolicyService {
             .await?;
         let meta = prepared.meta.clone();
         self.policies.activate(tenant_id, prepared)?;
+        self.degraded.clear(tenant_id, Part::Policy);
         Ok(meta)
     }
 

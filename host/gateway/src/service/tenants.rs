@@ -35,17 +35,24 @@ impl TenantService {
     /// Puts every tenant's webhook secret, from the vault, in memory; a secret a row still
     /// holds in clear (written before secrets were sealed) is sealed into the vault and the row
     /// rewritten without it, in one transaction.
-    pub fn load_webhook_secrets(&self) -> Result<()> {
-        for mut tenant in self.tenants.all() {
-            if let Some(clear) = tenant.webhook_secret.clone() {
-                let sealed = self.vault.webhook_row(&tenant.id, &clear)?;
-                self.store.commit(&[Tenants::row(&tenant), sealed])?;
-                continue;
+    pub fn load_webhook_secrets(&self, degraded: &crate::degraded::Degraded) {
+        for tenant in self.tenants.all() {
+            let id = tenant.id.clone();
+            if let Err(e) = self.load_webhook_secret(tenant) {
+                degraded.mark(&id, crate::degraded::Part::Webhooks, e);
             }
-            if let Some(secret) = self.vault.open_webhook(&tenant.id)? {
-                tenant.webhook_secret = Some(secret.to_string());
-                self.tenants.replaced(tenant);
-            }
+        }
+    }
+
+    fn load_webhook_secret(&self, mut tenant: Tenant) -> Result<()> {
+        if let Some(clear) = tenant.webhook_secret.clone() {
+            let sealed = self.vault.webhook_row(&tenant.id, &clear)?;
+            self.store.commit(&[Tenants::row(&tenant), sealed])?;
+            return Ok(());
+        }
+        if let Some(secret) = self.vault.open_webhook(&tenant.id)? {
+            tenant.webhook_secret = Some(secret.to_string());
+            self.tenants.replaced(tenant);
         }
         Ok(())
     }

@@ -16,27 +16,43 @@ use crate::api::wire::*;
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
+        ..Health::default()
     })
 }
 
 /// Readiness: policies are loaded (they are before the listener serves) and the store answers.
+/// Tenants that could not be loaded are counted (`degraded_tenants`); with the operator key,
+/// each is named with what failed.
 #[utoipa::path(get, path = "/readyz", tag = "ops",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
-pub async fn readyz(State(state): State<ApiState>) -> (StatusCode, Json<Health>) {
-    if state.app.ready() {
-        (
-            StatusCode::OK,
-            Json(Health {
-                status: "ok".into(),
-            }),
-        )
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Health {
-                status: "unavailable".into(),
-            }),
-        )
+pub async fn readyz(
+    State(state): State<ApiState>,
+    who: Option<Auth>,
+) -> (StatusCode, Json<Health>) {
+    let degraded = state.app.degraded();
+    let operator =
+        who.is_some_and(|Auth(who)| who.require_operator("reading readiness detail").is_ok());
+    let mut health = Health {
+        degraded_tenants: Some(degraded.count()),
+        degraded: operator.then(|| {
+            degraded
+                .list()
+                .into_iter()
+                .map(|(tenant_id, reason)| DegradedTenant { tenant_id, reason })
+                .collect()
+        }),
+        ..Health::default()
+    };
+    match state.app.unready() {
+        None => {
+            health.status = "ok".into();
+            (StatusCode::OK, Json(health))
+        }
+        Some(reason) => {
+            health.status = "unavailable".into();
+            health.reason = Some(reason);
+            (StatusCode::SERVICE_UNAVAILABLE, Json(health))
+        }
     }
 }
 
@@ -54,11 +70,15 @@ pub async fn metrics(
         let Auth(who) = who.ok_or(ApiError::Unauthorized)?;
         who.require_operator("reading metrics")?;
     }
+    let metrics = state.app.metrics();
+    metrics
+        .tenants_degraded
+        .set(state.app.degraded().count() as i64);
     Ok((
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.app.metrics().render(),
+        metrics.render(),
     ))
 }
