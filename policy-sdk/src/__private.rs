@@ -78,6 +78,10 @@ pub(crate) fn log(level: Level, message: &str) {
     host::log(level, message);
 }
 
+pub(crate) fn key_id() -> alloc::string::String {
+    host::key_id()
+}
+
 pub(crate) fn usage(counter: &str, window: Window) -> f64 {
     let window = match window {
         Window::Session => types::Window::Session,

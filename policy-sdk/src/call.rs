@@ -70,6 +70,8 @@ pub struct ToolCall {
     arguments: String,
     context: String,
     agent_id: String,
+    /// Set by native tests; a component asks the host.
+    key_id: String,
     session_id: String,
     tenant_id: String,
     target: Option<Target>,
@@ -89,6 +91,7 @@ impl ToolCall {
                 arguments: "{}".into(),
                 context: "{}".into(),
                 agent_id: "test-agent".into(),
+                key_id: "key_test".into(),
                 session_id: "test-session".into(),
                 tenant_id: "test-tenant".into(),
                 target: None,
@@ -116,6 +119,7 @@ impl ToolCall {
             arguments,
             context,
             agent_id,
+            key_id: String::new(),
             session_id,
             tenant_id,
             target,
@@ -177,9 +181,21 @@ impl ToolCall {
         })
     }
 
-    /// The agent making the call, as authenticated by the gateway.
+    /// The agent making the call, as its request names it: checked by the gateway when the
+    /// agent's key is bound to an agent id, otherwise the caller's word. Key per-caller limits by
+    /// [`ToolCall::key_id`].
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// The id of the API key that made the call (`key_…`), as the gateway authenticated it. The
+    /// caller cannot choose it: count per-caller usage under a counter named after it.
+    pub fn key_id(&self) -> String {
+        match &self.usage {
+            #[cfg(target_arch = "wasm32")]
+            UsageSource::Host => crate::__private::key_id(),
+            UsageSource::Fixed(_) => self.key_id.clone(),
+        }
     }
 
     /// The session the call belongs to.
@@ -246,6 +262,12 @@ impl ToolCallBuilder {
     /// Sets the agent id.
     pub fn agent_id(mut self, agent_id: impl Into<String>) -> Self {
         self.call.agent_id = agent_id.into();
+        self
+    }
+
+    /// Sets the id of the key that makes the call (default `key_test`).
+    pub fn key_id(mut self, key_id: impl Into<String>) -> Self {
+        self.call.key_id = key_id.into();
         self
     }
 

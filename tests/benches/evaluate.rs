@@ -62,7 +62,7 @@ fn cases() -> Vec<Case> {
             component: artifacts::RATE_LIMIT,
             action: "email.send",
             arguments: json!({"to": "a@example.com"}),
-            usage: vec![("calls:agent-1:email.send", Window::Minute, 3.0)],
+            usage: vec![("calls:key_test:email.send", Window::Minute, 3.0)],
             native: rate_limit::RateLimit::evaluate,
         },
     ]

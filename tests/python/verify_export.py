@@ -18,12 +18,33 @@ def canonical(record: dict) -> bytes:
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
+# The fields of each record format (ARCHITECTURE.md, "Record formats"). Format 1 records carry
+# no `version`; format 2 adds the acting key (`key_id`, `key_subject`, null when no key acted)
+# and `version: 2`. Every field of a record's format is present, and no other.
+FORMAT_1 = {
+    "action", "actor", "agent_id", "arguments", "charges", "client_hint", "codes", "detail",
+    "escalation_id", "event_id", "fuel", "kind", "latency_us", "outcome", "policy_id",
+    "prev_hash", "reason", "seq", "session_id", "tenant_id", "timestamp_ms",
+}
+FORMATS = {1: FORMAT_1, 2: FORMAT_1 | {"key_id", "key_subject", "version"}}
+
+
+def record_format(record: dict):
+    version = record.get("version", 1)
+    fields = FORMATS.get(version) if isinstance(version, int) else None
+    if fields is None or set(record) != fields:
+        return None
+    return version
+
+
 def verify(lines, tenant=None):
     prev = bytes(32)
     count = 0
     for expected_seq, line in enumerate(lines):
         record = json.loads(line)
-        stored_hash = record.pop("hash")
+        stored_hash = record.pop("hash", None)
+        if record_format(record) is None:
+            return ("broken", expected_seq, "unknown_format")
         if record["seq"] != expected_seq:
             return ("broken", expected_seq, "seq_out_of_order_or_missing")
         if tenant is not None and record["tenant_id"] != tenant:

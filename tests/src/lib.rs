@@ -66,6 +66,7 @@ pub fn call(action: &str, arguments: serde_json::Value) -> ToolCall {
         arguments: arguments.to_string(),
         context: "{}".to_owned(),
         agent_id: "agent-1".to_owned(),
+        key_id: "key_test".to_owned(),
         session_id: "sess-1".to_owned(),
         tenant_id: "tenant-1".to_owned(),
         target: None,

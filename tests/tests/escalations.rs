@@ -281,7 +281,7 @@ async fn wait_zero_answers_at_once_and_the_wait_endpoint_fetches_the_outcome() {
 }
 
 #[tokio::test]
-async fn only_reviewers_of_the_tenant_who_are_not_the_agent_decide() {
+async fn only_reviewers_of_the_tenant_who_do_not_hold_the_calling_key_decide() {
     let gw = Arc::new(TestGateway::start().await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let other = gw.tenant("other", Some(artifacts::PAYMENTS_LIMITS)).await;
@@ -289,12 +289,13 @@ async fn only_reviewers_of_the_tenant_who_are_not_the_agent_decide() {
         .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
         .await;
     let id = body["escalation_id"].as_str().unwrap();
+    // Whoever holds the agent key that made the call ("agent-owner") holds this one too.
     let (_, self_reviewer) = gw
         .call(
             Method::POST,
             &format!("/v1/admin/tenants/{}/keys", t.id),
             Some(&t.admin),
-            Some(json!({"role": "reviewer", "subject": "agent-1"})),
+            Some(json!({"role": "reviewer", "subject": "agent-owner"})),
         )
         .await;
     let self_reviewer = self_reviewer["api_key"].as_str().unwrap();

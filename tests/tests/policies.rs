@@ -137,10 +137,10 @@ fn spend_cap_reads_usage_and_charges(
 }
 
 #[test]
-fn rate_limit_counts_per_agent_and_action_per_minute() {
+fn rate_limit_counts_per_key_and_action_per_minute() {
     let policy = load(artifacts::RATE_LIMIT);
     let c = call("email.send", json!({}));
-    let counter = "calls:agent-1:email.send";
+    let counter = "calls:key_test:email.send";
     let under = evaluate_with(
         &policy,
         &c,
@@ -158,13 +158,13 @@ fn rate_limit_counts_per_agent_and_action_per_minute() {
     );
     assert_eq!(at.decision.outcome, Outcome::Block);
     assert_eq!(at.decision.codes, ["rate_limited"]);
-    let other_agent = evaluate_with(
+    let other_key = evaluate_with(
         &policy,
         &c,
         &Limits::default(),
-        &[("calls:agent-2:email.send", Window::Minute, 10.0)],
+        &[("calls:key_other:email.send", Window::Minute, 10.0)],
     );
-    assert_eq!(other_agent.decision.outcome, Outcome::Allow);
+    assert_eq!(other_key.decision.outcome, Outcome::Allow);
 }
 
 /// Each guest this crate builds is exercised by some test in this directory.

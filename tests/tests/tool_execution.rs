@@ -350,6 +350,40 @@ async fn an_idempotency_key_runs_once_however_often_it_is_sent() {
     assert_eq!(r.status(), 422);
     let error: Value = r.json().await.unwrap();
     assert_eq!(error["error"]["code"], "idempotency_key_reused");
+    // The stored answer goes to no other key: one bound to another agent is refused, and
+    // another key's identical request is not the same request.
+    for (role_body, status, code) in [
+        (
+            json!({"role": "agent", "subject": "x", "agent_id": "someone-else"}),
+            403,
+            "forbidden",
+        ),
+        (
+            json!({"role": "agent", "subject": "y"}),
+            422,
+            "idempotency_key_reused",
+        ),
+    ] {
+        let (_, key) = gw
+            .call(
+                Method::POST,
+                &format!("/v1/admin/tenants/{}/keys", t.id),
+                Some(&t.admin),
+                Some(role_body),
+            )
+            .await;
+        let r = reqwest::Client::new()
+            .post(gw.url("/v1/execute"))
+            .bearer_auth(key["api_key"].as_str().unwrap())
+            .header("Idempotency-Key", "req-42")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status);
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+    }
     // A key that is not text is refused, not silently ignored (which would run the call).
     let records = gw.audit(&t.admin).await.len();
     let r = reqwest::Client::new()

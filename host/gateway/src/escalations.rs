@@ -62,8 +62,15 @@ pub struct Escalation {
     pub action: String,
     /// The call's arguments (JSON text).
     pub arguments: String,
+    /// The agent the call claimed to be (its body's `agent_id`).
     pub agent_id: String,
     pub session_id: String,
+    /// The key that made the call (absent in rows written before keys were recorded).
+    #[serde(default)]
+    pub caller_key_id: Option<String>,
+    /// Who holds that key: separation of duties compares it with the deciding key's holder.
+    #[serde(default)]
+    pub caller_subject: Option<String>,
     /// The policy that escalated.
     pub policy_id: String,
     /// The policy's reason.
@@ -401,6 +408,8 @@ mod tests {
             action: "payments.initiate".into(),
             arguments: "{}".into(),
             agent_id: "agent".into(),
+            caller_key_id: Some("key_agent".into()),
+            caller_subject: Some("agent@example.com".into()),
             session_id: "session".into(),
             policy_id: "p".into(),
             reason: "over the limit".into(),

@@ -66,6 +66,8 @@ struct CaseCall {
     context: Value,
     #[serde(default = "default_agent")]
     agent_id: String,
+    #[serde(default = "default_key")]
+    key_id: String,
     #[serde(default = "default_session")]
     session_id: String,
     #[serde(default = "default_tenant")]
@@ -130,6 +132,11 @@ fn empty_object() -> Value {
 fn default_agent() -> String {
     "test-agent".into()
 }
+
+fn default_key() -> String {
+    "key_test".into()
+}
+
 fn default_session() -> String {
     "test-session".into()
 }
@@ -209,6 +216,7 @@ fn to_call(call: &CaseCall) -> ToolCall {
         arguments: call.arguments.to_string(),
         context: call.context.to_string(),
         agent_id: call.agent_id.clone(),
+        key_id: call.key_id.clone(),
         session_id: call.session_id.clone(),
         tenant_id: call.tenant_id.clone(),
         target: call.target.as_ref().map(|t| Target {

@@ -59,8 +59,10 @@ pub struct ToolCall {
     pub arguments: String,
     /// Caller-supplied context: a JSON object, as text (`{}` when none).
     pub context: String,
-    /// The authenticated agent.
+    /// The agent, as the request names it (checked when the key is bound to one).
     pub agent_id: String,
+    /// The id of the key that made the call (`host.key-id`).
+    pub key_id: String,
     /// The agent's session.
     pub session_id: String,
     /// The tenant whose policy evaluates the call.

@@ -145,8 +145,7 @@ pub struct CallState {
     usage_reads: Vec<UsageRead>,
     logs: Vec<LogLine>,
     logs_dropped: usize,
-    tenant_id: String,
-    policy_id: String,
+    key_id: String,
 }
 
 impl ResourceLimiter for CallState {
@@ -194,15 +193,14 @@ impl bindings::Host for CallState {
             bindings::Level::Warn => LogLevel::Warn,
             bindings::Level::Error => LogLevel::Error,
         };
-        let (tenant, policy) = (&self.tenant_id, &self.policy_id);
-        match level {
-            LogLevel::Debug => tracing::debug!(tenant, policy, "policy: {message}"),
-            LogLevel::Info => tracing::info!(tenant, policy, "policy: {message}"),
-            LogLevel::Warn => tracing::warn!(tenant, policy, "policy: {message}"),
-            LogLevel::Error => tracing::error!(tenant, policy, "policy: {message}"),
-        }
+        // Only kept: the caller decides where the lines go (the gateway's `PolicyLog` emits
+        // them escaped and rate-limited per tenant; `writ policy test -v` prints them).
         self.logs.push(LogLine { level, message });
         Ok(())
+    }
+
+    fn key_id(&mut self) -> wasmtime::Result<String> {
+        Ok(self.key_id.clone())
     }
 
     fn usage(&mut self, counter: String, window: WitWindow) -> wasmtime::Result<f64> {
@@ -268,8 +266,7 @@ impl Engine {
                 usage_reads: Vec::new(),
                 logs: Vec::new(),
                 logs_dropped: 0,
-                tenant_id: call.tenant_id.clone(),
-                policy_id: policy.id().to_owned(),
+                key_id: call.key_id.clone(),
             },
         );
         store.limiter(|state| state);

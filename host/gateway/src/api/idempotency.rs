@@ -67,16 +67,18 @@ impl Idempotency {
 
     /// Runs `run` at most once per (tenant, `key`) within 24 hours: a repeat with the same
     /// `fingerprint` gets the stored answer without running again; with another fingerprint,
-    /// a conflict (422). Concurrent repeats wait for the first.
-    pub async fn run<F>(
+    /// a conflict (422). Concurrent repeats wait for the first. The first answer is durable
+    /// before this returns, and with it what `run` handed back to act on after (a job to
+    /// start); a repeat gets `None`.
+    pub async fn run<F, T>(
         &self,
         scope: &TenantScope<Agent>,
         key: &str,
         fingerprint: &str,
         run: F,
-    ) -> Result<(u16, String)>
+    ) -> Result<(u16, String, Option<T>)>
     where
-        F: std::future::Future<Output = Result<(u16, String)>>,
+        F: std::future::Future<Output = Result<(u16, String, T)>>,
     {
         if !crate::valid_name(key) {
             return Err(AppError::invalid(
@@ -108,10 +110,10 @@ impl Idempotency {
                         message: "this Idempotency-Key was used with a different request".into(),
                     });
                 }
-                Ok((s.status, s.body))
+                Ok((s.status, s.body, None))
             }
             _ => {
-                let (status, body) = run.await?;
+                let (status, body, then) = run.await?;
                 let answer = IdempotentAnswer {
                     fingerprint: fingerprint.to_owned(),
                     status,
@@ -119,7 +121,18 @@ impl Idempotency {
                     created_ms: self.clock.now_ms(),
                 };
                 self.store.put(Table::Idempotency, &row, &answer)?;
-                Ok((status, body))
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.flush())
+                    .await
+                    .map_err(AppError::internal)?
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "an idempotent answer could not be made durable");
+                        AppError::Unavailable {
+                            code: "store_unavailable",
+                            message: "the answer could not be made durable; the decision stands in the audit log".into(),
+                        }
+                    })?;
+                Ok((status, body, Some(then)))
             }
         }
     }
@@ -162,16 +175,16 @@ mod tests {
         let scope = agent();
         let failed = idempotency
             .run(&scope, "k1", "f", async {
-                Err(AppError::invalid("downstream refused"))
+                Err::<(u16, String, ()), _>(AppError::invalid("downstream refused"))
             })
             .await;
         assert!(failed.is_err());
         assert_eq!(idempotency.entries(), 0);
         let answered = idempotency
-            .run(&scope, "k2", "f", async { Ok((200, "{}".to_owned())) })
+            .run(&scope, "k2", "f", async { Ok((200, "{}".to_owned(), ())) })
             .await
             .unwrap();
-        assert_eq!(answered, (200, "{}".to_owned()));
+        assert_eq!(answered, (200, "{}".to_owned(), Some(())));
         assert_eq!(idempotency.entries(), 0);
     }
 
@@ -182,16 +195,23 @@ mod tests {
         let idempotency = Idempotency::new(Store::open(dir.path()).unwrap(), clock.clone());
         let scope = agent();
         let first = idempotency
-            .run(&scope, "k", "f", async { Ok((202, "first".to_owned())) })
+            .run(&scope, "k", "f", async {
+                Ok((202, "first".to_owned(), ()))
+            })
             .await
             .unwrap();
         let repeat = idempotency
-            .run(&scope, "k", "f", async { Ok((200, "second".to_owned())) })
+            .run(&scope, "k", "f", async {
+                Ok((200, "second".to_owned(), ()))
+            })
             .await
             .unwrap();
-        assert_eq!(repeat, first);
+        assert_eq!((repeat.0, repeat.1), (first.0, first.1));
+        assert_eq!(repeat.2, None, "a repeat has nothing to act on");
         let reused = idempotency
-            .run(&scope, "k", "other", async { Ok((200, "x".to_owned())) })
+            .run(&scope, "k", "other", async {
+                Ok((200, "x".to_owned(), ()))
+            })
             .await;
         assert!(matches!(
             reused,
@@ -203,7 +223,7 @@ mod tests {
         clock.advance(KEPT_MS);
         let later = idempotency
             .run(&scope, "k", "other", async {
-                Ok((200, "fresh".to_owned()))
+                Ok((200, "fresh".to_owned(), ()))
             })
             .await
             .unwrap();

@@ -53,7 +53,9 @@ pub use ledger::{Appending, ChainHead, Ledger, SharedLedger};
 pub(crate) use record::hash_hex;
 #[allow(unused_imports)]
 use record::*;
-pub use record::{Kind, MAX_RECORD_BYTES, Record, RecordBody, RecordCharge, call_record_bytes};
+pub use record::{
+    Kind, MAX_RECORD_BYTES, RECORD_VERSION, Record, RecordBody, RecordCharge, call_record_bytes,
+};
 #[allow(unused_imports)]
 use sessions::*;
 #[allow(unused_imports)]

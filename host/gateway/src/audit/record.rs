@@ -54,9 +54,14 @@ pub struct RecordCharge {
     pub counter: String,
 }
 
+/// The record format this gateway writes. Format 1 (records without `version`) has no
+/// `key_id`, `key_subject` or `version`; format 2 has all three, `null` where no key acted.
+pub const RECORD_VERSION: u32 = 2;
+
 /// Everything in a record except its hash. **Fields are declared in lexicographic order**: that
-/// order is the canonical encoding's key order. Every field is always present (`null` when it
-/// does not apply).
+/// order is the canonical encoding's key order. Every field of the record's format is always
+/// present (`null` when it does not apply); the fields format 1 lacks are absent from its
+/// records, so their hashes are what they were.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordBody {
     /// The evaluated action.
@@ -81,6 +86,22 @@ pub struct RecordBody {
     pub event_id: String,
     /// Fuel the policy burned.
     pub fuel: Option<u64>,
+    /// The id of the key that acted (the agent's for a call, the reviewer's for a decision, the
+    /// admin's or operator's for a change); `null` for the gateway's own acts. Absent in
+    /// format 1.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub key_id: Option<Option<String>>,
+    /// Who holds that key (its subject). Absent in format 1.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub key_subject: Option<Option<String>>,
     /// [`Kind::as_str`].
     pub kind: String,
     /// Evaluation time in microseconds.
@@ -100,6 +121,19 @@ pub struct RecordBody {
     pub tenant_id: String,
     /// When the record was appended, ms since the epoch.
     pub timestamp_ms: u64,
+    /// The record format ([`RECORD_VERSION`]); absent in format 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+}
+
+/// A field that is present (`null` or a value) is `Some`; an absent one stays `None` (the
+/// `default`).
+fn present<'de, D, T>(deserializer: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A record of the chain: the body and its hash.
@@ -146,9 +180,16 @@ impl RecordBody {
     ) -> Self {
         let mut body = Self::new(kind);
         detail.insert("key_id".into(), key_id.into());
+        body.acted_by(key_id, subject);
         body.actor = Some(subject.to_owned());
         body.detail = Some(serde_json::Value::Object(detail).to_string());
         body
+    }
+
+    /// Names the key that acted and who holds it.
+    pub fn acted_by(&mut self, key_id: &str, subject: &str) {
+        self.key_id = Some(Some(key_id.to_owned()));
+        self.key_subject = Some(Some(subject.to_owned()));
     }
 
     /// An empty record of `kind` for [`AuditLog::append`], which fills in `seq`, `prev_hash`,
@@ -166,6 +207,8 @@ impl RecordBody {
             escalation_id: None,
             event_id: String::new(),
             fuel: None,
+            key_id: Some(None),
+            key_subject: Some(None),
             kind: kind.as_str().to_owned(),
             latency_us: None,
             outcome: None,
@@ -176,6 +219,7 @@ impl RecordBody {
             session_id: None,
             tenant_id: String::new(),
             timestamp_ms: 0,
+            version: Some(RECORD_VERSION),
         }
     }
 }

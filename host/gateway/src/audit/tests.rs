@@ -18,6 +18,8 @@ fn body() -> RecordBody {
         escalation_id: None,
         event_id: "evt_1".into(),
         fuel: Some(7),
+        key_id: Some(Some("key_1".into())),
+        key_subject: Some(Some("agent@example.com".into())),
         kind: "decision".into(),
         latency_us: Some(12),
         outcome: Some("ALLOW".into()),
@@ -28,6 +30,7 @@ fn body() -> RecordBody {
         session_id: Some("s".into()),
         tenant_id: "ten_1".into(),
         timestamp_ms: 1,
+        version: Some(RECORD_VERSION),
     }
 }
 
@@ -426,4 +429,33 @@ async fn a_record_over_the_bound_is_refused_and_the_chain_goes_on_without_it() {
         records[1].body.arguments.as_deref(),
         Some(r#"{"amount":2}"#)
     );
+}
+
+#[test]
+fn a_format_1_record_reads_and_hashes_as_it_was_written() {
+    let mut v1 = body();
+    v1.key_id = None;
+    v1.key_subject = None;
+    v1.version = None;
+    let canonical = v1.canonical();
+    let text = std::str::from_utf8(&canonical).unwrap();
+    assert!(
+        !text.contains("key_id") && !text.contains("version"),
+        "{text}"
+    );
+    let stored = stored_bytes(canonical.clone(), &hash_hex(&v1.hash(&[0; 32])));
+    let read = decode_record(&stored).unwrap();
+    assert_eq!(read.body, v1);
+    assert_eq!(read.body.canonical(), canonical);
+
+    let mut v2 = body();
+    v2.key_id = Some(None);
+    let text = String::from_utf8(v2.canonical()).unwrap();
+    assert!(
+        text.contains(r#""key_id":null,"key_subject":"agent@example.com","kind""#),
+        "{text}"
+    );
+    assert!(text.ends_with(r#""timestamp_ms":1,"version":2}"#), "{text}");
+    let read = decode_record(&stored_bytes(v2.canonical(), "00")).unwrap();
+    assert_eq!(read.body, v2, "a null key stays present");
 }

@@ -152,6 +152,7 @@ impl EscalationService {
             policy_id: Some(esc.policy_id.clone()),
             session_id: esc.session_id.clone(),
             job_id: esc.job_id.clone(),
+            job: None,
         }
     }
 
@@ -224,6 +225,9 @@ impl EscalationService {
         record.policy_id = Some(esc.policy_id.clone());
         record.escalation_id = Some(esc.id.clone());
         record.actor = resolved.decided_by.clone();
+        if let Some(who) = who {
+            record.acted_by(&who.key_id, &who.subject);
+        }
         record.outcome = Some(outcome.decision.outcome.as_str().to_owned());
         record.reason = Some(outcome.decision.reason.clone());
         record.codes = outcome.decision.codes.clone();
@@ -339,9 +343,12 @@ impl EscalationService {
             .registry
             .get(tenant_id, id)?
             .ok_or(AppError::NotFound("escalation"))?;
-        if esc.agent_id == who.subject {
+        // Holders, not names: the subject of the key that made the call (rows from before keys
+        // were recorded: the agent id it claimed).
+        let caller = esc.caller_subject.as_deref().unwrap_or(&esc.agent_id);
+        if caller == who.subject {
             return Err(AppError::Forbidden(
-                "a reviewer whose subject is the escalated call's agent cannot decide it".into(),
+                "the holder of the key that made this call cannot decide it".into(),
             ));
         }
         if note.as_ref().is_some_and(|n| n.len() > 4096) {
@@ -365,7 +372,7 @@ impl EscalationService {
             .registry
             .get(tenant_id, id)?
             .ok_or(AppError::NotFound("escalation"))?;
-        if who.role == Role::Agent && who.agent_id.as_ref().is_some_and(|a| *a != esc.agent_id) {
+        if who.role == Role::Agent && !made_by(&esc, who) {
             return Err(AppError::NotFound("escalation"));
         }
         Ok(esc)
@@ -400,5 +407,14 @@ impl EscalationService {
         };
         let outcome = self.outcome_of(&current);
         Ok((current, outcome))
+    }
+}
+
+/// Whether `key` made the escalated call: its key when recorded; else (older rows) any agent
+/// key not bound to another agent.
+fn made_by(esc: &Escalation, key: &Principal) -> bool {
+    match &esc.caller_key_id {
+        Some(caller) => *caller == key.key_id,
+        None => key.agent_id.as_ref().is_none_or(|a| *a == esc.agent_id),
     }
 }

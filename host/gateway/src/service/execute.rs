@@ -12,7 +12,7 @@ use writ_runtime::engine::Engine;
 use writ_runtime::evaluation::Evaluation;
 
 use super::escalations::EscalationService;
-use super::jobs::JobService;
+use super::jobs::{JobService, JobStart};
 use crate::access::{Agent, TenantScope};
 use crate::audit::{
     AuditError, Effects, Kind, MAX_RECORD_BYTES, RecordBody, RecordCharge, SharedLedger,
@@ -26,7 +26,7 @@ use crate::escalations::{self, Escalation, Status};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policies::{ActivePolicy, Policies};
 use crate::store::Store;
-use crate::tenants::{Tenant, TenantLimits, Tenants, new_ordered_id};
+use crate::tenants::{Principal, Tenant, TenantLimits, Tenants, new_ordered_id};
 use crate::usage::{CallScope, StoreUsage};
 
 /// A tool call as the API received it.
@@ -48,8 +48,22 @@ pub struct ExecuteRequest {
     pub target: Option<ResolvedRequest>,
 }
 
+/// A tool call with the key that made it.
+struct Call {
+    request: ExecuteRequest,
+    key: Principal,
+}
+
+impl std::ops::Deref for Call {
+    type Target = ExecuteRequest;
+
+    fn deref(&self) -> &ExecuteRequest {
+        &self.request
+    }
+}
+
 /// The answer to a tool call.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ExecuteOutcome {
     pub decision: Decision,
     /// The audit record's event id.
@@ -63,6 +77,8 @@ pub struct ExecuteOutcome {
     pub session_id: String,
     /// The downstream job an allowed catalog call became.
     pub job_id: Option<String>,
+    /// That job, started when this is dropped (or started).
+    pub job: Option<JobStart>,
 }
 
 /// Runs tool calls through the tenant's policy. Cheap to clone.
@@ -103,6 +119,10 @@ impl ExecuteService {
             )));
         }
         check_record_size(&req)?;
+        let req = Call {
+            request: req,
+            key: scope.key().clone(),
+        };
         if self.degraded.reason(tenant_id).is_some() {
             return self.unavailable(tenant_id, &req).await;
         }
@@ -121,6 +141,7 @@ impl ExecuteService {
             arguments: req.arguments.clone(),
             context: req.context.clone(),
             agent_id: req.agent_id.clone(),
+            key_id: req.key.key_id.clone(),
             session_id: req.session_id.clone(),
             tenant_id: tenant.id.clone(),
             target: req.target.as_ref().map(|r| writ_runtime::decision::Target {
@@ -204,7 +225,7 @@ impl ExecuteService {
                 Ok(mut outcome) => {
                     if let Some(job) = job {
                         outcome.job_id = Some(job.id.clone());
-                        self.jobs.run(job);
+                        outcome.job = Some(self.jobs.start_later(job));
                     }
                     return Ok(outcome);
                 }
@@ -230,7 +251,7 @@ impl ExecuteService {
     /// The answer to a call of a degraded tenant: BLOCK `tenant_unavailable`, recorded if its
     /// chain takes it; 503 if not. What failed is for the operator (`/readyz`, the log), not
     /// the agent.
-    async fn unavailable(&self, tenant_id: &str, req: &ExecuteRequest) -> Result<ExecuteOutcome> {
+    async fn unavailable(&self, tenant_id: &str, req: &Call) -> Result<ExecuteOutcome> {
         let decision = Decision::block(
             codes::TENANT_UNAVAILABLE,
             "this tenant could not be loaded when the gateway started; its calls are blocked until an operator repairs it",
@@ -283,7 +304,7 @@ impl ExecuteService {
     async fn record_decision(
         &self,
         tenant_id: &str,
-        req: &ExecuteRequest,
+        req: &Call,
         decision: Decision,
         policy: Option<&Arc<ActivePolicy>>,
         evaluation: Option<&Evaluation>,
@@ -302,7 +323,7 @@ impl ExecuteService {
     async fn record_call(
         &self,
         tenant_id: &str,
-        req: &ExecuteRequest,
+        req: &Call,
         mut record: RecordBody,
         decision: Decision,
         policy: Option<&Arc<ActivePolicy>>,
@@ -311,6 +332,7 @@ impl ExecuteService {
         escalation_id: Option<String>,
     ) -> std::result::Result<ExecuteOutcome, AuditError> {
         let charged = !effects.add.is_empty();
+        record.acted_by(&req.key.key_id, &req.key.subject);
         record.action = Some(req.action.clone());
         record.agent_id = Some(req.agent_id.clone());
         record.arguments = Some(req.arguments.clone());
@@ -367,6 +389,7 @@ impl ExecuteService {
             policy_id: policy.map(|p| p.meta.policy_id.clone()),
             session_id: req.session_id.clone(),
             job_id: None,
+            job: None,
             decision,
         })
     }
@@ -377,7 +400,7 @@ impl ExecuteService {
     async fn escalate(
         &self,
         tenant: &Tenant,
-        req: &ExecuteRequest,
+        req: &Call,
         policy: &Arc<ActivePolicy>,
         evaluation: &Evaluation,
         decision: Decision,
@@ -410,6 +433,8 @@ impl ExecuteService {
             arguments: req.arguments.clone(),
             agent_id: req.agent_id.clone(),
             session_id: req.session_id.clone(),
+            caller_key_id: Some(req.key.key_id.clone()),
+            caller_subject: Some(req.key.subject.clone()),
             policy_id: policy.meta.policy_id.clone(),
             reason: decision.reason.clone(),
             codes: decision.codes.clone(),

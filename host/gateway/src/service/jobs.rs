@@ -51,6 +51,14 @@ impl JobService {
         self.jobs.new_job(tenant_id, request, event_id)
     }
 
+    /// A stored job, started when the returned handle is started or dropped.
+    pub fn start_later(&self, job: Job) -> JobStart {
+        JobStart {
+            service: self.clone(),
+            job: Some(job),
+        }
+    }
+
     /// Runs a stored job in the background and records it when it finishes.
     pub fn run(&self, job: Job) {
         let service = self.clone();
@@ -106,5 +114,35 @@ impl JobService {
         self.jobs
             .get(scope.tenant_id(), id)?
             .ok_or(AppError::NotFound("job"))
+    }
+}
+
+/// A stored job not yet started. It starts when [`JobStart::start`] is called or when it is
+/// dropped, so a caller can first make something durable (an idempotent answer) and no path
+/// leaves the job pending. Must be dropped inside the runtime.
+#[must_use = "the job starts when this is dropped"]
+pub struct JobStart {
+    service: JobService,
+    job: Option<Job>,
+}
+
+impl JobStart {
+    /// Starts the job now.
+    pub fn start(self) {}
+}
+
+impl Drop for JobStart {
+    fn drop(&mut self) {
+        if let Some(job) = self.job.take() {
+            self.service.run(job);
+        }
+    }
+}
+
+impl std::fmt::Debug for JobStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobStart")
+            .field("job", &self.job.as_ref().map(|j| &j.id))
+            .finish()
     }
 }

@@ -67,6 +67,7 @@ impl PolicyService {
         let previous = self.policies.active(tenant_id);
         let mut record = RecordBody::new(Kind::PolicyActivated);
         record.actor = Some(scope.subject().to_owned());
+        record.acted_by(&scope.key().key_id, scope.subject());
         record.policy_id = Some(prepared.meta.policy_id.clone());
         record.detail = Some(
             serde_json::json!({

@@ -122,6 +122,7 @@ impl TenantService {
             .create_key(tenant_id, role, subject, agent_id)?;
         let mut record = RecordBody::new(Kind::KeyCreated);
         record.actor = Some(manager.key().subject.clone());
+        record.acted_by(&manager.key().key_id, &manager.key().subject);
         record.detail = Some(key_detail(&key));
         self.audit
             .append(tenant_id, record, Effects::default())
@@ -152,6 +153,7 @@ impl TenantService {
         let key = self.tenants.revoke_key(key_id)?;
         let mut record = RecordBody::new(Kind::KeyRevoked);
         record.actor = Some(manager.key().subject.clone());
+        record.acted_by(&manager.key().key_id, &manager.key().subject);
         record.detail = Some(key_detail(&key));
         self.audit
             .append(&tenant_id, record, Effects::default())

@@ -4,13 +4,14 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 
-use crate::access::Require;
+use crate::access::{Agent, Require, TenantScope};
 use crate::api::ApiState;
 use crate::api::error::ApiError;
 use crate::api::extract::{AppJson, Auth};
 use crate::api::wire::*;
 use crate::app::ExecuteRequest;
 use crate::error::AppError;
+use crate::service::jobs::JobStart;
 
 /// Whether raw JSON text (valid JSON, as serde_json checked it) is an object.
 fn is_object(raw: &serde_json::value::RawValue) -> bool {
@@ -127,10 +128,21 @@ pub async fn tenet_execute(
                 .to_owned(),
         ),
     };
-    let (status, json) = match key {
+    let (status, json, job) = match key {
         Some(key) => {
+            let scope: TenantScope<Agent> = who.require()?;
+            // A stored answer goes only to a key that could have made the call.
+            if let Some(bound) = &who.agent_id
+                && *bound != agent_of(&body)
+            {
+                return Err(AppError::Forbidden(format!(
+                    "this key may only act as agent `{bound}`"
+                ))
+                .into());
+            }
             let fingerprint = blake3::hash(
                 serde_json::json!([
+                    who.key_id,
                     body.service,
                     body.tool_call.tool_name,
                     body.tool_call.arguments,
@@ -142,33 +154,50 @@ pub async fn tenet_execute(
             )
             .to_hex()
             .to_string();
-            let scope = who.require()?;
             let run = async {
                 match tenet_decide(&state, &who, body).await {
-                    Ok((status, json)) => Ok((status.as_u16(), json.to_string())),
+                    Ok((status, json, job)) => Ok((status.as_u16(), json.to_string(), job)),
                     Err(ApiError::App(e)) => Err(e),
                     Err(other) => Err(AppError::invalid(other.to_string())),
                 }
             };
-            let (status, json) = state
+            let (status, json, job) = state
                 .idempotency
                 .run(&scope, &key, &fingerprint, run)
                 .await?;
-            (StatusCode::from_u16(status).unwrap_or(StatusCode::OK), json)
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                json,
+                job.flatten(),
+            )
         }
         None => {
-            let (status, json) = tenet_decide(&state, &who, body).await?;
-            (status, json.to_string())
+            let (status, json, job) = tenet_decide(&state, &who, body).await?;
+            (status, json.to_string(), job)
         }
     };
+    // The answer (stored, when idempotent) is durable: the downstream may run.
+    if let Some(job) = job {
+        job.start();
+    }
     Ok((status, [(header::CONTENT_TYPE, "application/json")], json))
 }
 
+/// The agent a Tenet call names (`default` when none).
+fn agent_of(body: &TenetBody) -> &str {
+    body.agent
+        .as_ref()
+        .and_then(|a| a.agent_id.as_deref())
+        .unwrap_or("default")
+}
+
+/// Decides a Tenet call; an allowed call's job is handed back unstarted.
 async fn tenet_decide(
     state: &ApiState,
     who: &crate::tenants::Principal,
     body: TenetBody,
-) -> Result<(StatusCode, serde_json::Value), ApiError> {
+) -> Result<(StatusCode, serde_json::Value, Option<JobStart>), ApiError> {
+    let agent_id = agent_of(&body).to_owned();
     check_name("service", &body.service)?;
     check_name("toolCall.toolName", &body.tool_call.tool_name)?;
     let arguments = match body.tool_call.arguments {
@@ -191,10 +220,6 @@ async fn tenet_decide(
             ));
         }
     };
-    let agent_id = body
-        .agent
-        .and_then(|a| a.agent_id)
-        .unwrap_or_else(|| "default".to_owned());
     check_name("agent.agentId", &agent_id)?;
     let session_id = context
         .get("sessionId")
@@ -237,13 +262,13 @@ async fn tenet_decide(
         "reasonCodes": outcome.decision.codes,
         "reason": outcome.decision.reason,
     });
-    if let Some(job) = outcome.job_id {
-        answer["jobId"] = job.into();
+    if let Some(job) = &outcome.job_id {
+        answer["jobId"] = job.clone().into();
     }
     if outcome.decision.outcome == writ_runtime::Outcome::Escalate {
         answer["reviewId"] = outcome.escalation_id.into();
     }
-    Ok((status, answer))
+    Ok((status, answer, outcome.job))
 }
 
 /// A downstream job's state and, once done, what the downstream answered.
