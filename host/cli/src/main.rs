@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use writ_client::{Client, ClientError, wire};
-use writ_gateway::server::{Gateway, ServeConfig, demo_setup, shutdown_signal};
+use writ_gateway::server::{ConnectionLimits, Gateway, ServeConfig, demo_setup, shutdown_signal};
 use writ_runtime::{Engine, EngineConfig, Limits, cases};
 
 /// jemalloc rather than glibc's allocator, which was a large share of the workers' time under
@@ -21,8 +21,19 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[derive(Parser)]
 #[command(name = "writ", version, about = "Runtime authority for AI agents")]
 struct Cli {
+    /// How the log (on stderr) is written: `text` lines, or one JSON object a line.
+    #[arg(long, global = true, env = "WRIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line (tracing-subscriber's JSON format).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -57,6 +68,24 @@ enum Command {
         /// the operator key.
         #[arg(long, env = "WRIT_METRICS_PUBLIC")]
         metrics_public: bool,
+        /// Milliseconds a client has to send a request's line and headers (also how long a
+        /// kept-alive connection may sit idle); then the connection is closed.
+        #[arg(long, env = "WRIT_HEADER_TIMEOUT_MS",
+              default_value_t = ConnectionLimits::default().header_timeout.as_millis() as u64,
+              value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        header_timeout_ms: u64,
+        /// Milliseconds a client has to send a request's whole body once the gateway reads it;
+        /// then the answer is 408.
+        #[arg(long, env = "WRIT_BODY_TIMEOUT_MS",
+              default_value_t = ConnectionLimits::default().body_timeout.as_millis() as u64,
+              value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        body_timeout_ms: u64,
+        /// Connections open at once; further ones wait in the kernel's listen backlog until
+        /// one closes. Mind the process's open-file limit (`ulimit -n`).
+        #[arg(long, env = "WRIT_MAX_CONNECTIONS",
+              default_value_t = ConnectionLimits::default().max_connections as u32,
+              value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        max_connections: u32,
     },
     /// Manage tenants on a running gateway (operator key).
     Tenant {
@@ -256,14 +285,18 @@ enum PolicyCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = Cli::parse();
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,tower_http=warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    let result = match Cli::parse().command {
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => log.init(),
+        LogFormat::Json => log.json().init(),
+    }
+    let result = match cli.command {
         Command::Policy {
             command:
                 PolicyCommand::Test {
@@ -308,12 +341,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             egress_allow,
             egress_ca_file,
             metrics_public,
+            header_timeout_ms,
+            body_timeout_ms,
+            max_connections,
         } => {
             let mut config = ServeConfig::new(listen, data_dir);
             config.app = config.app.with_pool_slots(pool_slots);
             config.egress_allow = egress_allow;
             config.egress_ca_file = egress_ca_file;
             config.metrics_public = metrics_public;
+            config.connections = ConnectionLimits {
+                header_timeout: Duration::from_millis(header_timeout_ms),
+                body_timeout: Duration::from_millis(body_timeout_ms),
+                max_connections: max_connections as usize,
+            };
             serve(config, demo_policy).await
         }
         Command::Tenant {

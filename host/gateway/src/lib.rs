@@ -20,6 +20,7 @@ mod jobs;
 pub mod metrics;
 mod notify;
 mod policies;
+pub mod policy_log;
 pub mod server;
 pub mod service;
 pub mod store;
