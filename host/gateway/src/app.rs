@@ -21,10 +21,12 @@ use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policies::Policies;
+use crate::policy_log::PolicyLog;
 use crate::service::{
     AuditService, CatalogService, CheckpointService, EscalationService, ExecuteService, JobService,
     PolicyService, TenantService,
 };
+use crate::shares::Shares;
 use crate::store::{Store, StoreError};
 use crate::tenants::Tenants;
 use crate::vault::Vault;
@@ -247,6 +249,8 @@ impl App {
             evaluations: Arc::new(Semaphore::new(config.max_concurrent_evaluations)),
             usage_retries: config.usage_retries,
             degraded: degraded.clone(),
+            shares: Shares::new(clock.clone()),
+            policy_log: Arc::new(PolicyLog::default()),
         };
         let services = Services {
             tenants: TenantService {

@@ -23,6 +23,7 @@ mod policies;
 pub mod policy_log;
 pub mod server;
 pub mod service;
+pub mod shares;
 pub mod store;
 mod tenants;
 pub mod usage;

@@ -89,6 +89,40 @@ pub struct TenantLimits {
     /// Escalate an ALLOW whose resolved method is DELETE or whose catalog entry is destructive.
     #[serde(default = "default_true")]
     pub irreversible_gate: bool,
+    /// Calls per second (token bucket); 0: no call-rate limit. See [`crate::shares`].
+    #[serde(default)]
+    pub rate_per_s: u32,
+    /// Calls the rate bucket holds (a burst); at least 1.
+    #[serde(default)]
+    pub burst: u32,
+    /// Evaluation wall time the tenant may spend per second, ms; 0: no budget.
+    #[serde(default = "default_eval_ms_per_s")]
+    pub eval_ms_per_s: u64,
+    /// The tenant's evaluations running at once (within the gateway's own slots).
+    #[serde(default = "default_max_evaluations")]
+    pub max_evaluations: usize,
+    /// The tenant's calls that may wait for admission at once; beyond, 429.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: usize,
+    /// Longest a call waits for admission, ms; a longer wait is refused at once, 429.
+    #[serde(default = "default_queue_ms")]
+    pub queue_ms: u64,
+}
+
+fn default_eval_ms_per_s() -> u64 {
+    1_000
+}
+
+fn default_max_evaluations() -> usize {
+    8
+}
+
+fn default_max_queued() -> usize {
+    256
+}
+
+fn default_queue_ms() -> u64 {
+    2_000
 }
 
 fn default_true() -> bool {
@@ -109,6 +143,12 @@ impl Default for TenantLimits {
             escalation_hold_s: 60,
             max_pending_escalations: default_max_pending(),
             irreversible_gate: true,
+            rate_per_s: 0,
+            burst: 0,
+            eval_ms_per_s: default_eval_ms_per_s(),
+            max_evaluations: default_max_evaluations(),
+            max_queued: default_max_queued(),
+            queue_ms: default_queue_ms(),
         }
     }
 }
@@ -142,6 +182,19 @@ impl TenantLimits {
                 Self::MAX_HOLD_S
             ));
         }
+        let within = |name: &str, value: u64, low: u64, high: u64| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                bad(format!("{name} must be {low} to {high}"))
+            }
+        };
+        within("rate_per_s", self.rate_per_s.into(), 0, 1_000_000)?;
+        within("burst", self.burst.into(), 0, 1_000_000)?;
+        within("eval_ms_per_s", self.eval_ms_per_s, 0, 60_000)?;
+        within("max_evaluations", self.max_evaluations as u64, 1, 1_024)?;
+        within("max_queued", self.max_queued as u64, 1, 100_000)?;
+        within("queue_ms", self.queue_ms, 0, 60_000)?;
         Ok(())
     }
 

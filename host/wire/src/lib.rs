@@ -100,6 +100,18 @@ pub struct LimitsView {
     pub max_pending_escalations: usize,
     /// Whether the irreversible-action gate is on.
     pub irreversible_gate: bool,
+    /// Calls per second (token bucket); 0: no limit.
+    pub rate_per_s: u32,
+    /// The rate bucket's burst.
+    pub burst: u32,
+    /// Evaluation wall time the tenant may spend per second, ms; 0: no budget.
+    pub eval_ms_per_s: u64,
+    /// The tenant's evaluations running at once.
+    pub max_evaluations: usize,
+    /// The tenant's calls that may wait for admission at once.
+    pub max_queued: usize,
+    /// Longest a call waits for admission, ms.
+    pub queue_ms: u64,
 }
 
 /// A tenant.
@@ -129,6 +141,18 @@ pub struct PatchTenantBody {
     pub max_pending_escalations: Option<usize>,
     /// Hold ALLOWed irreversible calls (DELETE, or destructive in the catalog) for a human.
     pub irreversible_gate: Option<bool>,
+    /// Calls per second (token bucket); 0: no limit.
+    pub rate_per_s: Option<u32>,
+    /// The rate bucket's burst.
+    pub burst: Option<u32>,
+    /// Evaluation wall time the tenant may spend per second, ms; 0: no budget.
+    pub eval_ms_per_s: Option<u64>,
+    /// The tenant's evaluations running at once.
+    pub max_evaluations: Option<usize>,
+    /// The tenant's calls that may wait for admission at once.
+    pub max_queued: Option<usize>,
+    /// Longest a call waits for admission, ms.
+    pub queue_ms: Option<u64>,
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/keys`.

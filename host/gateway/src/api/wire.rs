@@ -39,6 +39,12 @@ impl From<TenantLimits> for LimitsView {
             escalation_hold_s: l.escalation_hold_s,
             max_pending_escalations: l.max_pending_escalations,
             irreversible_gate: l.irreversible_gate,
+            rate_per_s: l.rate_per_s,
+            burst: l.burst,
+            eval_ms_per_s: l.eval_ms_per_s,
+            max_evaluations: l.max_evaluations,
+            max_queued: l.max_queued,
+            queue_ms: l.queue_ms,
         }
     }
 }

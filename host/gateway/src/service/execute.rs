@@ -25,6 +25,8 @@ use crate::error::{AppError, Result};
 use crate::escalations::{self, Escalation, Status};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policies::{ActivePolicy, Policies};
+use crate::policy_log::PolicyLog;
+use crate::shares::{Admitted, Shares};
 use crate::store::Store;
 use crate::tenants::{Principal, Tenant, TenantLimits, Tenants, new_ordered_id};
 use crate::usage::{CallScope, StoreUsage};
@@ -99,6 +101,10 @@ pub struct ExecuteService {
     pub(crate) usage_retries: usize,
     /// Tenants not loaded whole at start: their calls are blocked.
     pub(crate) degraded: Degraded,
+    /// Each tenant's share of the gateway.
+    pub(crate) shares: Shares,
+    /// Where policies' log lines go: escaped, rate-limited per tenant.
+    pub(crate) policy_log: Arc<PolicyLog>,
 }
 
 impl ExecuteService {
@@ -163,8 +169,11 @@ impl ExecuteService {
                 .await?);
         };
 
+        let admitted = self.shares.admit(&tenant.id, &tenant.limits).await?;
         for _ in 0..=self.usage_retries {
-            let evaluation = self.evaluate(&policy, &call, &tenant.limits).await?;
+            let evaluation = self
+                .evaluate(&policy, &call, &tenant.limits, &admitted)
+                .await?;
             let charging = evaluation.decision.outcome == Outcome::Allow
                 && !evaluation.decision.charges.is_empty();
             let effects = if charging {
@@ -187,6 +196,8 @@ impl ExecuteService {
                 );
             }
             if decision.outcome == Outcome::Escalate {
+                // Held for a human, it no longer counts as waiting for admission.
+                drop(admitted);
                 // Boxed: a held call keeps only the escalation's own state alive, not the
                 // largest of every path through `execute`.
                 return Box::pin(self.escalate(&tenant, &req, &policy, &evaluation, decision))
@@ -272,7 +283,10 @@ impl ExecuteService {
         policy: &Arc<ActivePolicy>,
         call: &ToolCall,
         limits: &TenantLimits,
+        admitted: &Admitted,
     ) -> Result<Evaluation> {
+        // The tenant's own slot first, so its waiting calls hold none of the gateway's.
+        let _tenant_slot = admitted.slot().await?;
         let _permit = self
             .evaluations
             .acquire()
@@ -294,6 +308,13 @@ impl ExecuteService {
             .engine
             .evaluate(&policy.compiled, call, &limits, usage)
             .await;
+        admitted.spent(evaluation.elapsed);
+        self.policy_log.emit(
+            &call.tenant_id,
+            policy.compiled.id(),
+            &evaluation.logs,
+            evaluation.logs_dropped,
+        );
         let m = &self.metrics;
         m.evaluation_seconds
             .observe(evaluation.elapsed.as_secs_f64());

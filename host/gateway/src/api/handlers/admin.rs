@@ -55,6 +55,12 @@ pub async fn patch_tenant(
                     .max_pending_escalations
                     .unwrap_or(l.max_pending_escalations);
                 l.irreversible_gate = body.irreversible_gate.unwrap_or(l.irreversible_gate);
+                l.rate_per_s = body.rate_per_s.unwrap_or(l.rate_per_s);
+                l.burst = body.burst.unwrap_or(l.burst);
+                l.eval_ms_per_s = body.eval_ms_per_s.unwrap_or(l.eval_ms_per_s);
+                l.max_evaluations = body.max_evaluations.unwrap_or(l.max_evaluations);
+                l.max_queued = body.max_queued.unwrap_or(l.max_queued);
+                l.queue_ms = body.queue_ms.unwrap_or(l.queue_ms);
                 l
             },
         )
