@@ -9,12 +9,16 @@
 //! their memory, and reading a process's resident memory and CPU time and the machine's idle
 //! time.
 //!
+//! With a noisy neighbour ([`Flood`]), the same load runs alone and then beside another tenant
+//! flooding the gateway with calls whose policy burns its fuel, and the two are compared.
+//!
 //! Everything is bounded (connections, requests, seconds) and refuses any address that is not
 //! loopback: this is a tool for measuring one's own machine, not for loading someone else's.
 
 pub mod floor;
 
 mod audit_window;
+mod flood;
 mod load;
 mod loopback;
 mod mix;
@@ -27,6 +31,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use audit_window::AuditWindow;
+pub use flood::{Flood, FloodReport};
 pub use load::{LoadConfig, Stop, run_load};
 pub use loopback::loopback_addr;
 pub use mix::{CallKind, Mix};

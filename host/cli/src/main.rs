@@ -166,6 +166,24 @@ struct BenchArgs {
     /// Also write the report as JSON to this file (`-`: standard output, table to stderr).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Noisy-neighbour mode: each round loads the bench tenants alone, then again while
+    /// another tenant running this policy floods the gateway, and reports what the flood took
+    /// (the floor is not run).
+    #[arg(long)]
+    flood_policy: Option<PathBuf>,
+    /// The action the flood calls (with `tests/guests/hostile`: `spin` runs to the fuel or
+    /// deadline bound).
+    #[arg(long, default_value = "spin")]
+    flood_action: String,
+    /// The flood's connections.
+    #[arg(long, default_value_t = 64)]
+    flood_connections: usize,
+    /// The flooding tenant's evaluation-time budget, ms per second.
+    #[arg(long, default_value_t = 100)]
+    flood_eval_ms_per_s: u64,
+    /// The flooding tenant's evaluations at once.
+    #[arg(long, default_value_t = 2)]
+    flood_max_evaluations: usize,
 }
 
 #[derive(Subcommand)]
@@ -456,7 +474,7 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             .requests
             .map_or(Stop::Seconds(args.duration), Stop::Requests),
         warmup_s: args.warmup,
-        mix: args.mix,
+        mix: args.mix.clone(),
         metrics_key: None,
     };
     config.validate()?;
@@ -525,6 +543,19 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         Some(Spawned::start(command).await?)
     };
     let keys: Vec<String> = tenants.iter().map(|t| t.agent_key.clone()).collect();
+    if let Some(flood_policy) = &args.flood_policy {
+        return noisy_neighbour(
+            &args,
+            flood_policy,
+            &base,
+            addr,
+            &operator_key,
+            pid,
+            &keys,
+            &config,
+        )
+        .await;
+    }
     let floor_keys = ["floor".to_owned()];
     let mut reports = Vec::new();
     for round in 1..=args.rounds {
@@ -581,6 +612,106 @@ async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         },
         "gateway_rss_bytes": {"after_setup": rss_after_setup, "after_load": rss_after_load},
         "held": held,
+    });
+    match args.json.as_deref() {
+        Some(path) if path == std::path::Path::new("-") => {
+            eprint!("{table}");
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Some(path) => {
+            print!("{table}");
+            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        }
+        None => print!("{table}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `writ bench --flood-policy`: each round, the bench tenants' load alone, then beside a
+/// flooding tenant; reports the neighbour's throughput and p99 both ways.
+#[allow(clippy::too_many_arguments)]
+async fn noisy_neighbour(
+    args: &BenchArgs,
+    flood_policy: &std::path::Path,
+    base: &str,
+    addr: std::net::SocketAddr,
+    operator_key: &str,
+    pid: Option<u32>,
+    keys: &[String],
+    config: &writ_bench::LoadConfig,
+) -> anyhow::Result<ExitCode> {
+    use writ_bench as bench;
+    let say = |line: &str| eprintln!("writ bench: {line}");
+    let policy = std::fs::read(flood_policy)
+        .with_context(|| format!("reading {}", flood_policy.display()))?;
+    let flood = bench::setup_tenants(base, operator_key, &policy, "flood", 1).await?;
+    let limits = writ_client::wire::PatchTenantBody {
+        eval_ms_per_s: Some(args.flood_eval_ms_per_s),
+        max_evaluations: Some(args.flood_max_evaluations),
+        // Its calls wait for their share rather than being refused and sent again at once.
+        queue_ms: Some(10_000),
+        max_queued: Some(args.flood_connections.max(1)),
+        ..writ_client::wire::PatchTenantBody::default()
+    };
+    writ_client::Client::new(base, operator_key)?
+        .patch_tenant(&flood[0].id, &limits)
+        .await?;
+    let mut reports = Vec::new();
+    let mut floods = Vec::new();
+    for round in 1..=args.rounds {
+        say(&format!("round {round}: the neighbour alone"));
+        let mut alone = bench::run_load("alone", addr, keys, pid, config).await?;
+        alone.round = round;
+        say(&format!(
+            "round {round}: the neighbour beside {} flooding connections",
+            args.flood_connections
+        ));
+        let running = bench::Flood::start(
+            addr,
+            &flood[0].agent_key,
+            &args.flood_action,
+            args.flood_connections,
+        )?;
+        let flooded = bench::run_load("flooded", addr, keys, pid, config).await;
+        floods.push(running.stop().await);
+        let mut flooded = flooded?;
+        flooded.round = round;
+        reports.push(alone);
+        reports.push(flooded);
+    }
+    let kept: Vec<f64> = reports
+        .chunks(2)
+        .map(|pair| 100.0 * pair[1].requests_per_second / pair[0].requests_per_second.max(1e-9))
+        .collect();
+    let mut table = bench::table(&reports);
+    table += &format!(
+        "neighbour throughput kept under the flood: {} (median {:.1} %)\n",
+        kept.iter()
+            .map(|k| format!("{k:.1} %"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        bench::median(&kept).unwrap_or_default()
+    );
+    for (round, flood) in floods.iter().enumerate() {
+        table += &format!(
+            "round {}: flood answers by status {:?}\n",
+            round + 1,
+            flood.statuses
+        );
+    }
+    let report = json!({
+        "machine": {"cpus": std::thread::available_parallelism().map_or(0, |n| n.get())},
+        "config": config,
+        "flood": {
+            "policy": flood_policy.display().to_string(),
+            "action": args.flood_action,
+            "connections": args.flood_connections,
+            "eval_ms_per_s": args.flood_eval_ms_per_s,
+            "max_evaluations": args.flood_max_evaluations,
+            "answers": floods,
+        },
+        "runs": reports,
+        "neighbour_kept_percent": {"median": bench::median(&kept), "by_round": kept},
     });
     match args.json.as_deref() {
         Some(path) if path == std::path::Path::new("-") => {

@@ -184,3 +184,54 @@ fn a_gateway_with_a_small_pool_answers_more_connections_than_it_has_slots() {
     assert_eq!(decided("BLOCK"), sent("unknown"), "{run}");
     assert_eq!(decided("ESCALATE"), sent("over_limit"), "{run}");
 }
+
+#[test]
+fn the_noisy_neighbour_mode_loads_the_neighbour_alone_then_beside_a_flood_and_compares() {
+    let out = writ_bench(&[
+        "--policy",
+        artifacts::PAYMENTS_LIMITS,
+        "--flood-policy",
+        artifacts::HOSTILE,
+        "--flood-connections",
+        "8",
+        "--connections",
+        "4",
+        "--requests",
+        "300",
+        "--warmup",
+        "0",
+        "--json",
+        "-",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let order: Vec<&str> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["alone", "flooded"], "{report}");
+    for run in report["runs"].as_array().unwrap() {
+        assert_eq!(run["requests"], 300, "{run}");
+        assert_eq!(run["errors"], 0, "{run}");
+    }
+    let answered: u64 = report["flood"]["answers"][0]["statuses"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert!(answered > 0, "the flood ran: {report}");
+    assert!(
+        report["neighbour_kept_percent"]["median"]
+            .as_f64()
+            .is_some_and(|k| k > 0.0),
+        "{report}"
+    );
+    assert!(
+        stderr.contains("neighbour throughput kept under the flood"),
+        "{stderr}"
+    );
+}
