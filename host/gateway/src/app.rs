@@ -367,10 +367,10 @@ impl App {
 
     /// Why the gateway cannot serve now, if it cannot.
     pub fn unready(&self) -> Option<String> {
-        match self.inner.store.get_raw(crate::store::Table::Tenants, b"") {
-            Ok(_) => None,
-            Err(e) => Some(format!("the store does not answer: {e}")),
+        if let Err(e) = self.inner.store.get_raw(crate::store::Table::Tenants, b"") {
+            return Some(format!("the store does not answer: {e}"));
         }
+        self.inner.audit.audit.unhealthy()
     }
 
     /// Stops the background tasks (sweeper, checkpoint signer, running jobs' bookkeeping) and

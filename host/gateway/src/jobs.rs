@@ -153,6 +153,14 @@ impl Jobs {
         ))
     }
 
+    /// Marks a stored job that will never start failed (`not_started`): the write of the
+    /// decision that allowed it was applied but could not be made durable.
+    pub fn not_started(&self, mut job: Job) -> Result<(), StoreError> {
+        job.status = JobStatus::Failed;
+        job.error = Some("not_started".into());
+        self.store.put(Table::Jobs, &job.key(), &job)
+    }
+
     /// A job of a tenant.
     pub fn get(&self, tenant_id: &str, id: &str) -> Result<Option<Job>, StoreError> {
         self.store

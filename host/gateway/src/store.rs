@@ -112,6 +112,9 @@ struct Parts {
     dir: std::path::PathBuf,
     db: sled::Db,
     trees: [sled::Tree; <Table as strum::EnumCount>::COUNT],
+    /// Tests make flushes fail with this.
+    #[cfg(test)]
+    fail_flushes: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -155,6 +158,8 @@ impl Store {
             dir: dir.to_owned(),
             db,
             trees,
+            #[cfg(test)]
+            fail_flushes: std::sync::atomic::AtomicBool::new(false),
         })))
     }
 
@@ -170,8 +175,25 @@ impl Store {
     /// Makes every write so far durable (see ARCHITECTURE.md for what that means with sled).
     /// Blocking: call from a blocking thread.
     pub fn flush(&self) -> Result<()> {
+        #[cfg(test)]
+        if self
+            .0
+            .fail_flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(StoreError::Inconsistent("flush failure injected by a test"));
+        }
         self.0.db.flush()?;
         Ok(())
+    }
+
+    /// Makes every flush fail (`true`) or work again (`false`), for tests of what a failing
+    /// disk does.
+    #[cfg(test)]
+    pub(crate) fn fail_flushes(&self, fail: bool) {
+        self.0
+            .fail_flushes
+            .store(fail, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Makes the calling thread write the log buffers its own writes fill or seal instead of

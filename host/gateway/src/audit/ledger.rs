@@ -44,6 +44,9 @@ pub trait Ledger: Send + Sync + 'static {
     /// The heads of every chain this ledger has loaded or appended to.
     fn heads(&self) -> Vec<ChainHead>;
 
+    /// Why appends cannot be made durable now, if they cannot (checked afresh).
+    fn unhealthy(&self) -> Option<String>;
+
     /// Loads a tenant's head so that [`Ledger::heads`] reports it.
     fn load_head(&self, tenant_id: &str) -> Result<(), AuditError>;
 
@@ -94,6 +97,10 @@ impl Ledger for AuditLog {
 
     fn load_head(&self, tenant_id: &str) -> Result<(), AuditError> {
         AuditLog::load_head(self, tenant_id)
+    }
+
+    fn unhealthy(&self) -> Option<String> {
+        AuditLog::unhealthy(self)
     }
 
     fn records(

@@ -127,6 +127,9 @@ struct Chains {
     clock: SharedClock,
     heads: Arc<Mutex<HashMap<String, Head>>>,
     sessions: Arc<Mutex<SessionTail>>,
+    /// Why the store last failed to flush, until a flush works again: meanwhile no append is
+    /// written or acknowledged.
+    unhealthy: Arc<Mutex<Option<String>>>,
 }
 
 impl AuditLog {
@@ -143,6 +146,7 @@ impl AuditLog {
             clock,
             heads: Arc::default(),
             sessions: Arc::default(),
+            unhealthy: Arc::default(),
         };
         let (queue, mut pending) = mpsc::channel::<Pending>(4 * MAX_BATCH);
         let writer_chains = chains.clone();
@@ -213,6 +217,13 @@ impl AuditLog {
             .iter()
             .map(|(t, h)| (t.clone(), h.next_seq, h.prev_hash))
             .collect()
+    }
+
+    /// Why records cannot be made durable now, if they cannot: the store's last flush failed
+    /// and a new one (tried here) fails too. While that lasts every append fails
+    /// ([`AuditError::FlushFailed`]) without writing anything.
+    pub fn unhealthy(&self) -> Option<String> {
+        self.chains.recover()
     }
 
     /// Loads a tenant's chain head from the store, so [`AuditLog::heads`] reports it, and puts

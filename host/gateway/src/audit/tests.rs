@@ -459,3 +459,37 @@ fn a_format_1_record_reads_and_hashes_as_it_was_written() {
     let read = decode_record(&stored_bytes(v2.canonical(), "00")).unwrap();
     assert_eq!(read.body, v2, "a null key stays present");
 }
+
+#[tokio::test]
+async fn after_a_failed_flush_nothing_is_written_or_acknowledged_until_a_flush_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let log = AuditLog::start(store.clone());
+    log.append("ten_a", call("s", 0), Effects::default())
+        .await
+        .unwrap();
+    store.fail_flushes(true);
+    let failed = log.append("ten_a", call("s", 1), Effects::default()).await;
+    assert!(matches!(failed, Err(AuditError::FlushFailed)), "{failed:?}");
+    assert!(log.unhealthy().is_some());
+    let refused = log.append("ten_a", call("s", 2), Effects::default()).await;
+    assert!(
+        matches!(refused, Err(AuditError::FlushFailed)),
+        "{refused:?}"
+    );
+    assert_eq!(
+        seqs(&log.records("ten_a", None, 10).unwrap()),
+        [0, 1],
+        "the refused append wrote nothing"
+    );
+
+    store.fail_flushes(false);
+    assert_eq!(log.unhealthy(), None, "a flush that works makes it healthy");
+    let resumed = log
+        .append("ten_a", call("s", 3), Effects::default())
+        .await
+        .unwrap();
+    assert_eq!(resumed.body.seq, 2);
+    let verified = crate::verify::verify_chain(&store, "ten_a", None).unwrap();
+    assert!(verified.ok(), "{:?}", verified.broken);
+}

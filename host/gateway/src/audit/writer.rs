@@ -66,8 +66,32 @@ impl Drop for Writer {
 }
 
 impl Chains {
+    /// Whether the store is unhealthy after trying a flush: if the last flush failed, a new
+    /// one decides; one that works makes the store healthy again.
+    pub(crate) fn recover(&self) -> Option<String> {
+        let mut unhealthy = self.unhealthy.lock().expect("health lock");
+        if unhealthy.is_some() {
+            match self.store.flush() {
+                Ok(()) => {
+                    tracing::warn!("the audit store flushes again; appends resume");
+                    *unhealthy = None;
+                }
+                Err(e) => *unhealthy = Some(format!("the audit store cannot flush: {e}")),
+            }
+        }
+        unhealthy.clone()
+    }
+
     /// One writer round: commit the batch in one transaction, flush once, answer everyone.
+    /// After a failed flush nothing more is written until a flush works again: an answer is
+    /// never given for a record that is not durable.
     pub(crate) fn write_and_flush(&self, batch: Vec<Pending>, metrics: &AuditWriterMetrics) {
+        if self.recover().is_some() {
+            for pending in batch {
+                let _ = pending.reply.send(Err(AuditError::FlushFailed));
+            }
+            return;
+        }
         let (items, replies): (Vec<_>, Vec<_>) = batch
             .into_iter()
             .map(|p| ((p.tenant_id, p.body, p.effects), p.reply))
@@ -81,7 +105,9 @@ impl Chains {
                 .flush_seconds
                 .observe(started.elapsed().as_secs_f64());
             if let Err(e) = flushed {
-                tracing::error!(error = %e, "audit flush failed");
+                tracing::error!(error = %e, "audit flush failed; no append is acknowledged until a flush works");
+                *self.unhealthy.lock().expect("health lock") =
+                    Some(format!("the audit store cannot flush: {e}"));
                 for r in results.iter_mut().filter(|r| r.is_ok()) {
                     *r = Err(AuditError::FlushFailed);
                 }

@@ -11,7 +11,7 @@ use writ_runtime::decision::{Decision, Outcome, codes};
 use super::execute::ExecuteOutcome;
 use super::jobs::JobService;
 use crate::access::{Member, Reviewer, TenantScope};
-use crate::audit::{Effects, Kind, RecordBody, RecordCharge, SharedLedger};
+use crate::audit::{AuditError, Effects, Kind, RecordBody, RecordCharge, SharedLedger};
 use crate::clock::SharedClock;
 use crate::error::{AppError, Result};
 use crate::escalations::{self, Escalation, Escalations, Resolution, Status};
@@ -268,7 +268,12 @@ impl EscalationService {
                 })
                 .collect();
         }
-        self.audit.append(tenant_id, record, effects).await?;
+        if let Err(e) = self.audit.append(tenant_id, record, effects).await {
+            if let (AuditError::FlushFailed, Some(job)) = (&e, job) {
+                self.jobs.not_started(job);
+            }
+            return Err(e.into());
+        }
         if let Some(job) = job {
             self.jobs.run(job);
         }

@@ -240,7 +240,12 @@ impl ExecuteService {
                     }
                     return Ok(outcome);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    if let (AuditError::FlushFailed, Some(job)) = (&e, job) {
+                        self.jobs.not_started(job);
+                    }
+                    return Err(e.into());
+                }
             }
         }
         let decision = Decision::block(

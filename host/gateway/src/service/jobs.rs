@@ -59,6 +59,15 @@ impl JobService {
         }
     }
 
+    /// A job whose decision's write was applied but not made durable (the store failed to
+    /// flush): it is marked failed `not_started`, so it is neither run nor left pending.
+    pub fn not_started(&self, job: Job) {
+        let id = job.id.clone();
+        if let Err(e) = self.jobs.not_started(job) {
+            tracing::error!(job = %id, error = %e, "could not mark a job not started");
+        }
+    }
+
     /// Runs a stored job in the background and records it when it finishes.
     pub fn run(&self, job: Job) {
         let service = self.clone();
