@@ -516,3 +516,68 @@ async fn the_policy_sees_the_catalog_target() {
         format!("mailer POST {base}/send/a%20b false")
     );
 }
+
+/// A downstream that counts the requests it receives and answers none of them for 30 s.
+async fn hanging_downstream() -> (String, Arc<Mutex<usize>>) {
+    let hits: Arc<Mutex<usize>> = Arc::default();
+    let app = axum::Router::new().fallback({
+        let hits = hits.clone();
+        move || {
+            let hits = hits.clone();
+            async move {
+                *hits.lock().unwrap() += 1;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, hits)
+}
+
+/// With eight of one tenant's jobs stuck on a downstream that hangs (as many as the gateway
+/// sends at once), only four of them hold workers, and another tenant's job runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_whose_downstream_hangs_does_not_hold_the_workers_others_need() {
+    let gw = TestGateway::start().await;
+    let (hanging, hits) = hanging_downstream().await;
+    let (base, seen) = downstream().await;
+    let slow = setup(&gw, artifacts::ALLOW_ALL, &hanging).await;
+    let quick = setup(&gw, artifacts::ALLOW_ALL, &base).await;
+    for i in 0..8 {
+        let (status, answer) = tenet(
+            &gw,
+            &slow.agent,
+            "github.repos.get",
+            json!({"owner": "acme", "repo": format!("r{i}")}),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    let started = Instant::now();
+    while *hits.lock().unwrap() < 4 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the jobs never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, answer) = tenet(
+        &gw,
+        &quick.agent,
+        "github.repos.get",
+        json!({"owner": "acme", "repo": "r"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    let job = finished_job(&gw, &quick.agent, answer["jobId"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(
+        *hits.lock().unwrap(),
+        4,
+        "the slow tenant holds four workers, not eight"
+    );
+}

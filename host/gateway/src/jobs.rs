@@ -16,6 +16,7 @@ use tokio::sync::Semaphore;
 use crate::catalog::ResolvedRequest;
 use crate::clock::SharedClock;
 use crate::egress::{Egress, EgressError, Outbound};
+use crate::shares::Lanes;
 use crate::store::{Store, StoreError, Table, Write};
 use crate::tenants::tenant_key;
 use crate::vault::Vault;
@@ -113,7 +114,17 @@ pub struct Jobs {
     vault: Vault,
     egress: Egress,
     workers: Arc<Semaphore>,
+    /// Each tenant's share of the workers.
+    lanes: Lanes,
 }
+
+/// Jobs sent at once, all tenants together.
+const WORKERS: usize = 8;
+/// Jobs of one tenant sent at once: a tenant whose downstream is slow keeps the rest free.
+const TENANT_RUNNING: usize = 4;
+/// Jobs of one tenant waiting or running; beyond, its calls with a downstream are refused
+/// (429) before evaluation.
+const TENANT_QUEUED: usize = 256;
 
 impl Jobs {
     /// Opens the job table, marking every job a restart interrupted as failed.
@@ -147,7 +158,8 @@ impl Jobs {
                 store,
                 vault,
                 egress,
-                workers: Arc::new(Semaphore::new(8)),
+                workers: Arc::new(Semaphore::new(WORKERS)),
+                lanes: Lanes::new(TENANT_RUNNING, TENANT_QUEUED),
             },
             interrupted,
         ))
@@ -159,6 +171,11 @@ impl Jobs {
         job.status = JobStatus::Failed;
         job.error = Some("not_started".into());
         self.store.put(Table::Jobs, &job.key(), &job)
+    }
+
+    /// Whether the tenant has as many jobs waiting or running as it may.
+    pub fn queue_full(&self, tenant_id: &str) -> bool {
+        self.lanes.full(tenant_id)
     }
 
     /// A job of a tenant.
@@ -189,6 +206,8 @@ impl Jobs {
 
     /// Runs a pending job once, on a worker slot; returns it finished (completed or failed).
     pub async fn run(&self, mut job: Job) -> Result<Job, StoreError> {
+        let ticket = self.lanes.enter(&job.tenant_id);
+        let _tenant_slot = ticket.slot().await;
         let _slot = self
             .workers
             .acquire()

@@ -5,7 +5,9 @@
 //! egress guard.
 //!
 //! Delivery never slows a decision: events go on a bounded queue (full: dropped and logged)
-//! and are sent by background tasks.
+//! and are sent by background tasks, each tenant's in its own lane ([`Lanes`]: at most 8 in
+//! flight and 256 waiting per tenant, 64 in flight in all), so one tenant's slow endpoints
+//! delay only its own events.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +21,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::SharedClock;
 use crate::egress::{Egress, EgressError, Outbound};
+use crate::shares::Lanes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+
+/// Deliveries in flight, all tenants together.
+const IN_FLIGHT: usize = 64;
+/// Deliveries of one tenant in flight.
+const TENANT_IN_FLIGHT: usize = 8;
+/// Deliveries of one tenant waiting or in flight; beyond, its events are dropped (logged).
+const TENANT_QUEUED: usize = 256;
 
 /// Attempts per delivery (the first and the retries).
 pub const ATTEMPTS: u32 = 5;
@@ -29,6 +39,8 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// An event to deliver to a tenant's webhooks.
 #[derive(Debug, Clone)]
 pub struct Notification {
+    /// Whose event it is: deliveries queue in the tenant's own lane.
+    pub tenant_id: String,
     /// Where to send it.
     pub urls: Vec<String>,
     /// The tenant's webhook secret.
@@ -66,7 +78,8 @@ impl Notifier {
         clock: SharedClock,
     ) -> Self {
         let (queue, mut rx) = mpsc::channel::<Notification>(10_000);
-        let in_flight = Arc::new(Semaphore::new(64));
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+        let lanes = Lanes::new(TENANT_IN_FLIGHT, TENANT_QUEUED);
         let deliveries = tasks.clone();
         tasks.spawn(async move {
             loop {
@@ -80,22 +93,29 @@ impl Notifier {
                 let bytes = serde_json::to_vec(&n.body).expect("events serialize");
                 let secret = Arc::new(n.secret);
                 for url in n.urls {
-                    let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                        return;
+                    // The dispatcher never waits: a tenant whose endpoints are slow fills its
+                    // own lane, and its further events are dropped, not everyone's delayed.
+                    let Some(ticket) = lanes.try_enter(&n.tenant_id) else {
+                        tracing::warn!(tenant = %n.tenant_id, url, "the tenant's webhook deliveries are queued at their bound; event dropped");
+                        continue;
                     };
-                    let (egress, bytes, secret, cancel, clock) = (
+                    let (egress, bytes, secret, cancel, clock, in_flight) = (
                         egress.clone(),
                         bytes.clone(),
                         secret.clone(),
                         cancel.clone(),
                         clock.clone(),
+                        in_flight.clone(),
                     );
                     deliveries.spawn(async move {
                         tokio::select! {
                             () = cancel.cancelled() => {}
-                            () = deliver(&egress, &clock, &url, n.kind, bytes, &secret) => {}
+                            () = async {
+                                let _tenant = ticket.slot().await;
+                                let Ok(_permit) = in_flight.acquire_owned().await else { return };
+                                deliver(&egress, &clock, &url, n.kind, bytes, &secret).await;
+                            } => {}
                         }
-                        drop(permit);
                     });
                 }
             }

@@ -248,3 +248,112 @@ mod tests {
         shares.admit("a", &l).await.unwrap();
     }
 }
+
+/// Per-tenant lanes into a shared pool of background work (downstream jobs, webhook
+/// deliveries): each tenant may have at most `running` items in the pool at once and
+/// `queued` items waiting or running, so a tenant whose downstream is slow fills its own lane
+/// and not the pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Lanes {
+    running: usize,
+    queued: usize,
+    lanes: Arc<Mutex<HashMap<String, Arc<Lane>>>>,
+}
+
+struct Lane {
+    slots: Arc<Semaphore>,
+    queued: AtomicUsize,
+}
+
+/// An item's place in its tenant's lane, given back when dropped.
+pub struct Ticket {
+    lane: Arc<Lane>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.lane.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Ticket {
+    /// One of the lane's running slots (waits for one).
+    pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.lane
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("lanes are never closed")
+    }
+}
+
+impl Lanes {
+    /// Lanes of `running` slots and `queued` places per tenant.
+    pub fn new(running: usize, queued: usize) -> Self {
+        Self {
+            running,
+            queued,
+            lanes: Arc::default(),
+        }
+    }
+
+    fn lane(&self, tenant_id: &str) -> Arc<Lane> {
+        self.lanes
+            .lock()
+            .expect("lanes lock")
+            .entry(tenant_id.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Lane {
+                    slots: Arc::new(Semaphore::new(self.running)),
+                    queued: AtomicUsize::new(0),
+                })
+            })
+            .clone()
+    }
+
+    /// A place in the tenant's lane, if it has one free.
+    pub fn try_enter(&self, tenant_id: &str) -> Option<Ticket> {
+        let lane = self.lane(tenant_id);
+        let before = lane.queued.fetch_add(1, Ordering::Relaxed);
+        let ticket = Ticket { lane };
+        (before < self.queued).then_some(ticket)
+    }
+
+    /// A place in the tenant's lane even if it is full (for work already committed to).
+    pub fn enter(&self, tenant_id: &str) -> Ticket {
+        let lane = self.lane(tenant_id);
+        lane.queued.fetch_add(1, Ordering::Relaxed);
+        Ticket { lane }
+    }
+
+    /// Whether the tenant's lane has no free place.
+    pub fn full(&self, tenant_id: &str) -> bool {
+        self.lane(tenant_id).queued.load(Ordering::Relaxed) >= self.queued
+    }
+}
+
+#[cfg(test)]
+mod lane_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_lane_refuses_its_tenant_only_and_frees_places_as_items_finish() {
+        let lanes = Lanes::new(1, 2);
+        let a1 = lanes.try_enter("a").unwrap();
+        let a2 = lanes.try_enter("a").unwrap();
+        assert!(lanes.try_enter("a").is_none());
+        assert!(lanes.full("a"));
+        let b = lanes.try_enter("b").unwrap();
+        let running = a1.slot().await;
+        assert!(
+            a2.lane.slots.try_acquire().is_err(),
+            "one running item per tenant"
+        );
+        let _b_running = b.slot().await;
+        drop((running, a1));
+        assert!(!lanes.full("a"));
+        let _forced = lanes.enter("a");
+        assert!(lanes.full("a"));
+    }
+}

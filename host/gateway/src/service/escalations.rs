@@ -327,6 +327,7 @@ impl EscalationService {
             "event_id": esc.resolved_event_id.as_ref().unwrap_or(&esc.opened_event_id),
         });
         self.notifier.send(Notification {
+            tenant_id: tenant.id.clone(),
             urls: tenant.webhook_urls.clone(),
             secret,
             kind,

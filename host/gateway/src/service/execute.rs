@@ -169,6 +169,13 @@ impl ExecuteService {
                 .await?);
         };
 
+        if req.target.is_some() && self.jobs.queue_full(&tenant.id) {
+            return Err(AppError::RateLimited {
+                retry_after_s: 1,
+                message: "this tenant's downstream jobs are queued at their bound; retry after 1 s"
+                    .into(),
+            });
+        }
         let admitted = self.shares.admit(&tenant.id, &tenant.limits).await?;
         for _ in 0..=self.usage_retries {
             let evaluation = self

@@ -68,6 +68,11 @@ impl JobService {
         }
     }
 
+    /// Whether the tenant has as many jobs waiting or running as it may.
+    pub fn queue_full(&self, tenant_id: &str) -> bool {
+        self.jobs.queue_full(tenant_id)
+    }
+
     /// Runs a stored job in the background and records it when it finishes.
     pub fn run(&self, job: Job) {
         let service = self.clone();
