@@ -49,6 +49,17 @@ impl TestGateway {
         gw
     }
 
+    /// Starts a gateway with a fresh store in a temp dir and [`Self::config`]'s settings as
+    /// `configure` changes them.
+    pub async fn start_configured(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut config = Self::config(temp.path());
+        configure(&mut config);
+        let mut gw = Self::start_with(config).await;
+        gw._temp = Some(temp);
+        gw
+    }
+
     /// Starts a gateway with a fresh store in a temp dir, taking its time from `clock`.
     pub async fn start_with_clock(clock: SharedClock) -> Self {
         let temp = tempfile::tempdir().expect("temp dir");

@@ -278,6 +278,7 @@ impl App {
                 audit,
                 store: store.clone(),
                 checkpoints: checkpoints.clone(),
+                chain_reads: Default::default(),
             },
             execute,
             escalations,

@@ -368,6 +368,34 @@ impl Catalog {
             .is_some_and(|names| names.contains(service))
     }
 
+    /// A page of the tenant's entries in key (service, tool name) order, strictly after the
+    /// key suffix `after`: at most `limit`, and the suffix the next page starts after.
+    #[allow(clippy::type_complexity)]
+    pub fn page(
+        &self,
+        tenant_id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<ToolEntry>, Option<Vec<u8>>), CatalogError> {
+        let (rows, next) = crate::page::rows_after(
+            &self.store,
+            Table::Catalog,
+            &tenant_prefix(tenant_id),
+            after,
+            limit,
+        )?;
+        let entries = rows
+            .iter()
+            .map(|(_, value)| {
+                serde_json::from_slice(value).map_err(|source| StoreError::Corrupt {
+                    table: Table::Catalog,
+                    source,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((entries, next))
+    }
+
     /// Every entry of the tenant.
     pub fn list(&self, tenant_id: &str) -> Result<Vec<ToolEntry>, CatalogError> {
         Ok(self

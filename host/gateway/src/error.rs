@@ -60,6 +60,17 @@ pub enum AppError {
         /// Which limit.
         message: String,
     },
+    /// Too many of this kind of operation are running (gateway-wide or for the tenant); try
+    /// again after `retry_after_s` seconds. 429 with `code` and Retry-After.
+    #[error("{message}")]
+    Busy {
+        /// Stable machine-readable code, e.g. `too_many_exports`.
+        code: &'static str,
+        /// Whole seconds to wait before trying again.
+        retry_after_s: u64,
+        /// Which limit.
+        message: String,
+    },
     /// The gateway, or this tenant, cannot serve now; nothing was acknowledged.
     #[error("{message}")]
     Unavailable {

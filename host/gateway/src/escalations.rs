@@ -3,15 +3,42 @@
 //! deadline index the expiry sweeper reads. The decisions themselves (and their audit records)
 //! are made by [`crate::app::App`], which writes each escalation row in the same transaction as
 //! its audit record.
+//!
+//! **Pending index.** In memory, per tenant, the ids of its pending escalations (ids are
+//! time-ordered, so oldest first), built from the rows at load, added to when an escalation is
+//! reserved (before its row is appended: [`Escalations::reserve`] checks the tenant's cap and
+//! takes a place in one step, so concurrent escalations cannot pass the cap), removed from when
+//! one is resolved or its append fails. Listing pending escalations reads this index and then
+//! each row, so it costs what is pending, not the tenant's history; a row not yet committed, or
+//! resolved since, is skipped.
 
 use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::page::{Bounds, Budget, PAGE_BYTES};
 use crate::store::{Store, StoreError, Table};
 use crate::tenants::{tenant_key, tenant_prefix};
+
+/// Most rows one page of a tenant's escalation history reads (a status filter may match few of
+/// them), …
+const HISTORY_SCAN_ROWS: usize = 10_000;
+/// …and most bytes of rows, past the first.
+const HISTORY_SCAN_BYTES: usize = 4 * PAGE_BYTES;
+
+/// A page of escalations.
+#[derive(Debug, Clone, Default)]
+pub struct EscalationPage {
+    /// Oldest first.
+    pub escalations: Vec<Escalation>,
+    /// The id the next page starts after; `None` when the read reached the end.
+    pub next_after: Option<String>,
+    /// The page ended at its byte budget.
+    pub truncated: bool,
+}
 
 /// Where an escalation stands.
 #[derive(
@@ -171,6 +198,14 @@ impl Escalation {
     }
 }
 
+/// An escalation row as stored.
+fn decode_row(raw: &[u8]) -> Result<Escalation, StoreError> {
+    serde_json::from_slice(raw).map_err(|source| StoreError::Corrupt {
+        table: Table::Escalations,
+        source,
+    })
+}
+
 /// The hash an approval is bound to: blake3 over the canonical JSON of the call's action,
 /// arguments, policy id and, when it has one, the resolved downstream request.
 pub fn call_hash(
@@ -205,9 +240,82 @@ pub struct Escalations {
 #[derive(Default)]
 struct Inner {
     channels: HashMap<String, watch::Sender<Option<Escalation>>>,
-    pending: HashMap<String, usize>,
+    /// Per tenant, the ids of its pending escalations and of those reserved (appends in
+    /// flight), in id order: the pending index and the count the cap is checked against.
+    pending: HashMap<String, BTreeSet<String>>,
     /// (deadline ms, tenant, id) of every pending escalation.
     deadlines: BTreeSet<(u64, String, String)>,
+}
+
+impl Inner {
+    /// Adds `id`'s deadline if it is still pending (it may have been resolved, or forgotten,
+    /// before this); says whether it is now the earliest.
+    fn track_deadline(&mut self, tenant_id: &str, id: &str, deadline_ms: u64) -> bool {
+        if !self
+            .pending
+            .get(tenant_id)
+            .is_some_and(|ids| ids.contains(id))
+        {
+            return false;
+        }
+        let earliest = self
+            .deadlines
+            .first()
+            .is_none_or(|(d, _, _)| deadline_ms < *d);
+        self.deadlines
+            .insert((deadline_ms, tenant_id.to_owned(), id.to_owned()));
+        earliest
+    }
+
+    /// Removes `id` from the tenant's pending index.
+    fn unpend(&mut self, tenant_id: &str, id: &str) {
+        if let Some(ids) = self.pending.get_mut(tenant_id) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.pending.remove(tenant_id);
+            }
+        }
+    }
+}
+
+/// A place under a tenant's pending cap, taken by [`Escalations::reserve`] before the
+/// escalation's row is appended. Settle it with [`Reservation::opened`] once the row is
+/// committed, or [`Reservation::release`] when the append wrote nothing. Dropped unsettled (the
+/// append's outcome unknown, e.g. the request was cancelled or the flush failed), it is kept as
+/// if opened: the sweeper settles it at the deadline, expiring the row if it was written and
+/// forgetting the id if not.
+#[must_use = "settle a reservation with opened or release"]
+pub struct Reservation {
+    escalations: Escalations,
+    tenant_id: String,
+    id: String,
+    deadline_ms: u64,
+    settled: bool,
+}
+
+impl Reservation {
+    /// The escalation's row is committed: it stays in the pending index until resolved, and
+    /// the sweeper expires it at its deadline.
+    pub fn opened(mut self) {
+        self.settled = true;
+        self.escalations
+            .track_deadline(&self.tenant_id, &self.id, self.deadline_ms);
+    }
+
+    /// The append wrote nothing: the place is free again.
+    pub fn release(mut self) {
+        self.settled = true;
+        self.escalations.forget(&self.tenant_id, &self.id);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.escalations
+                .track_deadline(&self.tenant_id, &self.id, self.deadline_ms);
+        }
+    }
 }
 
 /// A subscription to one escalation's resolution ([`Escalations::subscribe`]): a watch
@@ -264,7 +372,11 @@ impl Escalations {
         }
         for (_, e) in rows {
             if e.status == Status::Pending {
-                *inner.pending.entry(e.tenant_id.clone()).or_default() += 1;
+                inner
+                    .pending
+                    .entry(e.tenant_id.clone())
+                    .or_default()
+                    .insert(e.id.clone());
                 inner.deadlines.insert((e.deadline_ms, e.tenant_id, e.id));
             }
         }
@@ -282,49 +394,182 @@ impl Escalations {
             .get(Table::Escalations, &tenant_key(tenant_id, &[id.as_bytes()]))
     }
 
-    /// A tenant's escalations, optionally of one status, oldest first.
-    pub fn list(
+    /// A page of a tenant's pending escalations after the id `after`, oldest first, read
+    /// through the pending index: the cost is what is pending, whatever the history.
+    pub fn pending_page(
+        &self,
+        tenant_id: &str,
+        after: Option<&str>,
+        bounds: Bounds,
+    ) -> Result<EscalationPage, StoreError> {
+        let mut budget = Budget::new(bounds);
+        let mut escalations = Vec::new();
+        let mut cursor = after.map(str::to_owned);
+        'ids: loop {
+            // A few ids at a time, so the lock is never held across store reads.
+            let ids: Vec<String> = {
+                let inner = self.inner.lock().expect("escalations lock");
+                let Some(pending) = inner.pending.get(tenant_id) else {
+                    break;
+                };
+                let from = cursor.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+                pending
+                    .range::<str, _>((from, Bound::Unbounded))
+                    .take(64)
+                    .cloned()
+                    .collect()
+            };
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                cursor = Some(id.clone());
+                // Not there: reserved, its append still in flight (or failed).
+                let Some(raw) = self
+                    .store
+                    .get_raw(Table::Escalations, &tenant_key(tenant_id, &[id.as_bytes()]))?
+                else {
+                    continue;
+                };
+                let e = decode_row(&raw)?;
+                if e.status != Status::Pending {
+                    continue;
+                }
+                if !budget.take(raw.len()) {
+                    break 'ids;
+                }
+                escalations.push(e);
+                if budget.full() {
+                    break 'ids;
+                }
+            }
+        }
+        Ok(EscalationPage {
+            next_after: budget
+                .stopped()
+                .then(|| escalations.last().map(|e: &Escalation| e.id.clone()))
+                .flatten(),
+            truncated: budget.truncated(),
+            escalations,
+        })
+    }
+
+    /// A page of a tenant's escalations after the id `after`, optionally of one status,
+    /// oldest first, read from the stored rows in key (= id = opening) order. A page reads at
+    /// most [`HISTORY_SCAN_ROWS`] rows and [`HISTORY_SCAN_BYTES`]: one with a status filter
+    /// that few rows match can end short of `limit` with a cursor to go on from.
+    pub fn history_page(
         &self,
         tenant_id: &str,
         status: Option<Status>,
-    ) -> Result<Vec<Escalation>, StoreError> {
-        let mut list: Vec<Escalation> = self
+        after: Option<&str>,
+        bounds: Bounds,
+    ) -> Result<EscalationPage, StoreError> {
+        let prefix = tenant_prefix(tenant_id);
+        let start = after.map_or_else(
+            || prefix.clone(),
+            |a| tenant_key(tenant_id, &[a.as_bytes()]),
+        );
+        let mut budget = Budget::new(bounds);
+        let mut escalations = Vec::new();
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        let mut scanned_to = None;
+        let mut scan_stopped = false;
+        for item in self
             .store
-            .scan::<Escalation>(Table::Escalations, &tenant_prefix(tenant_id))?
-            .into_iter()
-            .map(|(_, e)| e)
-            .filter(|e| status.is_none_or(|s| e.status == s))
-            .collect();
-        list.sort_by(|a, b| a.opened_ms.cmp(&b.opened_ms).then(a.id.cmp(&b.id)));
-        Ok(list)
+            .iter_prefix_from(Table::Escalations, &prefix, &start)
+        {
+            let (key, raw) = item?;
+            if after.is_some() && key == start {
+                continue;
+            }
+            if rows >= HISTORY_SCAN_ROWS || (rows > 0 && bytes + raw.len() > HISTORY_SCAN_BYTES) {
+                scan_stopped = true;
+                break;
+            }
+            rows += 1;
+            bytes += raw.len();
+            let e = decode_row(&raw)?;
+            if status.is_none_or(|s| e.status == s) {
+                if !budget.take(raw.len()) {
+                    break;
+                }
+                escalations.push(e);
+            }
+            scanned_to = Some(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+            if budget.full() {
+                break;
+            }
+        }
+        let next_after = if budget.truncated() {
+            escalations.last().map(|e| e.id.clone())
+        } else if budget.full() || scan_stopped {
+            scanned_to
+        } else {
+            None
+        };
+        Ok(EscalationPage {
+            escalations,
+            next_after,
+            truncated: budget.truncated(),
+        })
     }
 
-    /// Pending escalations of a tenant.
+    /// Pending escalations of a tenant, with those reserved whose appends are in flight.
+    #[cfg(test)]
     pub fn pending_count(&self, tenant_id: &str) -> usize {
         self.inner
             .lock()
             .expect("escalations lock")
             .pending
             .get(tenant_id)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, BTreeSet::len)
     }
 
-    /// Records a newly opened escalation (after its row is committed).
-    pub fn opened(&self, e: &Escalation) {
+    /// Takes a place for `e` under its tenant's cap of `max` pending escalations, before its
+    /// row is appended; at the cap, the number pending. Check and place are one step, so
+    /// concurrent escalations never pass the cap.
+    pub fn reserve(&self, e: &Escalation, max: usize) -> Result<Reservation, usize> {
         let mut inner = self.inner.lock().expect("escalations lock");
-        *inner.pending.entry(e.tenant_id.clone()).or_default() += 1;
-        let earliest = inner
-            .deadlines
-            .first()
-            .is_none_or(|(d, _, _)| e.deadline_ms < *d);
-        inner
-            .deadlines
-            .insert((e.deadline_ms, e.tenant_id.clone(), e.id.clone()));
+        let pending = inner.pending.entry(e.tenant_id.clone()).or_default();
+        if pending.len() >= max {
+            let n = pending.len();
+            if n == 0 {
+                inner.pending.remove(&e.tenant_id);
+            }
+            return Err(n);
+        }
+        pending.insert(e.id.clone());
+        Ok(Reservation {
+            escalations: self.clone(),
+            tenant_id: e.tenant_id.clone(),
+            id: e.id.clone(),
+            deadline_ms: e.deadline_ms,
+            settled: false,
+        })
+    }
+
+    /// Adds a pending (or reserved) escalation's deadline for the sweeper.
+    fn track_deadline(&self, tenant_id: &str, id: &str, deadline_ms: u64) {
+        let earliest =
+            self.inner
+                .lock()
+                .expect("escalations lock")
+                .track_deadline(tenant_id, id, deadline_ms);
         if earliest {
             // A stored permit: a sweeper between reading the deadline and waiting still wakes.
             self.earlier_deadline.notify_one();
         }
+    }
+
+    /// Forgets an escalation that has no row (its append wrote nothing): out of the pending
+    /// index and the deadlines.
+    pub fn forget(&self, tenant_id: &str, id: &str) {
+        let mut inner = self.inner.lock().expect("escalations lock");
+        inner.unpend(tenant_id, id);
+        inner
+            .deadlines
+            .retain(|(_, t, i)| !(t == tenant_id && i == id));
     }
 
     /// The earliest deadline of any pending escalation, ms since the epoch.
@@ -339,12 +584,10 @@ impl Escalations {
         self.earlier_deadline.clone()
     }
 
-    /// Records a resolution (after its row is committed) and wakes every waiter.
+    /// Records a resolution (after its row is committed) and wakes every waiter. Idempotent.
     pub fn resolved(&self, e: &Escalation) {
         let mut inner = self.inner.lock().expect("escalations lock");
-        if let Some(n) = inner.pending.get_mut(&e.tenant_id) {
-            *n = n.saturating_sub(1);
-        }
+        inner.unpend(&e.tenant_id, &e.id);
         inner
             .deadlines
             .remove(&(e.deadline_ms, e.tenant_id.clone(), e.id.clone()));
@@ -503,7 +746,7 @@ mod tests {
         let escalations =
             Escalations::load(Store::open(dir.path()).unwrap(), &Default::default()).unwrap();
         let pending = escalation("esc_1", Status::Pending);
-        escalations.opened(&pending);
+        escalations.reserve(&pending, 10).unwrap().opened();
 
         // Answered at once (`?wait=0`): nothing is kept for it while it is pending.
         drop(escalations.subscribe("esc_1"));
@@ -528,5 +771,113 @@ mod tests {
         drop(second);
         assert_eq!(channels(&escalations), 0);
         assert!(escalations.due(u64::MAX).is_empty());
+    }
+
+    fn registry() -> (tempfile::TempDir, Escalations) {
+        let dir = tempfile::tempdir().unwrap();
+        let escalations =
+            Escalations::load(Store::open(dir.path()).unwrap(), &Default::default()).unwrap();
+        (dir, escalations)
+    }
+
+    #[test]
+    fn a_reservation_takes_a_place_under_the_cap_and_a_release_frees_it() {
+        let (_dir, escalations) = registry();
+        let first = escalations
+            .reserve(&escalation("esc_1", Status::Pending), 2)
+            .unwrap();
+        let second = escalations
+            .reserve(&escalation("esc_2", Status::Pending), 2)
+            .unwrap();
+        assert_eq!(
+            escalations
+                .reserve(&escalation("esc_3", Status::Pending), 2)
+                .err(),
+            Some(2),
+            "at the cap before either append is written"
+        );
+        first.release();
+        assert_eq!(escalations.pending_count("t"), 1);
+        assert!(
+            escalations.due(u64::MAX).is_empty(),
+            "a released place has no deadline"
+        );
+        second.opened();
+        assert_eq!(
+            escalations.due(u64::MAX),
+            [("t".to_owned(), "esc_2".to_owned())]
+        );
+        escalations.resolved(&escalation("esc_2", Status::Approved));
+        assert_eq!(escalations.pending_count("t"), 0);
+        assert!(escalations.due(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn a_reservation_dropped_unsettled_is_kept_for_the_sweeper_to_settle() {
+        let (_dir, escalations) = registry();
+        drop(
+            escalations
+                .reserve(&escalation("esc_1", Status::Pending), 5)
+                .unwrap(),
+        );
+        assert_eq!(escalations.pending_count("t"), 1);
+        assert_eq!(escalations.due(u64::MAX).len(), 1);
+        escalations.forget("t", "esc_1");
+        assert_eq!(escalations.pending_count("t"), 0);
+        assert!(escalations.due(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn an_escalation_resolved_before_it_is_marked_opened_gets_no_deadline() {
+        let (_dir, escalations) = registry();
+        let e = escalation("esc_1", Status::Pending);
+        let reservation = escalations.reserve(&e, 5).unwrap();
+        let mut approved = e.clone();
+        approved.status = Status::Approved;
+        escalations.resolved(&approved);
+        reservation.opened();
+        assert_eq!(escalations.pending_count("t"), 0);
+        assert!(escalations.due(u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn the_pending_page_reads_only_pending_rows_and_skips_reserved_ones_not_yet_written() {
+        let (_dir, escalations) = registry();
+        for (id, status) in [
+            ("esc_1", Status::Pending),
+            ("esc_2", Status::Approved),
+            ("esc_3", Status::Pending),
+            ("esc_4", Status::Pending),
+        ] {
+            let e = escalation(id, status);
+            escalations.store.commit(&[e.row()]).unwrap();
+            if status == Status::Pending {
+                escalations.reserve(&e, 10).unwrap().opened();
+            }
+        }
+        // Reserved, its append still in flight: no row yet.
+        let _in_flight = escalations
+            .reserve(&escalation("esc_5", Status::Pending), 10)
+            .unwrap();
+        let ids = |page: &EscalationPage| {
+            page.escalations
+                .iter()
+                .map(|e| e.id.clone())
+                .collect::<Vec<_>>()
+        };
+        let bounds = Bounds::new(2);
+        let first = escalations.pending_page("t", None, bounds).unwrap();
+        assert_eq!(ids(&first), ["esc_1", "esc_3"]);
+        assert_eq!(first.next_after.as_deref(), Some("esc_3"));
+        let second = escalations
+            .pending_page("t", first.next_after.as_deref(), bounds)
+            .unwrap();
+        assert_eq!(ids(&second), ["esc_4"]);
+        assert_eq!(second.next_after, None);
+        let history = escalations
+            .history_page("t", Some(Status::Approved), None, bounds)
+            .unwrap();
+        assert_eq!(ids(&history), ["esc_2"]);
+        assert_eq!(history.next_after, None);
     }
 }

@@ -19,6 +19,7 @@ mod escalations;
 mod jobs;
 pub mod metrics;
 mod notify;
+pub mod page;
 mod policies;
 pub mod policy_log;
 pub mod server;

@@ -53,6 +53,9 @@ pub struct ServeConfig {
     pub metrics_public: bool,
     /// Connection limits and timeouts.
     pub connections: ConnectionLimits,
+    /// Bounds on reads of a whole chain: exports and verifications running at once (gateway
+    /// and tenant), and how long an export waits on a client that has stopped reading.
+    pub chain_reads: crate::service::audit::ChainReadLimits,
 }
 
 /// Limits on clients' connections, so slow or idle clients cannot hold the gateway's
@@ -98,6 +101,7 @@ impl ServeConfig {
             egress_ca_file: None,
             metrics_public: false,
             connections: ConnectionLimits::default(),
+            chain_reads: Default::default(),
         }
     }
 }
@@ -174,6 +178,7 @@ impl Gateway {
                 .with_context(|| format!("{}: not a PEM bundle of certificates", path.display()))?;
         }
         let app = App::open(store, app_config, signer, &master_key)?;
+        app.audit().set_chain_read_limits(config.chain_reads);
         let (operator_key, operator_key_generated) = match config.operator_key {
             Some(key) => (key, false),
             None => operator_key_file(&config.data_dir)?,

@@ -286,6 +286,29 @@ impl Vault {
             .collect())
     }
 
+    /// A page of a tenant's credential names in order, strictly after `after`: at most
+    /// `limit`, and the name the next page starts after.
+    #[allow(clippy::type_complexity)]
+    pub fn names_page(
+        &self,
+        tenant_id: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<Vec<u8>>), VaultError> {
+        let (rows, next) = crate::page::rows_after(
+            &self.store,
+            Table::Credentials,
+            &tenant_prefix(tenant_id),
+            after,
+            limit,
+        )?;
+        let names = rows
+            .into_iter()
+            .map(|(name, _)| String::from_utf8_lossy(&name).into_owned())
+            .collect();
+        Ok((names, next))
+    }
+
     /// Removes a tenant's credential; `false` if there was none.
     pub fn delete(&self, tenant_id: &str, name: &str) -> Result<bool, VaultError> {
         let key = tenant_key(tenant_id, &[name.as_bytes()]);

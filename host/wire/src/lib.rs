@@ -197,11 +197,23 @@ pub struct CreatedKey {
     pub api_key: String,
 }
 
-/// Keys of a tenant.
+/// Keys of a tenant: a page of them.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct KeyList {
     /// The keys, oldest first.
     pub keys: Vec<KeyView>,
+    /// Pass as `cursor` for the next page; absent at the end.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+}
+
+/// Query of a paged list (`GET /v1/escalations/pending`, keys, catalog, credentials).
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+pub struct PageQuery {
+    /// A `next_cursor` from the previous page: this page starts after it.
+    pub cursor: Option<String>,
+    /// At most this many items (default and most: the route's, 1000 for every list).
+    pub limit: Option<usize>,
 }
 
 /// Query of `POST /v1/policies`.
@@ -268,24 +280,44 @@ pub struct AuditPage {
     /// Records in seq order, as stored (see ARCHITECTURE.md for the fields).
     #[schema(value_type = Vec<Object>)]
     pub records: Vec<Value>,
-    /// Pass as `after_seq` for the next page; absent at the end.
+    /// Pass as `after_seq` for the next page; absent at the end. A page ends at `limit`
+    /// records or before the record that would take its records' stored JSON past 4 MiB
+    /// (always at least one record).
     pub next_after_seq: Option<u64>,
+    /// The page ended at the byte budget, before `limit`.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
-/// A session's decisions.
+/// Query of `GET /v1/sessions/{session_id}`.
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+pub struct SessionQuery {
+    /// Only records with a greater seq (a `next_after_seq`).
+    pub after_seq: Option<u64>,
+    /// At most this many records (default 1000, at most 10000).
+    pub limit: Option<usize>,
+}
+
+/// A session's decisions: a page of its records, and the counts of the calls in that page.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct SessionView {
     /// The session.
     pub session_id: String,
-    /// Allowed calls.
+    /// Allowed calls in this page.
     pub allowed: usize,
-    /// Blocked calls.
+    /// Blocked calls in this page.
     pub blocked: usize,
-    /// Escalated calls.
+    /// Escalated calls in this page.
     pub escalated: usize,
-    /// Its audit records.
+    /// Its audit records, in seq order: a page, bounded like `GET /v1/audit`'s.
     #[schema(value_type = Vec<Object>)]
     pub events: Vec<Value>,
+    /// Pass as `after_seq` for the next page; absent at the end.
+    #[serde(default)]
+    pub next_after_seq: Option<u64>,
+    /// The page ended at the byte budget, before `limit`.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// `GET /healthz` and `GET /readyz`.
@@ -353,10 +385,14 @@ pub struct PublicKeyView {
 }
 
 /// Query of `GET /v1/escalations`.
-#[derive(Debug, Serialize, Deserialize, IntoParams)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
 pub struct EscalationQuery {
     /// `pending`, `approved`, `rejected` or `expired`.
     pub status: Option<String>,
+    /// A `next_cursor` from the previous page: this page starts after it.
+    pub cursor: Option<String>,
+    /// At most this many (default 1000, at most 1000).
+    pub limit: Option<usize>,
 }
 
 /// Query of `GET /v1/escalations/{id}/wait`.
@@ -443,11 +479,20 @@ pub struct RequestView {
     pub destructive: bool,
 }
 
-/// A list of escalations.
+/// A list of escalations: a page of them, at most `limit` and (past the first) 4 MiB of their
+/// stored rows.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct EscalationList {
     /// Oldest first.
     pub escalations: Vec<EscalationView>,
+    /// Pass as `cursor` for the next page; absent at the end. A page can hold fewer than
+    /// `limit` escalations and still have one (a status filter reads a bounded stretch of
+    /// history per page).
+    #[serde(default)]
+    pub next_cursor: Option<String>,
+    /// The page ended at the byte budget.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// `GET /v1/escalations/{id}/wait`.
@@ -539,11 +584,14 @@ pub struct ToolView {
     pub destructive: bool,
 }
 
-/// The tenant's catalog.
+/// The tenant's catalog: a page of it.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct ToolList {
-    /// Every tool.
+    /// The tools, by service and name.
     pub tools: Vec<ToolView>,
+    /// Pass as `cursor` for the next page; absent at the end.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 /// `PUT /v1/credentials/{name}`.
@@ -557,11 +605,14 @@ pub struct CredentialBody {
     pub origins: Vec<String>,
 }
 
-/// The tenant's credential names.
+/// The tenant's credential names: a page of them.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct CredentialList {
-    /// Names only; values are never returned.
+    /// Names only, in order; values are never returned.
     pub names: Vec<String>,
+    /// Pass as `cursor` for the next page; absent at the end.
+    #[serde(default)]
+    pub next_cursor: Option<String>,
 }
 
 /// `POST /v1/execute`: the Tenet SDK's request. (`requestId` is accepted and not yet used:

@@ -59,6 +59,7 @@ impl ApiError {
                 AppError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
                 AppError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
                 AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+                AppError::Busy { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
                 AppError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
                 AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             },
@@ -76,7 +77,10 @@ impl IntoResponse for ApiError {
             "error": { "code": code, "message": self.to_string() }
         });
         let mut response = (status, Json(body)).into_response();
-        if let Self::App(AppError::RateLimited { retry_after_s, .. }) = &self {
+        if let Self::App(
+            AppError::RateLimited { retry_after_s, .. } | AppError::Busy { retry_after_s, .. },
+        ) = &self
+        {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from(*retry_after_s),

@@ -9,13 +9,15 @@
 //!   with it;
 //! - **rows**: [`Effects::rows`] commit in the same transaction;
 //! - **group commit**: durable before `append` returns, many appends per flush;
-//! - **range reads**: a chain from a seq, a session's records, one record by event id.
+//! - **range reads**: a chain from a seq, a session's records, one record by event id; every
+//!   read of many records is a page bounded by count and by bytes ([`crate::page::Bounds`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use super::{AuditError, AuditLog, Effects, Record, RecordBody};
+use super::{AuditError, AuditLog, Effects, Record, RecordBody, RecordPage};
+use crate::page::Bounds;
 
 /// An append in flight: resolves once the record is durable.
 pub type Appending<'a> = Pin<Box<dyn Future<Output = Result<Record, AuditError>> + Send + 'a>>;
@@ -50,22 +52,23 @@ pub trait Ledger: Send + Sync + 'static {
     /// Loads a tenant's head so that [`Ledger::heads`] reports it.
     fn load_head(&self, tenant_id: &str) -> Result<(), AuditError>;
 
-    /// Records of a tenant with `seq > after_seq` (all when `None`), at most `limit`.
-    fn records(
+    /// A page of a tenant's records with `seq > after_seq` (from the start when `None`),
+    /// within `bounds`.
+    fn records_page(
         &self,
         tenant_id: &str,
         after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Record>, AuditError>;
+        bounds: Bounds,
+    ) -> Result<RecordPage, AuditError>;
 
-    /// Records of one session of a tenant with `seq > after_seq`, at most `limit`.
-    fn session_records(
+    /// A page of one session's records with `seq > after_seq`, within `bounds`.
+    fn session_page(
         &self,
         tenant_id: &str,
         session_id: &str,
         after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Record>, AuditError>;
+        bounds: Bounds,
+    ) -> Result<RecordPage, AuditError>;
 
     /// The record with `event_id`, if it belongs to `tenant_id`.
     fn event(&self, tenant_id: &str, event_id: &str) -> Result<Option<Record>, AuditError>;
@@ -103,23 +106,23 @@ impl Ledger for AuditLog {
         AuditLog::unhealthy(self)
     }
 
-    fn records(
+    fn records_page(
         &self,
         tenant_id: &str,
         after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Record>, AuditError> {
-        AuditLog::records(self, tenant_id, after_seq, limit)
+        bounds: Bounds,
+    ) -> Result<RecordPage, AuditError> {
+        AuditLog::records_page(self, tenant_id, after_seq, bounds)
     }
 
-    fn session_records(
+    fn session_page(
         &self,
         tenant_id: &str,
         session_id: &str,
         after_seq: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Record>, AuditError> {
-        AuditLog::session_records(self, tenant_id, session_id, after_seq, limit)
+        bounds: Bounds,
+    ) -> Result<RecordPage, AuditError> {
+        AuditLog::session_page(self, tenant_id, session_id, after_seq, bounds)
     }
 
     fn event(&self, tenant_id: &str, event_id: &str) -> Result<Option<Record>, AuditError> {

@@ -50,6 +50,7 @@ mod writer;
 use blocks::*;
 pub use blocks::{replace_stored_record, stored_record, stored_records};
 pub use ledger::{Appending, ChainHead, Ledger, SharedLedger};
+pub use query::RecordPage;
 pub(crate) use record::hash_hex;
 #[allow(unused_imports)]
 use record::*;

@@ -1,5 +1,7 @@
 //! The session index's in-memory tail: entries waiting to be written out a session at a time.
 
+use std::collections::HashSet;
+
 #[allow(unused_imports)]
 use super::*;
 
@@ -9,7 +11,10 @@ pub(crate) const SESSION_TAIL_AGE: Duration = Duration::from_secs(1);
 /// …or without waiting while more than this many entries wait…
 pub(crate) const SESSION_TAIL_MAX: usize = 16_384;
 
-/// …at most this many sessions with any one batch, so no batch waits on a large write.
+/// …at most this many sessions with any one batch, so no batch waits on a large write, unless
+/// more than [`SESSION_TAIL_MAX`] entries wait: then as many as bring the tail back under it
+/// (a batch adds at most `MAX_BATCH` entries, so a round writes out about that many at most,
+/// and the tail never holds more than [`SESSION_TAIL_MAX`] plus one batch's).
 pub(crate) const SESSION_WRITE_OUT: usize = 32;
 
 /// Session index entries not yet in the store. The writer adds each batch's entries once the
@@ -52,18 +57,22 @@ impl SessionTail {
         self.len += 1;
     }
 
-    /// The sessions to write out now (oldest first, at most [`SESSION_WRITE_OUT`]), and whether
-    /// marks are due even if none is.
+    /// The sessions to write out now, oldest first (a prefix of `order`): those whose oldest
+    /// entry has waited [`SESSION_TAIL_AGE`], at most [`SESSION_WRITE_OUT`]; and, while more
+    /// than [`SESSION_TAIL_MAX`] entries would still wait, more, aged or not, until no more
+    /// would. Also whether marks are due even if no session is.
     pub(crate) fn due(&self) -> (Vec<(String, String)>, bool) {
-        let sessions = self
-            .order
-            .iter()
-            .take_while(|(at, _, _)| {
-                at.elapsed() >= SESSION_TAIL_AGE || self.len > SESSION_TAIL_MAX
-            })
-            .take(SESSION_WRITE_OUT)
-            .map(|(_, t, s)| (t.clone(), s.clone()))
-            .collect();
+        let mut sessions = Vec::new();
+        let mut waiting = self.len;
+        for (at, tenant_id, session_id) in &self.order {
+            let over = waiting > SESSION_TAIL_MAX;
+            if !over && (sessions.len() >= SESSION_WRITE_OUT || at.elapsed() < SESSION_TAIL_AGE) {
+                break;
+            }
+            let key = (tenant_id.clone(), session_id.clone());
+            waiting -= self.seqs.get(&key).map_or(0, Vec::len);
+            sessions.push(key);
+        }
         let marks = !self.unmarked.is_empty()
             && self
                 .marked
@@ -95,10 +104,15 @@ impl SessionTail {
 
     /// The tenant's first waiting seq once `out` is written.
     pub(crate) fn first_waiting(&self, tenant_id: &str, out: &[(String, String)]) -> Option<u64> {
+        let out: HashSet<(&str, &str)> = out
+            .iter()
+            .filter(|(t, _)| t == tenant_id)
+            .map(|(t, s)| (t.as_str(), s.as_str()))
+            .collect();
         self.firsts.get(tenant_id).and_then(|firsts| {
             firsts
                 .iter()
-                .find(|(_, session)| !out.iter().any(|(t, s)| t == tenant_id && s == *session))
+                .find(|(_, session)| !out.contains(&(tenant_id, session.as_str())))
                 .map(|(seq, _)| *seq)
         })
     }
@@ -122,5 +136,59 @@ impl SessionTail {
         self.unmarked
             .retain(|tenant_id, _| firsts.contains_key(tenant_id));
         self.marked = Some(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches of a full `MAX_BATCH` of new sessions each, written out the way the writer does
+    /// (what `due` names goes out with the next batch): none has waited a second, so only the
+    /// cap writes anything out.
+    #[test]
+    fn the_tail_stays_bounded_when_every_batch_brings_more_sessions_than_a_round_writes_out() {
+        let mut tail = SessionTail::default();
+        let mut seq = 0u64;
+        for round in 0..200 {
+            let (out, _) = tail.due();
+            let writes = tail.writes(&out);
+            assert!(writes.len() >= out.len());
+            tail.written(&out);
+            for i in 0..MAX_BATCH {
+                tail.add(&format!("t{}", i % 3), &format!("s{round}-{i}"), seq);
+                seq += 1;
+            }
+            assert!(
+                tail.len <= SESSION_TAIL_MAX + MAX_BATCH,
+                "round {round}: {} entries wait",
+                tail.len
+            );
+            assert_eq!(tail.order.len(), tail.seqs.len());
+            assert_eq!(tail.len, tail.seqs.values().map(Vec::len).sum::<usize>());
+        }
+        assert!(tail.len > SESSION_TAIL_MAX, "the cap was reached");
+    }
+
+    #[test]
+    fn under_the_cap_a_round_writes_out_only_aged_sessions_and_few_of_them() {
+        let mut tail = SessionTail::default();
+        for i in 0..100 {
+            tail.add("t", &format!("s{i}"), i);
+        }
+        assert!(tail.due().0.is_empty(), "nothing has waited a second");
+        for entry in tail.order.iter_mut() {
+            entry.0 = entry
+                .0
+                .checked_sub(SESSION_TAIL_AGE)
+                .expect("a second after boot");
+        }
+        let (out, _) = tail.due();
+        assert_eq!(out.len(), SESSION_WRITE_OUT);
+        assert_eq!(out[0], ("t".to_owned(), "s0".to_owned()), "oldest first");
+        assert_eq!(
+            tail.first_waiting("t", &out),
+            Some(SESSION_WRITE_OUT as u64)
+        );
     }
 }

@@ -9,6 +9,7 @@ use crate::audit::{Effects, Kind, SharedLedger};
 use crate::catalog::{Catalog, ResolvedRequest, ToolEntry};
 use crate::egress::Egress;
 use crate::error::{AppError, Result};
+use crate::page;
 use crate::store::Table;
 use crate::vault::Vault;
 
@@ -117,9 +118,19 @@ impl CatalogService {
         Ok(())
     }
 
-    /// The tenant's catalog.
-    pub fn tools(&self, scope: &TenantScope<Reviewer>) -> Result<Vec<ToolEntry>> {
-        Ok(self.catalog.list(scope.tenant_id())?)
+    /// A page of the tenant's catalog after `cursor` (a `next_cursor` of an earlier page), by
+    /// service and tool name: at most `limit` entries, and the next page's cursor.
+    pub fn tools(
+        &self,
+        scope: &TenantScope<Reviewer>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ToolEntry>, Option<String>)> {
+        let after = cursor.map(page::parse_cursor).transpose()?;
+        let (entries, next) = self
+            .catalog
+            .page(scope.tenant_id(), after.as_deref(), limit)?;
+        Ok((entries, next.map(|k| page::cursor(&k))))
     }
 
     /// Stores (sealed) a credential of the tenant with the origins it may be sent to, recorded
@@ -149,8 +160,17 @@ impl CatalogService {
     }
 
     /// The names of the tenant's credentials.
-    pub fn credential_names(&self, scope: &TenantScope<Admin>) -> Result<Vec<String>> {
-        Ok(self.vault.names(scope.tenant_id())?)
+    pub fn credential_names(
+        &self,
+        scope: &TenantScope<Admin>,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        let after = cursor.map(page::parse_cursor).transpose()?;
+        let (names, next) = self
+            .vault
+            .names_page(scope.tenant_id(), after.as_deref(), limit)?;
+        Ok((names, next.map(|k| page::cursor(&k))))
     }
 
     /// Removes a credential of the tenant, recorded in the chain in the same write.

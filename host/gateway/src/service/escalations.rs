@@ -14,9 +14,10 @@ use crate::access::{Member, Reviewer, TenantScope};
 use crate::audit::{AuditError, Effects, Kind, RecordBody, RecordCharge, SharedLedger};
 use crate::clock::SharedClock;
 use crate::error::{AppError, Result};
-use crate::escalations::{self, Escalation, Escalations, Resolution, Status};
+use crate::escalations::{self, Escalation, EscalationPage, Escalations, Resolution, Status};
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::notify::{Notification, Notifier};
+use crate::page::{self, Bounds};
 use crate::tenants::{Principal, Role, Tenant, Tenants, new_ordered_id};
 use crate::usage::CallScope;
 
@@ -38,9 +39,14 @@ pub struct EscalationService {
 }
 
 impl EscalationService {
-    /// Pending escalations of a tenant.
-    pub(crate) fn pending_count(&self, tenant_id: &str) -> usize {
-        self.registry.pending_count(tenant_id)
+    /// Takes a place for `esc` under its tenant's cap of `max` pending escalations before its
+    /// row is appended (check and place in one step); at the cap, the number pending.
+    pub(crate) fn reserve(
+        &self,
+        esc: &Escalation,
+        max: usize,
+    ) -> std::result::Result<escalations::Reservation, usize> {
+        self.registry.reserve(esc, max)
     }
 
     /// A subscription to one escalation's resolution.
@@ -48,9 +54,15 @@ impl EscalationService {
         self.registry.subscribe(id)
     }
 
-    /// Registers a newly opened escalation (its row committed) and announces it.
-    pub(crate) fn opened(&self, tenant: &Tenant, esc: &Escalation) {
-        self.registry.opened(esc);
+    /// Registers a newly opened escalation (its row committed, under `reservation`) and
+    /// announces it.
+    pub(crate) fn opened(
+        &self,
+        tenant: &Tenant,
+        esc: &Escalation,
+        reservation: escalations::Reservation,
+    ) {
+        reservation.opened();
         self.notify(tenant, "escalation_opened", esc);
     }
 
@@ -58,9 +70,14 @@ impl EscalationService {
     pub async fn expire_due(&self) -> Result<()> {
         let mut failed = None;
         for (tenant_id, id) in self.registry.due(self.clock.now_ms()) {
-            if let Err(e) = self.expire(&tenant_id, &id).await {
-                tracing::error!(error = %e, escalation = %id, "expiring failed");
-                failed = Some(e);
+            match self.expire(&tenant_id, &id).await {
+                Ok(_) => {}
+                // Reserved, but its append wrote nothing: forgotten by `expire`.
+                Err(AppError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, escalation = %id, "expiring failed");
+                    failed = Some(e);
+                }
             }
         }
         failed.map_or(Ok(()), Err)
@@ -156,16 +173,26 @@ impl EscalationService {
         }
     }
 
-    /// Expires a pending escalation (recorded). If it was decided meanwhile, returns that.
+    /// Expires a pending escalation (recorded). If it was decided meanwhile, returns that. One
+    /// without a row (reserved, its append never written) is forgotten: not found.
     pub(crate) async fn expire(&self, tenant_id: &str, id: &str) -> Result<Escalation> {
         match self
             .resolve(tenant_id, id, Status::Expired, None, None)
             .await
         {
-            Err(AppError::Conflict { .. }) => self
-                .registry
-                .get(tenant_id, id)?
-                .ok_or(AppError::NotFound("escalation")),
+            Err(AppError::Conflict { .. }) => {
+                let stored = self
+                    .registry
+                    .get(tenant_id, id)?
+                    .ok_or(AppError::NotFound("escalation"))?;
+                // Decided, so out of the index whoever decided it (idempotent).
+                self.registry.resolved(&stored);
+                Ok(stored)
+            }
+            Err(AppError::NotFound(what)) => {
+                self.registry.forget(tenant_id, id);
+                Err(AppError::NotFound(what))
+            }
             other => other,
         }
     }
@@ -384,13 +411,34 @@ impl EscalationService {
         Ok(esc)
     }
 
-    /// The tenant's escalations, optionally of one status (reviewer or admin).
+    /// A page of the tenant's escalations, optionally of one status, after `cursor` (a
+    /// `next_cursor` of an earlier page), oldest first (reviewer or admin). Pending ones are
+    /// read through the pending index; others from the history, a bounded stretch per page.
     pub fn escalations(
         &self,
         scope: &TenantScope<Reviewer>,
         status: Option<Status>,
-    ) -> Result<Vec<Escalation>> {
-        Ok(self.registry.list(scope.tenant_id(), status)?)
+        cursor: Option<&str>,
+        bounds: Bounds,
+    ) -> Result<EscalationPage> {
+        let after = cursor
+            .map(|c| {
+                String::from_utf8(page::parse_cursor(c)?).map_err(|_| AppError::Invalid {
+                    code: "invalid_cursor",
+                    message: "cursor must be a next_cursor this route returned".into(),
+                })
+            })
+            .transpose()?;
+        let tenant_id = scope.tenant_id();
+        Ok(match status {
+            Some(Status::Pending) => {
+                self.registry
+                    .pending_page(tenant_id, after.as_deref(), bounds)?
+            }
+            status => self
+                .registry
+                .history_page(tenant_id, status, after.as_deref(), bounds)?,
+        })
     }
 
     /// Waits up to `timeout` for an escalation to be resolved, then returns it as it stands.

@@ -438,25 +438,6 @@ impl ExecuteService {
         evaluation: &Evaluation,
         decision: Decision,
     ) -> Result<ExecuteOutcome> {
-        let pending = self.escalations.pending_count(&tenant.id);
-        if pending >= tenant.limits.max_pending_escalations {
-            let blocked = Decision::block(
-                codes::TOO_MANY_PENDING,
-                format!(
-                    "{pending} escalations are already waiting for a reviewer; this call is blocked"
-                ),
-            );
-            return Ok(self
-                .record_decision(
-                    &tenant.id,
-                    req,
-                    blocked,
-                    Some(policy),
-                    Some(evaluation),
-                    Effects::default(),
-                )
-                .await?);
-        }
         let now = self.clock.now_ms();
         let esc = Escalation {
             id: new_ordered_id("esc_", now),
@@ -503,6 +484,32 @@ impl ExecuteService {
             rows: vec![esc.row()],
             ..Effects::default()
         };
+        // The cap is checked and a place taken in one step, before the append, so concurrent
+        // escalations cannot pass it; the place is released if the append writes nothing.
+        let reservation = match self
+            .escalations
+            .reserve(&esc, tenant.limits.max_pending_escalations)
+        {
+            Ok(reservation) => reservation,
+            Err(pending) => {
+                let blocked = Decision::block(
+                    codes::TOO_MANY_PENDING,
+                    format!(
+                        "{pending} escalations are already waiting for a reviewer; this call is blocked"
+                    ),
+                );
+                return Ok(self
+                    .record_decision(
+                        &tenant.id,
+                        req,
+                        blocked,
+                        Some(policy),
+                        Some(evaluation),
+                        Effects::default(),
+                    )
+                    .await?);
+            }
+        };
         let rx = self.escalations.subscribe(&esc.id);
         // Boxed, so the held state below does not reserve room for the append.
         let opened = Box::pin(self.record_call(
@@ -515,8 +522,19 @@ impl ExecuteService {
             effects,
             Some(esc.id.clone()),
         ))
-        .await?;
-        self.escalations.opened(tenant, &esc);
+        .await;
+        let opened = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                // A failed flush may leave the row written: its place is kept, and the sweeper
+                // settles it at the deadline (expires the row, or forgets the id).
+                if !matches!(e, AuditError::FlushFailed) {
+                    reservation.release();
+                }
+                return Err(e.into());
+            }
+        };
+        self.escalations.opened(tenant, &esc, reservation);
 
         let until = match req.wait {
             Some(wait) => (now + wait.as_millis() as u64).min(esc.deadline_ms),

@@ -11,6 +11,7 @@ use super::configuration;
 use crate::audit::{Effects, Kind, RecordBody, SharedLedger};
 use crate::egress::Egress;
 use crate::error::{AppError, Result};
+use crate::page;
 use crate::store::Store;
 use crate::tenants::{KeyRecord, Principal, Role, Tenant, TenantLimits, Tenants};
 use crate::vault::Vault;
@@ -130,12 +131,32 @@ impl TenantService {
         Ok((key, secret))
     }
 
-    /// Lists a tenant's keys (never their secrets).
-    pub fn list_keys(&self, manager: &KeyManager) -> Result<Vec<KeyRecord>> {
+    /// A page of a tenant's keys (never their secrets), oldest first, after `cursor` (a
+    /// `next_cursor` of an earlier page): at most `limit`, and the next page's cursor.
+    pub fn list_keys(
+        &self,
+        manager: &KeyManager,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<KeyRecord>, Option<String>)> {
         if self.tenants.get(manager.tenant_id()).is_none() {
             return Err(AppError::NotFound("tenant"));
         }
-        Ok(self.tenants.keys_of(manager.tenant_id())?)
+        let after = cursor.map(page::parse_cursor).transpose()?;
+        let sort_key =
+            |k: &KeyRecord| [&k.created_ms.to_be_bytes()[..], k.key_id.as_bytes()].concat();
+        let mut keys: Vec<(Vec<u8>, KeyRecord)> = self
+            .tenants
+            .keys_of(manager.tenant_id())?
+            .into_iter()
+            .map(|k| (sort_key(&k), k))
+            .filter(|(at, _)| after.as_ref().is_none_or(|a| at > a))
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        let limit = limit.max(1);
+        let next = (keys.len() > limit).then(|| page::cursor(&keys[limit - 1].0));
+        keys.truncate(limit);
+        Ok((keys.into_iter().map(|(_, k)| k).collect(), next))
     }
 
     /// Revokes a key: by the operator, or its tenant's admin (another tenant's key looks

@@ -1,7 +1,7 @@
 //! The operator's and admins' routes: tenants, their limits, keys.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 
 use crate::access::Require;
@@ -108,22 +108,30 @@ pub async fn create_key(
     ))
 }
 
-/// Lists a tenant's keys, without secrets (operator, or the tenant's admin).
+/// Most keys in one page, and the default: a tenant has as many keys as its admins make, so a
+/// count bounds a page.
+const KEYS_PAGE: usize = 1000;
+
+/// Lists a page of a tenant's keys, oldest first, without secrets (operator, or the tenant's
+/// admin); `next_cursor` continues it.
 #[utoipa::path(get, path = "/v1/admin/tenants/{tenant_id}/keys", tag = "admin",
-    params(("tenant_id" = String, Path)),
-    responses((status = 200, body = KeyList), (status = 403), (status = 404)),
+    params(("tenant_id" = String, Path), PageQuery),
+    responses((status = 200, body = KeyList), (status = 400), (status = 403), (status = 404)),
     security(("api_key" = [])))]
 pub async fn list_keys(
     State(state): State<ApiState>,
     Auth(who): Auth,
     Path(tenant_id): Path<String>,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<KeyList>, ApiError> {
-    let keys = state
-        .app
-        .tenants()
-        .list_keys(&who.manage_keys_of(&tenant_id)?)?;
+    let (keys, next_cursor) = state.app.tenants().list_keys(
+        &who.manage_keys_of(&tenant_id)?,
+        query.cursor.as_deref(),
+        query.limit.unwrap_or(KEYS_PAGE).clamp(1, KEYS_PAGE),
+    )?;
     Ok(Json(KeyList {
         keys: keys.into_iter().map(Into::into).collect(),
+        next_cursor,
     }))
 }
 

@@ -10,12 +10,14 @@ use crate::api::ApiState;
 use crate::api::error::ApiError;
 use crate::api::extract::Auth;
 use crate::api::wire::*;
+use crate::page::Bounds;
 
 fn record_json(record: crate::audit::Record) -> serde_json::Value {
     serde_json::to_value(record).expect("records serialize")
 }
 
-/// Reads the tenant's audit chain (admin or reviewer).
+/// Reads a page of the tenant's audit chain (admin or reviewer): at most `limit` records and,
+/// past the first, 4 MiB of their stored JSON; `next_after_seq` continues it.
 #[utoipa::path(get, path = "/v1/audit", tag = "audit",
     params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = 403)),
@@ -25,26 +27,25 @@ pub async fn audit(
     Auth(who): Auth,
     Query(query): Query<AuditQuery>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let records = state.app.audit().audit_records(
+    let page = state.app.audit().audit_records(
         &who.require()?,
         query.session_id.as_deref(),
         query.after_seq,
-        limit,
+        Bounds::from_query(query.limit, 100, 1000),
     )?;
-    let next_after_seq = (records.len() == limit)
-        .then(|| records.last().map(|r| r.body.seq))
-        .flatten();
     Ok(Json(AuditPage {
-        records: records.into_iter().map(record_json).collect(),
-        next_after_seq,
+        records: page.records.into_iter().map(record_json).collect(),
+        next_after_seq: page.next_after_seq,
+        truncated: page.truncated,
     }))
 }
 
 /// Recomputes every hash of the tenant's chain and checks it against the latest signed
-/// checkpoint (admin or reviewer).
+/// checkpoint (admin or reviewer). Counts against the same caps as exports (429
+/// `too_many_verifications`).
 #[utoipa::path(get, path = "/v1/audit/verify", tag = "audit",
-    responses((status = 200, body = VerifyView), (status = 403)),
+    responses((status = 200, body = VerifyView), (status = 403),
+        (status = 429, description = "Too many exports and verifications running")),
     security(("api_key" = [])))]
 pub async fn audit_verify(
     State(state): State<ApiState>,
@@ -56,9 +57,13 @@ pub async fn audit_verify(
 }
 
 /// Streams the tenant's chain as JSON Lines, one stored record per line (admin or reviewer).
+/// At most 16 exports and verifications run at once on a gateway and 2 per tenant (429
+/// `too_many_exports` beyond, with Retry-After); an export whose client takes nothing for 30 s
+/// is cut off.
 #[utoipa::path(get, path = "/v1/audit/export", tag = "audit",
     params(ExportQuery),
-    responses((status = 200, content_type = "application/jsonl", body = String), (status = 403)),
+    responses((status = 200, content_type = "application/jsonl", body = String), (status = 403),
+        (status = 429, description = "Too many exports running")),
     security(("api_key" = [])))]
 pub async fn audit_export(
     State(state): State<ApiState>,
@@ -66,7 +71,7 @@ pub async fn audit_export(
     Query(query): Query<ExportQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let lines = state.app.audit().export(&who.require()?, query.after_seq)?;
-    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(lines));
+    let body = axum::body::Body::from_stream(lines);
     Ok(([(header::CONTENT_TYPE, "application/jsonl")], body))
 }
 
@@ -109,22 +114,32 @@ pub async fn audit_event(
     )))
 }
 
-/// A session's decision counts and events (admin or reviewer).
+/// A page of a session's events and the counts of the calls in it (admin or reviewer): at most
+/// `limit` records and, past the first, 4 MiB of their stored JSON; `next_after_seq` continues
+/// it.
 #[utoipa::path(get, path = "/v1/sessions/{session_id}", tag = "audit",
-    params(("session_id" = String, Path)),
+    params(("session_id" = String, Path), SessionQuery),
     responses((status = 200, body = SessionView), (status = 403), (status = 404)),
     security(("api_key" = [])))]
 pub async fn session(
     State(state): State<ApiState>,
     Auth(who): Auth,
     Path(session_id): Path<String>,
+    Query(query): Query<SessionQuery>,
 ) -> Result<Json<SessionView>, ApiError> {
-    let s = state.app.audit().session(&who.require()?, &session_id)?;
+    let s = state.app.audit().session(
+        &who.require()?,
+        &session_id,
+        query.after_seq,
+        Bounds::from_query(query.limit, 1000, 10_000),
+    )?;
     Ok(Json(SessionView {
         session_id,
         allowed: s.allowed,
         blocked: s.blocked,
         escalated: s.escalated,
         events: s.events.into_iter().map(record_json).collect(),
+        next_after_seq: s.next_after_seq,
+        truncated: s.truncated,
     }))
 }

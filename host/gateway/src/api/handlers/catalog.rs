@@ -1,7 +1,7 @@
 //! The tool catalog and credential vault.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 
 use crate::access::Require;
@@ -65,22 +65,29 @@ pub async fn delete_tool(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The tenant's tool catalog (tenant admin or reviewer).
+/// Most entries of a catalog or credential list page, and the default: both lists are as long
+/// as the tenant's admins make them, so a count bounds a page.
+const LIST_PAGE: usize = 1000;
+
+/// A page of the tenant's tool catalog, by service and tool name (tenant admin or reviewer);
+/// `next_cursor` continues it.
 #[utoipa::path(get, path = "/v1/catalog", tag = "catalog",
-    responses((status = 200, body = ToolList), (status = 403)),
+    params(PageQuery),
+    responses((status = 200, body = ToolList), (status = 400), (status = 403)),
     security(("api_key" = [])))]
 pub async fn list_tools(
     State(state): State<ApiState>,
     Auth(who): Auth,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<ToolList>, ApiError> {
+    let (tools, next_cursor) = state.app.catalog().tools(
+        &who.require()?,
+        query.cursor.as_deref(),
+        query.limit.unwrap_or(LIST_PAGE).clamp(1, LIST_PAGE),
+    )?;
     Ok(Json(ToolList {
-        tools: state
-            .app
-            .catalog()
-            .tools(&who.require()?)?
-            .into_iter()
-            .map(Into::into)
-            .collect(),
+        tools: tools.into_iter().map(Into::into).collect(),
+        next_cursor,
     }))
 }
 
@@ -105,17 +112,23 @@ pub async fn put_credential(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// The tenant's credential names, never their values (tenant admin).
+/// A page of the tenant's credential names, never their values (tenant admin);
+/// `next_cursor` continues it.
 #[utoipa::path(get, path = "/v1/credentials", tag = "catalog",
-    responses((status = 200, body = CredentialList), (status = 403)),
+    params(PageQuery),
+    responses((status = 200, body = CredentialList), (status = 400), (status = 403)),
     security(("api_key" = [])))]
 pub async fn list_credentials(
     State(state): State<ApiState>,
     Auth(who): Auth,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<CredentialList>, ApiError> {
-    Ok(Json(CredentialList {
-        names: state.app.catalog().credential_names(&who.require()?)?,
-    }))
+    let (names, next_cursor) = state.app.catalog().credential_names(
+        &who.require()?,
+        query.cursor.as_deref(),
+        query.limit.unwrap_or(LIST_PAGE).clamp(1, LIST_PAGE),
+    )?;
+    Ok(Json(CredentialList { names, next_cursor }))
 }
 
 /// Removes a credential (tenant admin).

@@ -8,8 +8,21 @@ use crate::api::ApiState;
 use crate::api::error::ApiError;
 use crate::api::extract::{AppJson, Auth};
 use crate::api::wire::*;
+use crate::page::Bounds;
 
-/// Lists the tenant's escalations, optionally of one status (reviewer or admin).
+/// Most escalations in one page, and the default.
+const ESCALATIONS_PAGE: usize = 1000;
+
+fn escalation_list(page: crate::escalations::EscalationPage) -> EscalationList {
+    EscalationList {
+        escalations: page.escalations.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_after.map(|id| crate::page::cursor(id.as_bytes())),
+        truncated: page.truncated,
+    }
+}
+
+/// Lists a page of the tenant's escalations, optionally of one status (reviewer or admin):
+/// at most `limit` and, past the first, 4 MiB of their stored rows; `next_cursor` continues it.
 #[utoipa::path(get, path = "/v1/escalations", tag = "escalations",
     params(EscalationQuery),
     responses((status = 200, body = EscalationList), (status = 400), (status = 403)),
@@ -28,30 +41,34 @@ pub async fn list_escalations(
             )
         })?),
     };
-    let list = state
-        .app
-        .escalations()
-        .escalations(&who.require()?, status)?;
-    Ok(Json(EscalationList {
-        escalations: list.into_iter().map(Into::into).collect(),
-    }))
+    let page = state.app.escalations().escalations(
+        &who.require()?,
+        status,
+        query.cursor.as_deref(),
+        Bounds::from_query(query.limit, ESCALATIONS_PAGE, ESCALATIONS_PAGE),
+    )?;
+    Ok(Json(escalation_list(page)))
 }
 
-/// Lists pending escalations (the Provenance gateway's reviewer route).
+/// Lists a page of pending escalations, oldest first (the Provenance gateway's reviewer
+/// route), read through the index of pending ones; bounded and continued like
+/// `GET /v1/escalations`.
 #[utoipa::path(get, path = "/v1/escalations/pending", tag = "escalations",
-    responses((status = 200, body = EscalationList), (status = 403)),
+    params(PageQuery),
+    responses((status = 200, body = EscalationList), (status = 400), (status = 403)),
     security(("api_key" = [])))]
 pub async fn pending_escalations(
     State(state): State<ApiState>,
     Auth(who): Auth,
+    Query(query): Query<PageQuery>,
 ) -> Result<Json<EscalationList>, ApiError> {
-    let list = state
-        .app
-        .escalations()
-        .escalations(&who.require()?, Some(crate::escalations::Status::Pending))?;
-    Ok(Json(EscalationList {
-        escalations: list.into_iter().map(Into::into).collect(),
-    }))
+    let page = state.app.escalations().escalations(
+        &who.require()?,
+        Some(crate::escalations::Status::Pending),
+        query.cursor.as_deref(),
+        Bounds::from_query(query.limit, ESCALATIONS_PAGE, ESCALATIONS_PAGE),
+    )?;
+    Ok(Json(escalation_list(page)))
 }
 
 /// One escalation: the call, the policy's reason and codes, agent, session, times.
