@@ -363,6 +363,33 @@ async fn pending_escalations_list_only_pending_ones_and_stay_right_after_approva
         "another tenant's are not listed"
     );
 
+    // The typed client follows the cursor, or reads one page.
+    let reviewer = gw.client(&t.reviewer);
+    let all: Vec<String> = reviewer
+        .pending_escalations()
+        .await
+        .unwrap()
+        .escalations
+        .into_iter()
+        .map(|e| e.escalation_id)
+        .collect();
+    assert_eq!(all, pending_now);
+    let first = reviewer
+        .pending_escalations_page(None, Some(3))
+        .await
+        .unwrap();
+    assert_eq!(first.escalations.len(), 3);
+    let rest = reviewer
+        .pending_escalations_page(first.next_cursor.as_deref(), Some(3))
+        .await
+        .unwrap();
+    assert_eq!(rest.escalations[0].escalation_id, pending_now[3]);
+    assert_eq!(rest.next_cursor, None);
+    assert_eq!(
+        reviewer.escalations(None).await.unwrap().escalations.len(),
+        7
+    );
+
     // The whole history, and one status of it, page the same way.
     let (list, _) = all_pages(&gw, &t.reviewer, "/v1/escalations?limit=2", "escalations").await;
     assert_eq!(ids(&list), opened);

@@ -177,10 +177,38 @@ impl Client {
         self.json(Method::POST, &path, key).await
     }
 
-    /// `GET /v1/admin/tenants/{tenant_id}/keys`.
+    /// `GET /v1/admin/tenants/{tenant_id}/keys`: every page, followed through `next_cursor`.
     pub async fn keys(&self, tenant_id: &str) -> Result<KeyList, ClientError> {
-        self.get(&format!("/v1/admin/tenants/{}/keys", segment(tenant_id)))
-            .await
+        let mut keys = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.keys_page(tenant_id, cursor.as_deref(), None).await?;
+            keys.extend(page.keys);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => {
+                    return Ok(KeyList {
+                        keys,
+                        next_cursor: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One page of `GET /v1/admin/tenants/{tenant_id}/keys`, after `cursor`.
+    pub async fn keys_page(
+        &self,
+        tenant_id: &str,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<KeyList, ClientError> {
+        let path = format!("/v1/admin/tenants/{}/keys", segment(tenant_id));
+        self.send(
+            self.request(Method::GET, &path)
+                .query(&page_query(cursor, limit)),
+        )
+        .await
     }
 
     /// `DELETE /v1/admin/keys/{key_id}`.
@@ -244,18 +272,73 @@ impl Client {
 
     // Escalations.
 
-    /// `GET /v1/escalations`, optionally of one status.
+    /// `GET /v1/escalations`, optionally of one status: every page, followed through
+    /// `next_cursor`.
     pub async fn escalations(&self, status: Option<&str>) -> Result<EscalationList, ClientError> {
-        let mut request = self.request(Method::GET, "/v1/escalations");
-        if let Some(status) = status {
-            request = request.query(&[("status", status)]);
-        }
-        self.send(request).await
+        self.every_escalation(async |cursor| {
+            self.escalations_page(status, cursor.as_deref(), None).await
+        })
+        .await
     }
 
-    /// `GET /v1/escalations/pending`.
+    /// One page of `GET /v1/escalations`, optionally of one status, after `cursor`.
+    pub async fn escalations_page(
+        &self,
+        status: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<EscalationList, ClientError> {
+        let query = EscalationQuery {
+            status: status.map(str::to_owned),
+            cursor: cursor.map(str::to_owned),
+            limit,
+        };
+        self.send(self.request(Method::GET, "/v1/escalations").query(&query))
+            .await
+    }
+
+    /// `GET /v1/escalations/pending`: every page, followed through `next_cursor`.
     pub async fn pending_escalations(&self) -> Result<EscalationList, ClientError> {
-        self.get("/v1/escalations/pending").await
+        self.every_escalation(async |cursor| {
+            self.pending_escalations_page(cursor.as_deref(), None).await
+        })
+        .await
+    }
+
+    /// One page of `GET /v1/escalations/pending`, after `cursor`.
+    pub async fn pending_escalations_page(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<EscalationList, ClientError> {
+        self.send(
+            self.request(Method::GET, "/v1/escalations/pending")
+                .query(&page_query(cursor, limit)),
+        )
+        .await
+    }
+
+    /// Every escalation `page` lists, page after page.
+    async fn every_escalation(
+        &self,
+        page: impl AsyncFn(Option<String>) -> Result<EscalationList, ClientError>,
+    ) -> Result<EscalationList, ClientError> {
+        let mut escalations = Vec::new();
+        let mut cursor = None;
+        loop {
+            let next = page(cursor).await?;
+            escalations.extend(next.escalations);
+            match next.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => {
+                    return Ok(EscalationList {
+                        escalations,
+                        next_cursor: None,
+                        truncated: false,
+                    });
+                }
+            }
+        }
     }
 
     /// `GET /v1/escalations/{id}`.
@@ -329,9 +412,36 @@ impl Client {
         self.json(Method::PUT, &path, tool).await
     }
 
-    /// `GET /v1/catalog`.
+    /// `GET /v1/catalog`: every page, followed through `next_cursor`.
     pub async fn tools(&self) -> Result<ToolList, ClientError> {
-        self.get("/v1/catalog").await
+        let mut tools = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = self.tools_page(cursor.as_deref(), None).await?;
+            tools.extend(page.tools);
+            match page.next_cursor {
+                Some(next) => cursor = Some(next),
+                None => {
+                    return Ok(ToolList {
+                        tools,
+                        next_cursor: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// One page of `GET /v1/catalog`, after `cursor`.
+    pub async fn tools_page(
+        &self,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ToolList, ClientError> {
+        self.send(
+            self.request(Method::GET, "/v1/catalog")
+                .query(&page_query(cursor, limit)),
+        )
+        .await
     }
 
     /// `PUT /v1/credentials/{name}`: the secret and the origins it may be sent to.
@@ -397,9 +507,24 @@ impl Client {
         self.get("/v1/audit/public-key").await
     }
 
-    /// `GET /v1/sessions/{session_id}`.
+    /// `GET /v1/sessions/{session_id}`: the first page of its events (see
+    /// [`Client::session_page`]).
     pub async fn session(&self, session_id: &str) -> Result<SessionView, ClientError> {
         self.get(&format!("/v1/sessions/{}", segment(session_id)))
+            .await
+    }
+
+    /// One page of `GET /v1/sessions/{session_id}`: its events after `after_seq`, and the
+    /// counts of the calls among them.
+    pub async fn session_page(
+        &self,
+        session_id: &str,
+        after_seq: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<SessionView, ClientError> {
+        let path = format!("/v1/sessions/{}", segment(session_id));
+        let query = SessionQuery { after_seq, limit };
+        self.send(self.request(Method::GET, &path).query(&query))
             .await
     }
 
@@ -410,6 +535,13 @@ impl Client {
 }
 
 /// `s` percent-encoded as one path segment.
+fn page_query(cursor: Option<&str>, limit: Option<usize>) -> PageQuery {
+    PageQuery {
+        cursor: cursor.map(str::to_owned),
+        limit,
+    }
+}
+
 fn segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
