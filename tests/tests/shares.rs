@@ -95,10 +95,11 @@ async fn limits_out_of_bounds_are_refused() {
     }
 }
 
-/// 32 calls at a time whose policy spins until its deadline (2 s) would hold every one of the
-/// gateway's 16 evaluation slots; capped at 2 slots and a budget of evaluation time, the flood
-/// leaves the slots to the neighbour, whose calls are each answered well inside half a second
-/// while the flood goes on.
+/// 32 calls at a time whose policy spins until its fuel or deadline runs out (about a second)
+/// would hold every one of the gateway's 16 evaluation slots, and a neighbour's call would wait
+/// behind them for rounds of that second; capped at 2 slots and a budget of evaluation time, the
+/// flood leaves the slots to the neighbour, whose calls are each answered inside a second while
+/// the flood goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_spinning_to_its_deadline_cannot_take_the_slots_its_neighbour_needs() {
     let gw = Arc::new(TestGateway::start().await);
@@ -143,7 +144,7 @@ async fn a_tenant_spinning_to_its_deadline_cannot_take_the_slots_its_neighbour_n
         let answer: Value = client
             .post(gw.url("/v1/gateway/execute?wait=0"))
             .header("X-PROVENANCE-API-KEY", &neighbour.agent)
-            .timeout(Duration::from_millis(500))
+            .timeout(Duration::from_millis(1_000))
             .json(&json!({"session_id": "n", "agent_id": "n", "action": "payments.initiate", "parameters": PAYMENT()}))
             .send()
             .await

@@ -9,9 +9,8 @@
 //! - a cap on its **evaluations at once** (`max_evaluations`), under the gateway's own slots.
 //!
 //! A call that cannot be admitted at once waits, asleep, for its turn (so a flood of calls costs
-//! the gateway no CPU while it waits), unless its wait would pass `queue_ms` or more than
-//! `max_queued` of the tenant's calls are already waiting: then it is refused, 429 with
-//! `Retry-After`. Counting calls alone would not do: one call can burn milliseconds.
+//! the gateway no CPU while it waits), unless its wait would pass `queue_ms` or `max_queued` of
+//! the tenant's calls are already waiting so: then it is refused, 429 with `Retry-After`. Counting calls alone would not do: one call can burn milliseconds.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -49,16 +48,19 @@ struct Buckets {
     at_ms: u64,
 }
 
-/// A call admitted for evaluation: it holds its place in the tenant's queue count until
-/// dropped, and takes the tenant's evaluation slots through [`Admitted::slot`].
+/// A call admitted for evaluation: it takes the tenant's evaluation slots through
+/// [`Admitted::slot`] and charges its evaluations' time to the tenant's budget.
 pub struct Admitted {
     share: Arc<Share>,
     charge: bool,
 }
 
-impl Drop for Admitted {
+/// A call's place among its tenant's calls waiting for admission, given back when dropped.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.share.queued.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -112,14 +114,6 @@ impl Shares {
     /// `queue_ms` or too many of its calls are waiting already.
     pub async fn admit(&self, tenant_id: &str, limits: &TenantLimits) -> Result<Admitted> {
         let share = self.share(tenant_id, limits);
-        let queued = share.queued.fetch_add(1, Ordering::Relaxed);
-        let admitted = Admitted {
-            share: share.clone(),
-            charge: limits.eval_ms_per_s > 0,
-        };
-        if queued >= limits.max_queued {
-            return Err(limited(1.0, "too many of this tenant's calls are waiting"));
-        }
         let wait = {
             let mut b = share.buckets.lock().expect("share lock");
             let now = self.clock.now_ms();
@@ -154,9 +148,17 @@ impl Shares {
             budget_wait_s.max(token_wait_s)
         };
         if wait > 0.0 {
+            let waiting = Waiting(&share.queued);
+            if share.queued.fetch_add(1, Ordering::Relaxed) >= limits.max_queued {
+                return Err(limited(wait, "too many of this tenant's calls are waiting"));
+            }
             tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            drop(waiting);
         }
-        Ok(admitted)
+        Ok(Admitted {
+            charge: limits.eval_ms_per_s > 0,
+            share,
+        })
     }
 }
 
@@ -232,20 +234,30 @@ mod tests {
         shares.admit("a", &l).await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn too_many_waiting_calls_are_refused_and_their_places_are_given_back() {
         let shares = Shares::new(ManualClock::new(0));
         let l = TenantLimits {
             max_queued: 2,
-            ..TenantLimits::default()
+            ..limits(1, 1, 0, 10_000)
         };
-        let held: Vec<Admitted> = vec![
-            shares.admit("a", &l).await.unwrap(),
-            shares.admit("a", &l).await.unwrap(),
-        ];
-        assert!(shares.admit("a", &l).await.is_err());
-        drop(held);
+        // Calls that need not wait take no place, however many are in flight.
         shares.admit("a", &l).await.unwrap();
+        let waiting: Vec<_> = (0..2)
+            .map(|_| {
+                let (shares, l) = (shares.clone(), l);
+                tokio::spawn(async move { shares.admit("a", &l).await.map(|_| ()) })
+            })
+            .collect();
+        while shares.share("a", &l).queued.load(Ordering::Relaxed) < 2 {
+            tokio::task::yield_now().await;
+        }
+        let refused = shares.admit("a", &l).await.err().unwrap();
+        assert!(matches!(refused, AppError::RateLimited { .. }), "{refused:?}");
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(shares.share("a", &l).queued.load(Ordering::Relaxed), 0);
     }
 }
 
