@@ -107,6 +107,22 @@ pub struct TenantLimits {
     /// Longest a call waits for admission, ms; a longer wait is refused at once, 429.
     #[serde(default = "default_queue_ms")]
     pub queue_ms: u64,
+    /// Policies the tenant may keep stored (uploaded and not deleted); beyond, uploads are
+    /// refused with 409 `policy_quota`.
+    #[serde(default = "default_max_policies")]
+    pub max_policies: usize,
+    /// Bytes of components the tenant may keep stored; beyond, uploads are refused with 413
+    /// `policy_quota`.
+    #[serde(default = "default_max_policy_bytes")]
+    pub max_policy_bytes: u64,
+}
+
+fn default_max_policies() -> usize {
+    32
+}
+
+fn default_max_policy_bytes() -> u64 {
+    64 << 20
 }
 
 fn default_eval_ms_per_s() -> u64 {
@@ -149,6 +165,8 @@ impl Default for TenantLimits {
             max_evaluations: default_max_evaluations(),
             max_queued: default_max_queued(),
             queue_ms: default_queue_ms(),
+            max_policies: default_max_policies(),
+            max_policy_bytes: default_max_policy_bytes(),
         }
     }
 }
@@ -160,6 +178,8 @@ impl TenantLimits {
     pub const MAX_DEADLINE_MS: u64 = 10_000;
     /// Longest escalation hold, in seconds.
     pub const MAX_HOLD_S: u64 = 24 * 3600;
+    /// Most bytes of components a tenant may be allowed to store.
+    pub const MAX_POLICY_BYTES: u64 = 64 << 30;
 
     /// Checks the limits against the bounds; `max_memory_mib` is the engine's pool slot size.
     pub fn validate(&self, max_memory_mib: u32) -> Result<()> {
@@ -195,6 +215,13 @@ impl TenantLimits {
         within("max_evaluations", self.max_evaluations as u64, 1, 1_024)?;
         within("max_queued", self.max_queued as u64, 1, 100_000)?;
         within("queue_ms", self.queue_ms, 0, 60_000)?;
+        within("max_policies", self.max_policies as u64, 1, 10_000)?;
+        within(
+            "max_policy_bytes",
+            self.max_policy_bytes,
+            1,
+            Self::MAX_POLICY_BYTES,
+        )?;
         Ok(())
     }
 

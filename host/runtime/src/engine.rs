@@ -63,6 +63,12 @@ pub enum LoadError {
     /// The component does not implement the `writ:policy/policy` world.
     #[error("component does not implement the writ:policy@0.1.0 `policy` world: {0}")]
     WrongWorld(String),
+    /// Compiling the component went past a bound of [`CompileLimits`] (named in the message).
+    #[error("the component is too costly to compile: {0}")]
+    TooCostly(String),
+    /// The compiler process could not be run; the component was not judged.
+    #[error("the policy compiler failed: {0}")]
+    Compiler(String),
     /// A precompiled artifact could not be used (different engine version or settings).
     #[error("precompiled artifact unusable: {0}")]
     Artifact(String),
@@ -92,6 +98,40 @@ pub struct EngineConfig {
     /// slot holds up to `memory_keep_resident` bytes, so this also bounds what idle slots hold
     /// (about 0.2 MiB each for the example policies; 128 MiB if every policy dirtied 1 MiB).
     pub max_warm_slots: u32,
+    /// Bounds on compiling a component with [`Engine::compile_bounded`].
+    pub compile: CompileLimits,
+}
+
+/// Bounds on compiling an uploaded component. wasmtime cannot interrupt a compilation under
+/// way, so [`Engine::compile_bounded`] compiles in a child process (on Linux) that is killed
+/// past `timeout` and cannot allocate more than `memory_bytes`; the gateway runs at most
+/// `max_concurrent` of them at once.
+#[derive(Debug, Clone)]
+pub struct CompileLimits {
+    /// Wall time one compilation may take; past it the compiler is killed and the component
+    /// refused.
+    pub timeout: Duration,
+    /// Memory one compilation may use: the compiler's `RLIMIT_DATA` (its heap and private
+    /// writable mappings, the component and the compiled code included).
+    pub memory_bytes: u64,
+    /// Compilations the gateway runs at once; more wait for one to finish.
+    pub max_concurrent: usize,
+    /// Uploads that may wait for a compilation slot at once; beyond, refused at once.
+    pub max_waiting: usize,
+    /// Longest an upload waits for a compilation slot before it is refused.
+    pub max_wait: Duration,
+}
+
+impl Default for CompileLimits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(60),
+            memory_bytes: 1 << 30,
+            max_concurrent: 2,
+            max_waiting: 8,
+            max_wait: Duration::from_secs(30),
+        }
+    }
 }
 
 impl Default for EngineConfig {
@@ -103,6 +143,7 @@ impl Default for EngineConfig {
             max_wasm_stack: 512 << 10,
             memory_keep_resident: 1 << 20,
             max_warm_slots: 128,
+            compile: CompileLimits::default(),
         }
     }
 }
@@ -168,6 +209,10 @@ struct EngineInner {
     engine: wasmtime::Engine,
     /// `writ:policy/host`, shared by every policy; WASI stubs are added per policy.
     linker: Linker<CallState>,
+    /// Bounds of [`Engine::compile_bounded`].
+    compile: CompileLimits,
+    /// The compiler process builds its engine with the same wasm stack bound.
+    max_wasm_stack: usize,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
 }
@@ -200,19 +245,8 @@ impl Engine {
             // One fiber stack per evaluation running at once.
             .total_stacks(config.max_instances);
 
-        let mut wasm = Config::new();
-        wasm.wasm_component_model(true)
-            .consume_fuel(true)
-            .epoch_interruption(true)
-            .max_wasm_stack(config.max_wasm_stack)
-            .cranelift_opt_level(OptLevel::Speed)
-            .memory_init_cow(true)
-            // No wasm backtraces: a failed policy is reported by its trap code and its own
-            // panic message (sent through `host.log`), and the address maps backtraces need
-            // cost every loaded policy memory.
-            .generate_address_map(false)
-            .wasm_backtrace_max_frames(None)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let mut wasm = wasm_config(config.max_wasm_stack);
+        wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&wasm)?;
 
         let mut linker = Linker::new(&engine);
@@ -240,6 +274,8 @@ impl Engine {
             inner: Arc::new(EngineInner {
                 engine,
                 linker,
+                compile: config.compile.clone(),
+                max_wasm_stack: config.max_wasm_stack,
                 ticker: Some(ticker),
                 stop,
             }),
@@ -259,19 +295,61 @@ impl Engine {
     ///
     /// Refuses anything that is not a component, imports outside `writ:policy/host` and the
     /// std WASI subset (naming the import), or does not export this world's `evaluate`.
+    /// Compiles in this process, unbounded: for tools run on the author's own components (`writ
+    /// policy test`); the gateway uses [`Engine::compile_bounded`].
     pub fn compile(&self, bytes: &[u8]) -> Result<CompiledPolicy, LoadError> {
-        if !wasmparser::Parser::is_component(bytes) {
-            return Err(LoadError::NotAComponent(
-                if wasmparser::Parser::is_core_wasm(bytes) {
-                    "this is a core module; build for wasm32-wasip2, which produces a component"
-                } else {
-                    "no WebAssembly component header"
-                },
-            ));
-        }
+        check_component_header(bytes)?;
         let component = Component::new(&self.inner.engine, bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.link(Engine::policy_id(bytes), bytes.len(), component)
+    }
+
+    /// The bounds [`Engine::compile_bounded`] works within.
+    pub fn compile_limits(&self) -> &CompileLimits {
+        &self.inner.compile
+    }
+
+    /// Validates and compiles a policy component within [`CompileLimits`]: its time and memory
+    /// budget (a compilation past either is refused with [`LoadError::TooCostly`], naming the
+    /// bound). Returns the loaded policy and its compiled artifact (as
+    /// [`CompiledPolicy::serialize`] gives it), to be stored.
+    ///
+    /// On Linux the compilation runs in a child process, this executable started again as the
+    /// policy compiler (see [`compiler_process`]): niced, limited by `RLIMIT_DATA` and
+    /// `RLIMIT_CPU`, compiling on one thread, and killed at the deadline, so a costly component
+    /// takes one core at low priority and at most its memory budget, and never the gateway's
+    /// own memory. Elsewhere it compiles in this process and only the deadline is checked,
+    /// after the fact. Blocks the calling thread for the compilation: call from a blocking
+    /// thread.
+    pub fn compile_bounded(&self, bytes: &[u8]) -> Result<(CompiledPolicy, Vec<u8>), LoadError> {
+        check_component_header(bytes)?;
+        let id = Engine::policy_id(bytes);
+        #[cfg(target_os = "linux")]
+        {
+            let artifact =
+                compiler_process::compile(bytes, &self.inner.compile, self.inner.max_wasm_stack)?;
+            let compiled = match self.load_precompiled(&id, bytes.len(), &artifact) {
+                Err(LoadError::Artifact(e)) => {
+                    return Err(LoadError::Compiler(format!(
+                        "the compiler's artifact does not load: {e}"
+                    )));
+                }
+                other => other?,
+            };
+            Ok((compiled, artifact))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let started = std::time::Instant::now();
+            let component = Component::new(&self.inner.engine, bytes)
+                .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+            if started.elapsed() > self.inner.compile.timeout {
+                return Err(time_budget(&self.inner.compile));
+            }
+            let compiled = self.link(id, bytes.len(), component)?;
+            let artifact = compiled.serialize()?;
+            Ok((compiled, artifact))
+        }
     }
 
     /// Loads an artifact from [`CompiledPolicy::serialize`], skipping compilation.
@@ -340,6 +418,279 @@ impl Engine {
                 pre,
             }),
         })
+    }
+}
+
+/// The engine settings, but for instance allocation: the same in the gateway and in the
+/// compiler process, so the artifacts the one compiles load into the other.
+fn wasm_config(max_wasm_stack: usize) -> Config {
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(max_wasm_stack)
+        .cranelift_opt_level(OptLevel::Speed)
+        .memory_init_cow(true)
+        // No wasm backtraces: a failed policy is reported by its trap code and its own
+        // panic message (sent through `host.log`), and the address maps backtraces need
+        // cost every loaded policy memory.
+        .generate_address_map(false)
+        .wasm_backtrace_max_frames(None);
+    wasm
+}
+
+/// Refuses what is not a component before any compiling.
+fn check_component_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(());
+    }
+    Err(LoadError::NotAComponent(
+        if wasmparser::Parser::is_core_wasm(bytes) {
+            "this is a core module; build for wasm32-wasip2, which produces a component"
+        } else {
+            "no WebAssembly component header"
+        },
+    ))
+}
+
+fn time_budget(limits: &CompileLimits) -> LoadError {
+    LoadError::TooCostly(format!(
+        "compiling it took longer than the compile time budget of {} ms",
+        limits.timeout.as_millis()
+    ))
+}
+
+fn memory_budget(limits: &CompileLimits) -> LoadError {
+    LoadError::TooCostly(format!(
+        "compiling it needed more than the compile memory budget of {} MiB",
+        limits.memory_bytes >> 20
+    ))
+}
+
+/// The policy compiler as a child process: the running executable started again with
+/// [`compiler_process::ARG`] and [`compiler_process::ENV`], which a constructor of this crate
+/// (run before `main`, so whatever binary links the runtime, the `writ` CLI or a test) turns
+/// into a compiler: it limits itself, reads the component from stdin, and writes a tag and the
+/// artifact or the error to stdout.
+#[cfg(target_os = "linux")]
+mod compiler_process {
+    use std::ffi::{c_int, c_ulong};
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::{CompileLimits, LoadError, memory_budget, time_budget, wasm_config};
+
+    /// The variable that makes a process a policy compiler; its value is
+    /// `<memory bytes>,<cpu seconds>,<max wasm stack>`.
+    pub(super) const ENV: &str = "WRIT_POLICY_COMPILER";
+    /// The first argument of a policy compiler (so a binary that does not link the constructor
+    /// refuses it as an unknown argument instead of running as itself).
+    pub(super) const ARG: &str = "--writ-policy-compiler";
+    /// Bytes of the compiler's stderr kept for the log.
+    const STDERR_KEPT: u64 = 4096;
+
+    const RLIMIT_CPU: c_int = 0;
+    const RLIMIT_DATA: c_int = 2;
+    const RLIMIT_CORE: c_int = 4;
+
+    #[repr(C)]
+    struct Rlimit {
+        current: c_ulong,
+        max: c_ulong,
+    }
+
+    #[allow(unsafe_code)]
+    unsafe extern "C" {
+        fn setrlimit(resource: c_int, limit: *const Rlimit) -> c_int;
+        fn nice(increment: c_int) -> c_int;
+    }
+
+    /// Run by the C runtime before `main` in every process of a binary that links this crate:
+    /// one environment lookup, then nothing unless the process is a policy compiler.
+    #[allow(unsafe_code)]
+    #[used]
+    #[unsafe(link_section = ".init_array")]
+    pub(super) static CONSTRUCTOR: extern "C" fn() = constructor;
+
+    extern "C" fn constructor() {
+        let Some(spec) = std::env::var_os(ENV) else {
+            return;
+        };
+        let second_arg = std::fs::read("/proc/self/cmdline")
+            .ok()
+            .and_then(|cmdline| cmdline.split(|b| *b == 0).nth(1).map(<[u8]>::to_vec));
+        if second_arg.as_deref() != Some(ARG.as_bytes()) {
+            return;
+        }
+        let code = std::panic::catch_unwind(|| serve(&spec.to_string_lossy())).unwrap_or(70);
+        std::process::exit(code);
+    }
+
+    /// The compiler: limits itself, then compiles stdin to stdout. Tags: `OK` and the artifact,
+    /// `ER` and why the component is invalid, `ME` when memory ran out, `XX` and why it could
+    /// not work.
+    fn serve(spec: &str) -> i32 {
+        let mut out = std::io::stdout().lock();
+        let answer = |out: &mut std::io::StdoutLock<'_>, tag: &[u8], body: &[u8]| {
+            let written = out
+                .write_all(tag)
+                .and_then(|()| out.write_all(body))
+                .and_then(|()| out.flush());
+            if written.is_ok() { 0 } else { 74 }
+        };
+        let numbers: Vec<u64> = spec.split(',').filter_map(|n| n.parse().ok()).collect();
+        let &[memory_bytes, cpu_s, max_wasm_stack] = numbers.as_slice() else {
+            return answer(&mut out, b"XX", b"malformed compiler settings");
+        };
+        let limit = |resource, value: u64| {
+            let value = c_ulong::try_from(value).unwrap_or(c_ulong::MAX);
+            let limit = Rlimit {
+                current: value,
+                max: value,
+            };
+            // SAFETY: `limit` is a valid `struct rlimit` for the call's duration.
+            #[allow(unsafe_code)]
+            let set = unsafe { setrlimit(resource, &limit) };
+            set == 0
+        };
+        if !(limit(RLIMIT_CORE, 0) && limit(RLIMIT_CPU, cpu_s) && limit(RLIMIT_DATA, memory_bytes))
+        {
+            return answer(&mut out, b"XX", b"setrlimit failed");
+        }
+        // Lower priority than the gateway's evaluations, whatever it could not lower.
+        // SAFETY: `nice` only changes this process's scheduling priority.
+        #[allow(unsafe_code)]
+        let _ = unsafe { nice(10) };
+        let mut component = Vec::new();
+        if std::io::stdin().read_to_end(&mut component).is_err() {
+            return answer(&mut out, b"XX", b"reading the component failed");
+        }
+        let mut config = wasm_config(max_wasm_stack as usize);
+        config.parallel_compilation(false);
+        let compiled = wasmtime::Engine::new(&config)
+            .and_then(|engine| engine.precompile_component(&component));
+        match compiled {
+            Ok(artifact) => answer(&mut out, b"OK", &artifact),
+            Err(e) => {
+                let message = format!("{e:#}");
+                if message.contains("Cannot allocate memory") || message.contains("out of memory") {
+                    answer(&mut out, b"ME", message.as_bytes())
+                } else {
+                    answer(&mut out, b"ER", message.as_bytes())
+                }
+            }
+        }
+    }
+
+    /// Compiles `component` in a compiler process within `limits`; returns the artifact.
+    pub(super) fn compile(
+        component: &[u8],
+        limits: &CompileLimits,
+        max_wasm_stack: usize,
+    ) -> Result<Vec<u8>, LoadError> {
+        // The constructor's object must be linked into whatever binary starts a compiler.
+        std::hint::black_box(&CONSTRUCTOR);
+        let exe = if std::path::Path::new("/proc/self/exe").exists() {
+            std::path::PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe()
+                .map_err(|e| LoadError::Compiler(format!("finding this executable: {e}")))?
+        };
+        // The CPU limit is only a backstop: the wall-clock deadline comes first.
+        let cpu_s = limits.timeout.as_secs() + 2;
+        let mut child = Command::new(exe)
+            .arg0("writ-policy-compiler")
+            .arg(ARG)
+            .env_clear()
+            .env(
+                ENV,
+                format!("{},{cpu_s},{max_wasm_stack}", limits.memory_bytes),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| LoadError::Compiler(format!("starting the compiler: {e}")))?;
+        let (stdin, stdout, stderr) = (
+            child.stdin.take().expect("piped"),
+            child.stdout.take().expect("piped"),
+            child.stderr.take().expect("piped"),
+        );
+        let deadline = Instant::now() + limits.timeout;
+        let (status, out, err) = std::thread::scope(|scope| {
+            scope.spawn(move || {
+                let mut stdin = stdin;
+                // A compiler that stopped reading (it died) is judged by its exit.
+                let _ = stdin.write_all(component);
+            });
+            // The compiler's output is within its memory budget; a little more is refused.
+            let out = scope.spawn(move || {
+                let mut out = Vec::new();
+                let _ = stdout.take(limits.memory_bytes + 2).read_to_end(&mut out);
+                out
+            });
+            let err = scope.spawn(move || {
+                let mut kept = Vec::new();
+                let mut stderr = stderr;
+                let _ = (&mut stderr).take(STDERR_KEPT).read_to_end(&mut kept);
+                let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+                kept
+            });
+            let status = loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Ok(Some(status)),
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Ok(None) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Ok(None);
+                    }
+                    Err(e) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break Err(e);
+                    }
+                }
+            };
+            let out = out.join().unwrap_or_default();
+            let err = err.join().unwrap_or_default();
+            (status, out, err)
+        });
+        let status =
+            status.map_err(|e| LoadError::Compiler(format!("waiting for the compiler: {e}")))?;
+        let Some(status) = status else {
+            return Err(time_budget(limits));
+        };
+        let message = |body: &[u8]| String::from_utf8_lossy(body).into_owned();
+        let stderr = String::from_utf8_lossy(&err);
+        match (out.get(..2), out.get(2..).unwrap_or_default()) {
+            (Some(b"OK"), artifact) if status.success() => Ok(artifact.to_vec()),
+            (Some(b"ER"), body) => Err(LoadError::Invalid(message(body))),
+            (Some(b"ME"), _) => Err(memory_budget(limits)),
+            (Some(b"XX"), body) => Err(LoadError::Compiler(message(body))),
+            _ if stderr.contains("memory allocation of") => Err(memory_budget(limits)),
+            _ => match status.signal() {
+                // SIGKILL: the CPU limit's hard bound, or the kernel out of memory.
+                Some(9) => Err(LoadError::TooCostly(format!(
+                    "the compiler was killed: over the compile time budget of {} ms or out of memory",
+                    limits.timeout.as_millis()
+                ))),
+                Some(signal) => {
+                    tracing::warn!(signal, stderr = %stderr, "the policy compiler died");
+                    Err(LoadError::Invalid(format!(
+                        "the compiler stopped on this component (signal {signal})"
+                    )))
+                }
+                None => Err(LoadError::Compiler(format!(
+                    "the compiler exited with {status}: {}",
+                    stderr.trim()
+                ))),
+            },
+        }
     }
 }
 

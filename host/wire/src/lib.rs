@@ -112,6 +112,12 @@ pub struct LimitsView {
     pub max_queued: usize,
     /// Longest a call waits for admission, ms.
     pub queue_ms: u64,
+    /// Policies the tenant may keep stored.
+    #[serde(default)]
+    pub max_policies: usize,
+    /// Bytes of components the tenant may keep stored.
+    #[serde(default)]
+    pub max_policy_bytes: u64,
 }
 
 /// A tenant.
@@ -153,6 +159,10 @@ pub struct PatchTenantBody {
     pub max_queued: Option<usize>,
     /// Longest a call waits for admission, ms.
     pub queue_ms: Option<u64>,
+    /// Policies the tenant may keep stored (1 to 10000); beyond, uploads get 409.
+    pub max_policies: Option<usize>,
+    /// Bytes of components the tenant may keep stored; beyond, uploads get 413.
+    pub max_policy_bytes: Option<u64>,
 }
 
 /// `POST /v1/admin/tenants/{tenant_id}/keys`.

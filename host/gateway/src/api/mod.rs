@@ -90,6 +90,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::revoke_key))
         .routes(routes!(handlers::upload_policy, handlers::list_policies))
         .routes(routes!(handlers::activate_policy))
+        .routes(routes!(handlers::delete_policy))
         .routes(routes!(handlers::audit))
         .routes(routes!(handlers::audit_event))
         .routes(routes!(handlers::audit_verify))

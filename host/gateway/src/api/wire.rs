@@ -45,6 +45,8 @@ impl From<TenantLimits> for LimitsView {
             max_evaluations: l.max_evaluations,
             max_queued: l.max_queued,
             queue_ms: l.queue_ms,
+            max_policies: l.max_policies,
+            max_policy_bytes: l.max_policy_bytes,
         }
     }
 }

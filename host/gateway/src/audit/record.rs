@@ -12,6 +12,8 @@ pub enum Kind {
     Decision,
     /// A policy was activated.
     PolicyActivated,
+    /// A policy was deleted from the tenant's list.
+    PolicyDeleted,
     /// A key was created.
     KeyCreated,
     /// A key was revoked.

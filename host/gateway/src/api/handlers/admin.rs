@@ -61,6 +61,8 @@ pub async fn patch_tenant(
                 l.max_evaluations = body.max_evaluations.unwrap_or(l.max_evaluations);
                 l.max_queued = body.max_queued.unwrap_or(l.max_queued);
                 l.queue_ms = body.queue_ms.unwrap_or(l.queue_ms);
+                l.max_policies = body.max_policies.unwrap_or(l.max_policies);
+                l.max_policy_bytes = body.max_policy_bytes.unwrap_or(l.max_policy_bytes);
                 l
             },
         )

@@ -1,4 +1,4 @@
-//! A tenant's policies: upload, list, activate.
+//! A tenant's policies: upload, list, activate, delete.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -16,8 +16,11 @@ use crate::api::wire::*;
     request_body(content = Vec<u8>, content_type = "application/wasm"),
     responses(
         (status = 201, body = UploadedPolicy),
-        (status = 400, description = "Not a component, wrong world, or a forbidden import (named)"),
-        (status = 403), (status = 413, description = "Over 16 MiB"),
+        (status = 400, description = "Not a component, wrong world, or a forbidden import (named); `policy_too_costly`: its compilation went past the time or memory budget (named)"),
+        (status = 403),
+        (status = 409, description = "`policy_quota`: the tenant keeps `max_policies` policies already"),
+        (status = 413, description = "Over 16 MiB; `policy_quota`: the tenant's components would take more than `max_policy_bytes`"),
+        (status = 503, description = "`compiler_busy`: no compilation slot came free in time"),
     ),
     security(("api_key" = [])))]
 pub async fn upload_policy(
@@ -79,4 +82,26 @@ pub async fn activate_policy(
         .activate_policy(&who.require()?, &policy_id)
         .await?;
     Ok(Json(policy_view(meta, true)))
+}
+
+/// Deletes one of the tenant's policies; recorded in the chain (admin). The active policy cannot
+/// be deleted. Its files are removed when no tenant has the same component any more.
+#[utoipa::path(delete, path = "/v1/policies/{policy_id}", tag = "policies",
+    params(("policy_id" = String, Path)),
+    responses(
+        (status = 204), (status = 403), (status = 404),
+        (status = 409, description = "`policy_active`: the tenant's active policy"),
+    ),
+    security(("api_key" = [])))]
+pub async fn delete_policy(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(policy_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .app
+        .policies()
+        .delete_policy(&who.require()?, &policy_id)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
