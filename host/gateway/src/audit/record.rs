@@ -249,6 +249,11 @@ pub(crate) fn escaped_len(s: &str) -> usize {
 /// An upper bound of the stored size of the record a call with these texts makes (its
 /// decision, or its opened escalation), whatever the policy answers.
 pub fn call_record_bytes(texts: &[&str]) -> usize {
+    // No text grows more than sixfold escaped: below that bound, no need to look at the bytes.
+    let worst = DECISION_RESERVE + texts.iter().map(|t| 6 * t.len() + 2).sum::<usize>();
+    if worst <= MAX_RECORD_BYTES {
+        return worst;
+    }
     DECISION_RESERVE + texts.iter().map(|t| escaped_len(t) + 2).sum::<usize>()
 }
 

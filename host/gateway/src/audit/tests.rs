@@ -493,3 +493,12 @@ async fn after_a_failed_flush_nothing_is_written_or_acknowledged_until_a_flush_w
     let verified = crate::verify::verify_chain(&store, "ten_a", None).unwrap();
     assert!(verified.ok(), "{:?}", verified.broken);
 }
+
+#[test]
+fn a_calls_record_size_is_bounded_without_reading_small_texts_and_exactly_for_large_ones() {
+    assert!(call_record_bytes(&["payments.initiate", r#"{"amount":5}"#]) <= MAX_RECORD_BYTES);
+    let quotes = "\"".repeat(MAX_RECORD_BYTES / 2);
+    assert!(call_record_bytes(&[&quotes]) > MAX_RECORD_BYTES);
+    let plain = "a".repeat(MAX_RECORD_BYTES / 2);
+    assert!(call_record_bytes(&[&plain]) <= MAX_RECORD_BYTES);
+}
