@@ -253,7 +253,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let refused = shares.admit("a", &l).await.err().unwrap();
-        assert!(matches!(refused, AppError::RateLimited { .. }), "{refused:?}");
+        assert!(
+            matches!(refused, AppError::RateLimited { .. }),
+            "{refused:?}"
+        );
         for w in waiting {
             w.await.unwrap().unwrap();
         }
