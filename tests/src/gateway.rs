@@ -25,6 +25,7 @@ pub struct TestGateway {
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     client: Client,
+    store: writ_gateway::store::Store,
 }
 
 /// A tenant with one key of each role.
@@ -97,6 +98,7 @@ impl TestGateway {
         let gateway = Gateway::open(config).await.expect("gateway opens");
         let addr = gateway.local_addr();
         let operator_key = gateway.operator_key.clone();
+        let store = gateway.app.store().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve(async {
             let _ = rx.await;
@@ -108,6 +110,7 @@ impl TestGateway {
             _temp: None,
             shutdown: Some(tx),
             task: Some(task),
+            store,
             client: Client::builder()
                 .no_proxy()
                 .build()
@@ -127,6 +130,11 @@ impl TestGateway {
         if let Some(task) = self.task.take() {
             task.await.expect("serve task").expect("serve ends cleanly");
         }
+    }
+
+    /// The gateway's store (to make its flushes fail, as a failing disk would).
+    pub fn store(&self) -> &writ_gateway::store::Store {
+        &self.store
     }
 
     /// The base URL.

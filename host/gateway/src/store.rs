@@ -113,7 +113,7 @@ struct Parts {
     db: sled::Db,
     trees: [sled::Tree; <Table as strum::EnumCount>::COUNT],
     /// Tests make flushes fail with this.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "fault-injection"))]
     fail_flushes: std::sync::atomic::AtomicBool,
 }
 
@@ -158,7 +158,7 @@ impl Store {
             dir: dir.to_owned(),
             db,
             trees,
-            #[cfg(test)]
+            #[cfg(any(test, feature = "fault-injection"))]
             fail_flushes: std::sync::atomic::AtomicBool::new(false),
         })))
     }
@@ -175,7 +175,7 @@ impl Store {
     /// Makes every write so far durable (see ARCHITECTURE.md for what that means with sled).
     /// Blocking: call from a blocking thread.
     pub fn flush(&self) -> Result<()> {
-        #[cfg(test)]
+        #[cfg(any(test, feature = "fault-injection"))]
         if self
             .0
             .fail_flushes
@@ -189,8 +189,8 @@ impl Store {
 
     /// Makes every flush fail (`true`) or work again (`false`), for tests of what a failing
     /// disk does.
-    #[cfg(test)]
-    pub(crate) fn fail_flushes(&self, fail: bool) {
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub fn fail_flushes(&self, fail: bool) {
         self.0
             .fail_flushes
             .store(fail, std::sync::atomic::Ordering::Relaxed);
