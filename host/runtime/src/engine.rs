@@ -474,7 +474,6 @@ fn memory_budget(limits: &CompileLimits) -> LoadError {
 /// artifact or the error to stdout.
 #[cfg(target_os = "linux")]
 mod compiler_process {
-    use std::ffi::{c_int, c_ulong};
     use std::io::{Read as _, Write as _};
     use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
     use std::process::{Command, Stdio};
@@ -490,22 +489,6 @@ mod compiler_process {
     pub(super) const ARG: &str = "--writ-policy-compiler";
     /// Bytes of the compiler's stderr kept for the log.
     const STDERR_KEPT: u64 = 4096;
-
-    const RLIMIT_CPU: c_int = 0;
-    const RLIMIT_DATA: c_int = 2;
-    const RLIMIT_CORE: c_int = 4;
-
-    #[repr(C)]
-    struct Rlimit {
-        current: c_ulong,
-        max: c_ulong,
-    }
-
-    #[allow(unsafe_code)]
-    unsafe extern "C" {
-        fn setrlimit(resource: c_int, limit: *const Rlimit) -> c_int;
-        fn nice(increment: c_int) -> c_int;
-    }
 
     /// Run by the C runtime before `main` in every process of a binary that links this crate:
     /// one environment lookup, then nothing unless the process is a policy compiler.
@@ -544,25 +527,22 @@ mod compiler_process {
         let &[memory_bytes, cpu_s, max_wasm_stack] = numbers.as_slice() else {
             return answer(&mut out, b"XX", b"malformed compiler settings");
         };
+        use rustix::process::{Resource, Rlimit, nice, setrlimit};
         let limit = |resource, value: u64| {
-            let value = c_ulong::try_from(value).unwrap_or(c_ulong::MAX);
             let limit = Rlimit {
-                current: value,
-                max: value,
+                current: Some(value),
+                maximum: Some(value),
             };
-            // SAFETY: `limit` is a valid `struct rlimit` for the call's duration.
-            #[allow(unsafe_code)]
-            let set = unsafe { setrlimit(resource, &limit) };
-            set == 0
+            setrlimit(resource, limit).is_ok()
         };
-        if !(limit(RLIMIT_CORE, 0) && limit(RLIMIT_CPU, cpu_s) && limit(RLIMIT_DATA, memory_bytes))
+        if !(limit(Resource::Core, 0)
+            && limit(Resource::Cpu, cpu_s)
+            && limit(Resource::Data, memory_bytes))
         {
             return answer(&mut out, b"XX", b"setrlimit failed");
         }
-        // Lower priority than the gateway's evaluations, whatever it could not lower.
-        // SAFETY: `nice` only changes this process's scheduling priority.
-        #[allow(unsafe_code)]
-        let _ = unsafe { nice(10) };
+        // Lower priority than the gateway's evaluations; a failure leaves it as it was.
+        let _ = nice(10);
         let mut component = Vec::new();
         if std::io::stdin().read_to_end(&mut component).is_err() {
             return answer(&mut out, b"XX", b"reading the component failed");
