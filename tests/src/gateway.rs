@@ -89,6 +89,9 @@ impl TestGateway {
         // The tests' downstream services and webhook receivers listen on 127.0.0.1; the
         // gateway's own address stays refused.
         config.egress_allow = "127.0.0.1/32".into();
+        // A debug build evaluates tens of times slower than a release one: tenants start with
+        // no evaluation-time budget, and the tests of shares set one.
+        config.app.tenant_defaults.eval_ms_per_s = 0;
         config
     }
 

@@ -68,6 +68,12 @@ enum Command {
         /// the operator key.
         #[arg(long, env = "WRIT_METRICS_PUBLIC")]
         metrics_public: bool,
+        /// The evaluation time a new tenant's policy may spend per second, in ms (0: no
+        /// budget); the operator sets each tenant's own with `PATCH /v1/admin/tenants/{id}`.
+        #[arg(long, env = "WRIT_TENANT_EVAL_MS_PER_S",
+              default_value_t = writ_gateway::app::TenantLimits::default().eval_ms_per_s,
+              value_parser = clap::value_parser!(u64).range(0..=60_000))]
+        tenant_eval_ms_per_s: u64,
         /// Milliseconds a client has to send a request's line and headers (also how long a
         /// kept-alive connection may sit idle); then the connection is closed.
         #[arg(long, env = "WRIT_HEADER_TIMEOUT_MS",
@@ -359,6 +365,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             egress_allow,
             egress_ca_file,
             metrics_public,
+            tenant_eval_ms_per_s,
             header_timeout_ms,
             body_timeout_ms,
             max_connections,
@@ -368,6 +375,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             config.egress_allow = egress_allow;
             config.egress_ca_file = egress_ca_file;
             config.metrics_public = metrics_public;
+            config.app.tenant_defaults.eval_ms_per_s = tenant_eval_ms_per_s;
             config.connections = ConnectionLimits {
                 header_timeout: Duration::from_millis(header_timeout_ms),
                 body_timeout: Duration::from_millis(body_timeout_ms),

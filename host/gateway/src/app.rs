@@ -34,6 +34,7 @@ use crate::vault::Vault;
 pub use crate::error::{AppError, Result};
 pub use crate::service::audit::SessionSummary;
 pub use crate::service::execute::{ExecuteOutcome, ExecuteRequest};
+pub use crate::tenants::TenantLimits;
 
 /// Gateway settings.
 #[derive(Clone)]
@@ -54,6 +55,8 @@ pub struct AppConfig {
     pub egress: EgressPolicy,
     /// CAs trusted for outbound HTTPS besides the web PKI roots.
     pub egress_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The limits a new tenant starts with (the operator changes them per tenant after).
+    pub tenant_defaults: crate::tenants::TenantLimits,
 }
 
 impl std::fmt::Debug for AppConfig {
@@ -84,6 +87,7 @@ impl Default for AppConfig {
             clock: clock::system(),
             egress: EgressPolicy::default(),
             egress_roots: Vec::new(),
+            tenant_defaults: crate::tenants::TenantLimits::default(),
         }
     }
 }
@@ -186,7 +190,12 @@ impl App {
         let engine = Engine::new(&config.engine)
             .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
         let degraded = Degraded::default();
-        let tenants = Tenants::load(store.clone(), clock.clone(), &degraded)?;
+        let tenants = Tenants::load(
+            store.clone(),
+            clock.clone(),
+            config.tenant_defaults,
+            &degraded,
+        )?;
         let policies = Policies::load(engine.clone(), store.clone(), clock.clone(), &degraded)?;
         let metrics = Arc::new(Metrics::default());
         let audit: SharedLedger = Arc::new(AuditLog::start_observed(

@@ -283,6 +283,8 @@ pub type Principal = Arc<KeyRecord>;
 pub struct Tenants {
     store: Store,
     clock: SharedClock,
+    /// The limits a new tenant starts with.
+    defaults: TenantLimits,
     keys: Arc<RwLock<HashMap<[u8; 32], Principal>>>,
     tenants: Arc<RwLock<HashMap<String, Tenant>>>,
 }
@@ -320,7 +322,12 @@ impl Tenants {
     /// Loads every tenant and key from the store.
     /// A tenant row that does not decode is marked in `degraded` (its calls are blocked); a key
     /// row that does not decode is logged and that key does not authenticate.
-    pub fn load(store: Store, clock: SharedClock, degraded: &Degraded) -> Result<Self> {
+    pub fn load(
+        store: Store,
+        clock: SharedClock,
+        defaults: TenantLimits,
+        degraded: &Degraded,
+    ) -> Result<Self> {
         let (keys, bad_keys) = store.scan_each::<KeyRecord>(Table::Keys, b"")?;
         for (hash, e) in bad_keys {
             tracing::error!(key_hash = %hex::encode(hash), error = %e, "a stored key does not decode; it will not authenticate");
@@ -341,6 +348,7 @@ impl Tenants {
         Ok(Self {
             store,
             clock,
+            defaults,
             keys: Arc::new(RwLock::new(keys)),
             tenants: Arc::new(RwLock::new(tenants)),
         })
@@ -385,7 +393,7 @@ impl Tenants {
             id: new_id("ten_"),
             name: name.to_owned(),
             created_ms: self.clock.now_ms(),
-            limits: TenantLimits::default(),
+            limits: self.defaults,
             webhook_urls: Vec::new(),
             webhook_secret: None,
         };
