@@ -135,6 +135,19 @@ impl TestGateway {
         }
     }
 
+    /// Sets `t`'s limits with the operator key (`PATCH /v1/admin/tenants/{id}`); asserts 200.
+    pub async fn set_limits(&self, t: &TestTenant, limits: Value) {
+        let (status, body) = self
+            .call(
+                Method::PATCH,
+                &format!("/v1/admin/tenants/{}", t.id),
+                Some(&self.operator_key),
+                Some(limits),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// The gateway's store (to make its flushes fail, as a failing disk would).
     pub fn store(&self) -> &writ_gateway::store::Store {
         &self.store

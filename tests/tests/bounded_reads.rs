@@ -459,23 +459,12 @@ async fn pending_escalations_list_only_pending_ones_and_stay_right_after_approva
     assert!(!ids(page["escalations"].as_array().unwrap()).contains(&theirs));
 }
 
-async fn set_limits(gw: &TestGateway, t: &TestTenant, limits: Value) {
-    let (status, body) = gw
-        .call(
-            Method::PATCH,
-            &format!("/v1/admin/tenants/{}", t.id),
-            Some(&gw.operator_key),
-            Some(limits),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 #[tokio::test]
 async fn concurrent_escalations_never_exceed_the_tenants_pending_cap() {
     let gw = Arc::new(TestGateway::start().await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
-    set_limits(&gw, &t, json!({"max_pending_escalations": 3})).await;
+    gw.set_limits(&t, json!({"max_pending_escalations": 3}))
+        .await;
     let calls: Vec<_> = (0..24)
         .map(|_| {
             let (gw, key) = (gw.clone(), t.agent.clone());

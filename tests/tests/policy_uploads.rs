@@ -13,18 +13,6 @@ use writ_gateway::server::ServeConfig;
 use writ_tests::gateway::{TestGateway, TestTenant, assert_chain_valid};
 use writ_tests::{artifacts, component};
 
-async fn set_limits(gw: &TestGateway, t: &TestTenant, limits: Value) {
-    let (status, body) = gw
-        .call(
-            Method::PATCH,
-            &format!("/v1/admin/tenants/{}", t.id),
-            Some(&gw.operator_key),
-            Some(limits),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
-
 /// A copy of `path`'s component that hashes differently (a custom section named by `tag`).
 fn variant(path: &str, tag: &str) -> Vec<u8> {
     distinct_component(&component(path), tag)
@@ -81,7 +69,7 @@ async fn start_with(change: impl FnOnce(&mut ServeConfig)) -> (TestGateway, temp
 async fn an_upload_past_the_policy_count_quota_gets_409_and_nothing_is_stored() {
     let gw = TestGateway::start().await;
     let t = gw.tenant("quota-count", None).await;
-    set_limits(&gw, &t, json!({"max_policies": 2})).await;
+    gw.set_limits(&t, json!({"max_policies": 2})).await;
     for tag in ["a", "b"] {
         let (status, body) = gw
             .upload(&t.admin, tag, variant(artifacts::ALLOW_ALL, tag), false)
@@ -132,7 +120,8 @@ async fn an_upload_past_the_policy_bytes_quota_gets_413_and_nothing_is_stored() 
     let gw = TestGateway::start().await;
     let t = gw.tenant("quota-bytes", None).await;
     let first = variant(artifacts::ALLOW_ALL, "first");
-    set_limits(&gw, &t, json!({"max_policy_bytes": first.len() + 100})).await;
+    gw.set_limits(&t, json!({"max_policy_bytes": first.len() + 100}))
+        .await;
     let (status, body) = gw.upload(&t.admin, "first", first, false).await;
     assert_eq!(status, 201, "{body}");
     let before = policy_files(&gw);

@@ -10,19 +10,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use writ_gateway::clock::ManualClock;
 use writ_tests::artifacts;
-use writ_tests::gateway::{TestGateway, TestTenant};
-
-async fn set_limits(gw: &TestGateway, t: &TestTenant, limits: Value) {
-    let (status, body) = gw
-        .call(
-            Method::PATCH,
-            &format!("/v1/admin/tenants/{}", t.id),
-            Some(&gw.operator_key),
-            Some(limits),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-}
+use writ_tests::gateway::TestGateway;
 
 const PAYMENT: fn() -> Value = || json!({"amount": 10, "currency": "GBP"});
 
@@ -32,7 +20,8 @@ async fn a_tenant_over_its_call_rate_gets_429_with_retry_after_and_its_neighbour
     let gw = TestGateway::start_with_clock(clock.clone()).await;
     let t = gw.tenant("busy", Some(artifacts::PAYMENTS_LIMITS)).await;
     let neighbour = gw.tenant("quiet", Some(artifacts::PAYMENTS_LIMITS)).await;
-    set_limits(&gw, &t, json!({"rate_per_s": 2, "burst": 2, "queue_ms": 0})).await;
+    gw.set_limits(&t, json!({"rate_per_s": 2, "burst": 2, "queue_ms": 0}))
+        .await;
     for _ in 0..2 {
         assert_eq!(
             gw.execute(&t.agent, "s", "payments.initiate", PAYMENT())
@@ -107,9 +96,7 @@ async fn a_tenant_spinning_to_its_deadline_cannot_take_the_slots_its_neighbour_n
     let neighbour = gw
         .tenant("neighbour", Some(artifacts::PAYMENTS_LIMITS))
         .await;
-    set_limits(
-        &gw,
-        &flood,
+    gw.set_limits(&flood,
         json!({"fuel": 1_000_000_000, "deadline_ms": 2_000, "max_evaluations": 2, "eval_ms_per_s": 1_000, "queue_ms": 10_000}),
     )
     .await;

@@ -156,18 +156,7 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         "gateway_rss_bytes": {"after_setup": rss_after_setup, "after_load": rss_after_load},
         "held": held,
     });
-    match args.json.as_deref() {
-        Some(path) if path == std::path::Path::new("-") => {
-            eprint!("{table}");
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        }
-        Some(path) => {
-            print!("{table}");
-            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-        }
-        None => print!("{table}"),
-    }
-    Ok(ExitCode::SUCCESS)
+    write_report(&table, &report, args.json.as_deref())
 }
 
 /// `writ bench --flood-policy`: each round, the bench tenants' load alone, then beside a
@@ -256,14 +245,24 @@ async fn noisy_neighbour(
         "runs": reports,
         "neighbour_kept_percent": {"median": bench::median(&kept), "by_round": kept},
     });
-    match args.json.as_deref() {
+    write_report(&table, &report, args.json.as_deref())
+}
+
+/// Prints the table, and with `--json` the report: to a file, or (`-`) to standard output with
+/// the table on standard error.
+fn write_report(
+    table: &str,
+    report: &serde_json::Value,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    match json {
         Some(path) if path == std::path::Path::new("-") => {
             eprint!("{table}");
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            println!("{}", serde_json::to_string_pretty(report)?);
         }
         Some(path) => {
             print!("{table}");
-            std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+            std::fs::write(path, serde_json::to_string_pretty(report)?)?;
         }
         None => print!("{table}"),
     }
