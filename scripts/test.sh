@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace on a fresh machine. Installs what the tests need
 # (the wasm32-wasip2 target; a Python virtualenv in .venv with the published SDKs the
-# compatibility tests drive), then lints and tests. Usage: ./scripts/test.sh
+# compatibility tests drive; Debian's Chromium and ChromeDriver for the browser tests), then
+# lints and tests. Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check --ignore-requires-python \
   'provenance-client==0.1.0' 'tenet-python==0.1.0' 'pytest>=8,<9' 'blake3>=1,<2'
+
+# Debian's headless Chromium and its ChromeDriver, which the browser tests drive
+# (tests/src/browser.rs).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    chromium chromium-driver >/dev/null
+fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
