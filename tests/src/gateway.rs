@@ -97,15 +97,26 @@ impl TestGateway {
 
     /// Starts a gateway with `config`.
     pub async fn start_with(config: ServeConfig) -> Self {
+        Self::start_with_console(config, writ_console::ConsoleConfig::default()).await
+    }
+
+    /// Starts a gateway with `config`, its reviewer console with `console`.
+    pub async fn start_with_console(
+        config: ServeConfig,
+        console: writ_console::ConsoleConfig,
+    ) -> Self {
         let data_dir = config.data_dir.clone();
         let gateway = Gateway::open(config).await.expect("gateway opens");
         let addr = gateway.local_addr();
         let operator_key = gateway.operator_key.clone();
         let store = gateway.app.store().clone();
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.serve(async {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(gateway.serve_with(
+            move |app, stopping| writ_console::router(app, console, stopping),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
             operator_key,

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 use writ_client::{Client, ClientError, wire};
+use writ_console::ConsoleConfig;
 use writ_gateway::server::{ConnectionLimits, Gateway, ServeConfig, demo_setup, shutdown_signal};
 use writ_runtime::{Engine, EngineConfig, Limits, cases};
 
@@ -70,6 +71,15 @@ enum Command {
         /// the operator key.
         #[arg(long, env = "WRIT_METRICS_PUBLIC")]
         metrics_public: bool,
+        /// The origin browsers reach the reviewer console at, when a proxy terminates TLS in
+        /// front of the gateway (`https://writ.example.com`): its cookies are then `Secure` and
+        /// its forms accepted only from this origin.
+        #[arg(long, env = "WRIT_CONSOLE_ORIGIN")]
+        console_origin: Option<url::Url>,
+        /// Minutes a console session may go unused before it ends.
+        #[arg(long, env = "WRIT_CONSOLE_IDLE_MINUTES", default_value_t = 30,
+              value_parser = clap::value_parser!(u64).range(1..=1440))]
+        console_idle_minutes: u64,
         /// The evaluation time a new tenant's policy may spend per second, in ms (0: no
         /// budget); the operator sets each tenant's own with `PATCH /v1/admin/tenants/{id}`.
         #[arg(long, env = "WRIT_TENANT_EVAL_MS_PER_S",
@@ -367,6 +377,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             egress_allow,
             egress_ca_file,
             metrics_public,
+            console_origin,
+            console_idle_minutes,
             tenant_eval_ms_per_s,
             header_timeout_ms,
             body_timeout_ms,
@@ -383,7 +395,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 body_timeout: Duration::from_millis(body_timeout_ms),
                 max_connections: max_connections as usize,
             };
-            serve(config, demo_policy).await
+            let console = ConsoleConfig {
+                public_origin: console_origin,
+                idle_timeout: Duration::from_secs(console_idle_minutes * 60),
+                ..ConsoleConfig::default()
+            };
+            serve(config, console, demo_policy).await
         }
         Command::Tenant {
             command: TenantCommand::Create { name, remote },
@@ -437,7 +454,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(mut config: ServeConfig, demo_policy: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    mut config: ServeConfig,
+    console: ConsoleConfig,
+    demo_policy: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     config.operator_key = std::env::var("WRIT_OPERATOR_KEY")
         .ok()
         .filter(|k| !k.is_empty());
@@ -468,9 +489,14 @@ async fn serve(mut config: ServeConfig, demo_policy: Option<PathBuf>) -> anyhow:
             keys.agent
         );
     }
-    println!("listening on http://{addr}");
+    println!("listening on http://{addr} (reviewer console: http://{addr}/console/)");
     tracing::info!(%addr, "serving");
-    gateway.serve(shutdown_signal()).await?;
+    gateway
+        .serve_with(
+            |app, stopping| writ_console::router(app, console, stopping),
+            shutdown_signal(),
+        )
+        .await?;
     Ok(ExitCode::SUCCESS)
 }
 

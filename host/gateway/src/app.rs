@@ -32,9 +32,10 @@ use crate::tenants::Tenants;
 use crate::vault::Vault;
 
 pub use crate::error::{AppError, Result};
+pub use crate::escalations::{Escalation, Status as EscalationStatus};
 pub use crate::service::audit::SessionSummary;
 pub use crate::service::execute::{ExecuteOutcome, ExecuteRequest};
-pub use crate::tenants::TenantLimits;
+pub use crate::tenants::{KeyRecord, Principal, Role, TenantLimits};
 
 /// Gateway settings.
 #[derive(Clone)]

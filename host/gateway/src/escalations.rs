@@ -17,7 +17,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::page::{Bounds, Budget, PAGE_BYTES};
 use crate::store::{Store, StoreError, Table};
@@ -234,7 +234,12 @@ pub struct Escalations {
     decide_locks: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Signalled when an escalation opens with a deadline earlier than every pending one.
     earlier_deadline: Arc<tokio::sync::Notify>,
+    /// The tenant whose pending escalations changed (one opened, resolved or forgotten).
+    changes: broadcast::Sender<Arc<str>>,
 }
+
+/// Tenants' pending-set changes a slow watcher may fall behind by before it is told it lagged.
+const CHANGES_BUFFERED: usize = 1024;
 
 /// In-memory state, under a std mutex: nothing is awaited while it is held.
 #[derive(Default)]
@@ -300,6 +305,7 @@ impl Reservation {
         self.settled = true;
         self.escalations
             .track_deadline(&self.tenant_id, &self.id, self.deadline_ms);
+        self.escalations.changed(&self.tenant_id);
     }
 
     /// The append wrote nothing: the place is free again.
@@ -314,6 +320,7 @@ impl Drop for Reservation {
         if !self.settled {
             self.escalations
                 .track_deadline(&self.tenant_id, &self.id, self.deadline_ms);
+            self.escalations.changed(&self.tenant_id);
         }
     }
 }
@@ -385,6 +392,7 @@ impl Escalations {
             inner: Arc::new(Mutex::new(inner)),
             decide_locks: Arc::default(),
             earlier_deadline: Arc::default(),
+            changes: broadcast::channel(CHANGES_BUFFERED).0,
         })
     }
 
@@ -565,11 +573,26 @@ impl Escalations {
     /// Forgets an escalation that has no row (its append wrote nothing): out of the pending
     /// index and the deadlines.
     pub fn forget(&self, tenant_id: &str, id: &str) {
-        let mut inner = self.inner.lock().expect("escalations lock");
-        inner.unpend(tenant_id, id);
-        inner
-            .deadlines
-            .retain(|(_, t, i)| !(t == tenant_id && i == id));
+        {
+            let mut inner = self.inner.lock().expect("escalations lock");
+            inner.unpend(tenant_id, id);
+            inner
+                .deadlines
+                .retain(|(_, t, i)| !(t == tenant_id && i == id));
+        }
+        self.changed(tenant_id);
+    }
+
+    /// Tells the watchers that `tenant_id`'s pending escalations changed.
+    fn changed(&self, tenant_id: &str) {
+        // No receiver is not an error: nobody is watching.
+        let _ = self.changes.send(Arc::from(tenant_id));
+    }
+
+    /// The tenants whose pending escalations change from now on (each change names the tenant;
+    /// a watcher that falls behind is told it lagged, and should re-read).
+    pub fn changes(&self) -> broadcast::Receiver<Arc<str>> {
+        self.changes.subscribe()
     }
 
     /// The earliest deadline of any pending escalation, ms since the epoch.
@@ -594,6 +617,8 @@ impl Escalations {
         if let Some(tx) = inner.channels.remove(&e.id) {
             tx.send_replace(Some(e.clone()));
         }
+        drop(inner);
+        self.changed(&e.tenant_id);
     }
 
     /// A channel that receives the escalation once it is resolved. Subscribe before checking

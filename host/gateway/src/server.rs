@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode, header};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::access::Require;
@@ -208,7 +210,24 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = api::router(self.app.clone(), self.limits, self.metrics_public);
+        self.serve_with(|_, _| axum::Router::new(), shutdown).await
+    }
+
+    /// [`Self::serve`], with the routes `extra` makes (from the app and a token cancelled when
+    /// shutdown begins, which long-lived responses such as event streams must end on) served
+    /// beside the API's on the same listener.
+    pub async fn serve_with(
+        self,
+        extra: impl FnOnce(App, CancellationToken) -> axum::Router,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stopping = CancellationToken::new();
+        let router = api::router(self.app.clone(), self.limits, self.metrics_public)
+            .merge(extra(self.app.clone(), stopping.clone()));
+        let shutdown = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
         accept_loop(self.listener, router, self.connections, shutdown).await;
         self.app
             .shutdown()
@@ -244,16 +263,17 @@ async fn accept_loop(
             () = &mut shutdown => break,
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
-            stream = accept(&listener) => stream,
+            accepted = accept(&listener) => accepted,
         };
         // Answers are small and written whole: without it, Nagle's algorithm can hold one
         // back until the client's delayed acknowledgement.
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let body_timeout = limits.body_timeout;
-        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
             serve_request(router.clone(), body_timeout, request)
         });
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
@@ -271,10 +291,10 @@ async fn accept_loop(
 /// The next connection. Errors about one connection (reset before it was accepted) are skipped;
 /// others (out of file descriptors) are logged and retried after a second, as `axum::serve`
 /// does.
-async fn accept(listener: &TcpListener) -> TcpStream {
+async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => return stream,
+            Ok(accepted) => return accepted,
             Err(e)
                 if matches!(
                     e.kind(),

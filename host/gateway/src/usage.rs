@@ -72,3 +72,44 @@ impl UsageSource for StoreUsage {
             })
     }
 }
+
+/// A counter's value in one of the windows that are current now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CounterNow {
+    pub counter: String,
+    /// `hour`, `day` or `all-time`.
+    pub window: &'static str,
+    pub value: f64,
+}
+
+/// The tenant's counters in the current UTC hour and day and all time, at most `limit` per
+/// window (in counter order): what the console shows of usage.
+pub fn counters_now(
+    store: &Store,
+    tenant_id: &str,
+    now_ms: u64,
+    limit: usize,
+) -> Result<Vec<CounterNow>, crate::store::StoreError> {
+    let windows = [
+        ("hour", format!("h:{}", now_ms / 3_600_000)),
+        ("day", format!("d:{}", now_ms / 86_400_000)),
+        ("all-time", "a".to_owned()),
+    ];
+    let mut out = Vec::new();
+    for (window, bucket) in windows {
+        let prefix = tenant_key(tenant_id, &[bucket.as_bytes(), b""]);
+        for row in store
+            .iter_prefix_from(crate::store::Table::Usage, &prefix, &prefix)
+            .take(limit)
+        {
+            let (key, _) = row?;
+            let counter = String::from_utf8_lossy(&key[prefix.len()..]).into_owned();
+            out.push(CounterNow {
+                value: store.usage(&key)?,
+                counter,
+                window,
+            });
+        }
+    }
+    Ok(out)
+}

@@ -50,20 +50,25 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             Self::NoRoute => (StatusCode::NOT_FOUND, "not_found"),
-            Self::App(e) => match e {
-                AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-                AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-                AppError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
-                AppError::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
-                AppError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
-                AppError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
-                AppError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
-                AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-                AppError::Busy { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
-                AppError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
-                AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-            },
+            Self::App(e) => status_of(e),
         }
+    }
+}
+
+/// The status and stable code an operation's failure is answered with.
+pub fn status_of(e: &AppError) -> (StatusCode, &'static str) {
+    match e {
+        AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        AppError::Invalid { code, .. } => (StatusCode::BAD_REQUEST, code),
+        AppError::InvalidPolicy(_) => (StatusCode::BAD_REQUEST, "invalid_policy"),
+        AppError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
+        AppError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
+        AppError::TooLarge { code, .. } => (StatusCode::PAYLOAD_TOO_LARGE, code),
+        AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        AppError::Busy { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
+        AppError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+        AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 

@@ -240,6 +240,52 @@ impl ExportSender {
     }
 }
 
+/// What [`AuditService::scan_back`] does with a record it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// Return it.
+    Take,
+    /// Pass over it.
+    Skip,
+    /// Return nothing more: the scan has gone back far enough.
+    Stop,
+}
+
+/// How far one [`AuditService::scan_back`] may read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScanBounds {
+    /// Most records returned.
+    pub take: usize,
+    /// Most records read.
+    pub read: u64,
+    /// Most bytes read (about: the records' text fields), past the first record.
+    pub read_bytes: usize,
+}
+
+/// Records read newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ScanPage {
+    /// The records taken, newest first.
+    pub records: Vec<Record>,
+    /// Pass as `before_seq` to go on: the oldest seq read, when the scan stopped at a bound
+    /// with older records left.
+    pub next_before: Option<u64>,
+    /// Records read.
+    pub read: u64,
+}
+
+/// Records read back from the head per step of a scan.
+const SCAN_STEP: u64 = 256;
+
+/// The bytes a record costs a scan: its text fields and a little for the rest.
+fn scan_cost(r: &Record) -> usize {
+    let b = &r.body;
+    512 + [&b.arguments, &b.reason, &b.detail, &b.client_hint]
+        .iter()
+        .map(|t| t.as_deref().map_or(0, str::len))
+        .sum::<usize>()
+}
+
 /// Reads, verifies and exports chains. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditService {
@@ -280,6 +326,87 @@ impl AuditService {
                 .session_page(tenant_id, session, after_seq, bounds)?,
             None => self.audit.records_page(tenant_id, after_seq, bounds)?,
         })
+    }
+
+    /// The number of records in the tenant's chain.
+    pub fn chain_size(&self, scope: &TenantScope<Reviewer>) -> Result<u64> {
+        let tenant_id = scope.tenant_id();
+        let size = |heads: Vec<crate::audit::ChainHead>| {
+            heads
+                .into_iter()
+                .find(|h| h.tenant_id == tenant_id)
+                .map(|h| h.size)
+        };
+        if let Some(n) = size(self.audit.heads()) {
+            return Ok(n);
+        }
+        self.audit.load_head(tenant_id)?;
+        Ok(size(self.audit.heads()).unwrap_or(0))
+    }
+
+    /// Reads the tenant's records newest first from before `before_seq` (the head when
+    /// `None`), asking `decide` about each, within `bounds`: for pages of a filtered view,
+    /// and for summaries of recent activity.
+    pub fn scan_back(
+        &self,
+        scope: &TenantScope<Reviewer>,
+        before_seq: Option<u64>,
+        bounds: ScanBounds,
+        mut decide: impl FnMut(&Record) -> Scan,
+    ) -> Result<ScanPage> {
+        let tenant_id = scope.tenant_id();
+        let size = self.chain_size(scope)?;
+        let mut end = before_seq.map_or(size, |b| b.min(size));
+        let mut page = ScanPage::default();
+        let mut bytes = 0usize;
+        while end > 0 {
+            let start = end.saturating_sub(SCAN_STEP);
+            let step = self.audit.records_page(
+                tenant_id,
+                start.checked_sub(1),
+                Bounds {
+                    limit: (end - start) as usize,
+                    max_bytes: usize::MAX,
+                },
+            )?;
+            for record in step.records.into_iter().rev() {
+                if record.body.seq >= end {
+                    continue;
+                }
+                let over = page.read >= bounds.read
+                    || (page.read > 0 && bytes > bounds.read_bytes)
+                    || page.records.len() >= bounds.take;
+                if over {
+                    page.next_before = Some(record.body.seq + 1);
+                    return Ok(page);
+                }
+                page.read += 1;
+                bytes += scan_cost(&record);
+                match decide(&record) {
+                    Scan::Take => page.records.push(record),
+                    Scan::Skip => {}
+                    Scan::Stop => return Ok(page),
+                }
+            }
+            end = start;
+        }
+        Ok(page)
+    }
+
+    /// The tenant's usage counters in the current hour and day and all time, at most `limit`
+    /// per window.
+    pub fn usage_now(
+        &self,
+        scope: &TenantScope<Reviewer>,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::usage::CounterNow>> {
+        Ok(crate::usage::counters_now(
+            &self.store,
+            scope.tenant_id(),
+            now_ms,
+            limit,
+        )?)
     }
 
     /// One audit record of the tenant by event id.

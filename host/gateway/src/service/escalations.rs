@@ -66,6 +66,11 @@ impl EscalationService {
         self.notify(tenant, "escalation_opened", esc);
     }
 
+    /// The tenants whose pending escalations change from now on (opened, decided, expired).
+    pub fn pending_changes(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.registry.changes()
+    }
+
     /// Expires every pending escalation whose deadline has passed.
     pub async fn expire_due(&self) -> Result<()> {
         let mut failed = None;
