@@ -282,7 +282,9 @@ fn field(name: &str, value: &serde_json::Value) -> Markup {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+// Missing fields are empty, so a forged form is refused by its token, not its shape.
+#[serde(default)]
 pub(crate) struct CsrfForm {
     csrf: String,
 }

@@ -276,7 +276,9 @@ fn resolution(e: &Escalation) -> Markup {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+// Missing fields are empty, so a forged form is refused by its token, not its shape.
+#[serde(default)]
 pub(crate) struct DecideForm {
     csrf: String,
     decision: String,

@@ -137,7 +137,9 @@ pub(crate) async fn confirm(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+// Missing fields are empty, so a forged form is refused by its token, not its shape.
+#[serde(default)]
 pub(crate) struct CsrfForm {
     csrf: String,
 }

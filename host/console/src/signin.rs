@@ -145,7 +145,9 @@ fn safe_next(next: &str) -> Option<&str> {
     ok.then_some(next)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+// Missing fields are empty, so a forged form is refused by its token, not its shape.
+#[serde(default)]
 pub(crate) struct SignInForm {
     key: String,
     next: Option<String>,
@@ -210,7 +212,9 @@ pub(crate) async fn sign_in(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
+// Missing fields are empty, so a forged form is refused by its token, not its shape.
+#[serde(default)]
 pub(crate) struct CsrfForm {
     csrf: String,
 }
