@@ -112,7 +112,12 @@ impl TestGateway {
         let store = gateway.app.store().clone();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(gateway.serve_with(
-            move |app, stopping| writ_console::router(app, console, stopping),
+            move |app, stopping| {
+                (
+                    writ_console::router(app, console, stopping),
+                    Some(writ_console::openapi()),
+                )
+            },
             async {
                 let _ = rx.await;
             },

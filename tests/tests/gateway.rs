@@ -1034,12 +1034,22 @@ async fn operations_endpoints_answer() {
         "/v1/admin/keys/{key_id}",
         "/v1/audit",
         "/v1/sessions/{session_id}",
+        "/console/signin",
+        "/console/signout",
+        "/console/inbox/stream",
+        "/console/escalations/{id}/decide",
+        "/console/audit/export",
     ] {
         assert!(
             spec["paths"][path].is_object(),
             "{path} missing from the OpenAPI document"
         );
     }
+    assert_eq!(
+        spec["components"]["securitySchemes"]["console_session"]["in"], "cookie",
+        "{}",
+        spec["components"]["securitySchemes"]
+    );
     let (status, body) = gw.call(Method::GET, "/v1/nope", None, None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");

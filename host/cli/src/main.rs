@@ -493,7 +493,12 @@ async fn serve(
     tracing::info!(%addr, "serving");
     gateway
         .serve_with(
-            |app, stopping| writ_console::router(app, console, stopping),
+            |app, stopping| {
+                (
+                    writ_console::router(app, console, stopping),
+                    Some(writ_console::openapi()),
+                )
+            },
             shutdown_signal(),
         )
         .await?;

@@ -340,7 +340,12 @@ pub(crate) async fn verify(
     Ok(layout::page("Verification", Some(&who), Nav::Audit, body))
 }
 
-/// The whole chain as JSON Lines, as a download.
+/// The tenant's whole chain as JSON Lines, as a download.
+#[utoipa::path(get, path = "/console/audit/export", tag = "console",
+    responses((status = 200, content_type = "application/jsonl"),
+        (status = 303, description = "No session: to the sign-in page"),
+        (status = 429, description = "Too many exports running")),
+    security(("console_session" = [])))]
 pub(crate) async fn export(
     State(console): State<Console>,
     who: SignedIn,

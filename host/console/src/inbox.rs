@@ -182,6 +182,11 @@ pub(crate) fn urlencode(s: &str) -> String {
 /// The inbox as a stream of server-sent events: the list now, then again whenever the
 /// tenant's pending escalations change; it ends when the session does (event `signedout`) or
 /// the gateway stops.
+#[utoipa::path(get, path = "/console/inbox/stream", tag = "console",
+    responses((status = 200, content_type = "text/event-stream",
+        description = "Events `inbox` (the pending calls as HTML), `signedout`, `failed`"),
+        (status = 303, description = "No session: to the sign-in page")),
+    security(("console_session" = [])))]
 pub(crate) async fn stream(
     State(console): State<Console>,
     who: SignedIn,
@@ -276,16 +281,27 @@ fn resolution(e: &Escalation) -> Markup {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 // Missing fields are empty, so a forged form is refused by its token, not its shape.
 #[serde(default)]
 pub(crate) struct DecideForm {
+    /// The session's form token.
     csrf: String,
+    /// `approve` or `reject`.
     decision: String,
+    /// Why: recorded with the decision.
     note: String,
 }
 
-/// Approves or rejects a held call.
+/// Approves or rejects a held call in the signed-in reviewer's name, with a required note.
+#[utoipa::path(post, path = "/console/escalations/{id}/decide", tag = "console",
+    params(("id" = String, Path, description = "The escalation")),
+    request_body(content = DecideForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Decided: back to the inbox"),
+        (status = 400, description = "No note, or not approve/reject", content_type = "text/html"),
+        (status = 403, description = "Wrong form token or origin, or the reviewer made the call", content_type = "text/html"),
+        (status = 409, description = "Already decided or expired: the page says by whom", content_type = "text/html")),
+    security(("console_session" = [])))]
 pub(crate) async fn decide(
     State(console): State<Console>,
     who: SignedIn,

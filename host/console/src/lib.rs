@@ -91,6 +91,38 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; \
                    base-uri 'none'";
 
+/// The console's API routes (its pages are not described).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(signin::sign_in, signin::sign_out, inbox::stream, inbox::decide, audit::export),
+    modifiers(&SessionCookie),
+    tags((name = "console", description = "The reviewer console: sign-in sessions and the routes its pages use")),
+)]
+struct ConsoleDoc;
+
+struct SessionCookie;
+
+impl utoipa::Modify for SessionCookie {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+        if let Some(components) = openapi.components.as_mut() {
+            components.add_security_scheme(
+                "console_session",
+                SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                    "writ_console",
+                    "The console session from POST /console/signin (`__Host-writ_console` behind an https origin)",
+                ))),
+            );
+        }
+    }
+}
+
+/// The OpenAPI description of the console's API routes, for `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    ConsoleDoc::openapi()
+}
+
 /// The console's routes (`/` redirects to `/console/`), with its hardening headers.
 pub fn router(app: App, config: ConsoleConfig, stopping: CancellationToken) -> Router {
     let state = Console {

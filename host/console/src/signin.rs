@@ -145,15 +145,25 @@ fn safe_next(next: &str) -> Option<&str> {
     ok.then_some(next)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 // Missing fields are empty, so a forged form is refused by its token, not its shape.
 #[serde(default)]
 pub(crate) struct SignInForm {
+    /// A reviewer or admin key.
     key: String,
+    /// A console path to go to after signing in.
     next: Option<String>,
 }
 
-/// Exchanges a key for a session.
+/// Exchanges a reviewer or admin key for a console session: 303 to the console with the
+/// session cookie (HttpOnly, SameSite=Strict); 401 for other keys, 429 past the attempts
+/// allowed, 403 from another origin.
+#[utoipa::path(post, path = "/console/signin", tag = "console",
+    request_body(content = SignInForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Signed in: the session cookie is set"),
+        (status = 401, description = "Not a reviewer or admin key", content_type = "text/html"),
+        (status = 403, description = "From another origin", content_type = "text/html"),
+        (status = 429, description = "Too many attempts from this address", content_type = "text/html")))]
 pub(crate) async fn sign_in(
     State(console): State<Console>,
     parts: Parts,
@@ -212,14 +222,20 @@ pub(crate) async fn sign_in(
         .into_response())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 // Missing fields are empty, so a forged form is refused by its token, not its shape.
 #[serde(default)]
 pub(crate) struct CsrfForm {
+    /// The session's form token.
     csrf: String,
 }
 
-/// Ends the session.
+/// Ends the console session.
+#[utoipa::path(post, path = "/console/signout", tag = "console",
+    request_body(content = CsrfForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "Signed out: the cookie is cleared"),
+        (status = 403, description = "Wrong form token or origin", content_type = "text/html")),
+    security(("console_session" = [])))]
 pub(crate) async fn sign_out(
     State(console): State<Console>,
     who: SignedIn,

@@ -210,20 +210,24 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        self.serve_with(|_, _| axum::Router::new(), shutdown).await
+        self.serve_with(|_, _| (axum::Router::new(), None), shutdown)
+            .await
     }
 
     /// [`Self::serve`], with the routes `extra` makes (from the app and a token cancelled when
     /// shutdown begins, which long-lived responses such as event streams must end on) served
-    /// beside the API's on the same listener.
+    /// beside the API's on the same listener, and described in `/openapi.json` by the document
+    /// it returns with them.
     pub async fn serve_with(
         self,
-        extra: impl FnOnce(App, CancellationToken) -> axum::Router,
+        extra: impl FnOnce(App, CancellationToken) -> (axum::Router, Option<utoipa::openapi::OpenApi>),
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let stopping = CancellationToken::new();
-        let router = api::router(self.app.clone(), self.limits, self.metrics_public)
-            .merge(extra(self.app.clone(), stopping.clone()));
+        let (routes, doc) = extra(self.app.clone(), stopping.clone());
+        let router =
+            api::router_documenting(self.app.clone(), self.limits, self.metrics_public, doc)
+                .merge(routes);
         let shutdown = async move {
             shutdown.await;
             stopping.cancel();

@@ -125,7 +125,20 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The gateway's router; `/metrics` needs the operator key unless `metrics_public`.
 pub fn router(app: App, limits: BodyLimits, metrics_public: bool) -> axum::Router {
-    let (router, openapi) = routes().split_for_parts();
+    router_documenting(app, limits, metrics_public, None)
+}
+
+/// [`router`], with `/openapi.json` also describing `more` (routes served beside the API's).
+pub fn router_documenting(
+    app: App,
+    limits: BodyLimits,
+    metrics_public: bool,
+    more: Option<utoipa::openapi::OpenApi>,
+) -> axum::Router {
+    let (router, mut openapi) = routes().split_for_parts();
+    if let Some(more) = more {
+        openapi.merge(more);
+    }
     let openapi = std::sync::Arc::new(openapi);
     router
         .route(
