@@ -31,6 +31,10 @@ use crate::session::{SignedIn, check_origin};
 const INBOX_SIZE: usize = 200;
 /// How often an open stream re-checks its session, so it ends when the session does.
 const STREAM_CHECK: Duration = Duration::from_secs(15);
+/// Live inboxes a tenant may have open at once.
+const MAX_STREAMS_PER_TENANT: usize = 64;
+/// How long a stream waits after a change for more before it re-renders.
+const COALESCE: Duration = Duration::from_millis(200);
 /// Longest decision note, as the API allows.
 const MAX_NOTE_BYTES: usize = 4096;
 
@@ -191,10 +195,12 @@ pub(crate) async fn stream(
     State(console): State<Console>,
     who: SignedIn,
     headers: HeaderMap,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut changes = console.app.escalations().pending_changes();
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ConsoleError> {
     let tenant_id = who.scope.tenant_id().to_owned();
+    let open = console.streams.open(&tenant_id)?;
+    let mut changes = console.app.escalations().pending_changes();
     let stream = async_stream(move |tx| async move {
+        let _open = open;
         let render = |who: &SignedIn| match inbox(&console, who) {
             Ok(list) => Event::default().event("inbox").data(list.into_string()),
             Err(e) => Event::default().event("failed").data(e.to_string()),
@@ -218,12 +224,63 @@ pub(crate) async fn stream(
                 let _ = tx.send(Event::default().event("signedout").data("")).await;
                 return;
             }
-            if changed && tx.send(render(&who)).await.is_err() {
+            if !changed {
+                continue;
+            }
+            // One rendering for a burst of changes.
+            tokio::time::sleep(COALESCE).await;
+            while changes.try_recv().is_ok() {}
+            if tx.send(render(&who)).await.is_err() {
                 return;
             }
         }
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// Inbox streams open per tenant, so a tab left open in many windows cannot hold the gateway's
+/// tasks.
+#[derive(Default)]
+pub(crate) struct Streams(std::sync::Mutex<HashMap<String, usize>>);
+
+/// One open stream of a tenant; closed when dropped.
+pub(crate) struct OpenStream {
+    streams: std::sync::Arc<Streams>,
+    tenant_id: String,
+}
+
+impl Streams {
+    fn open(self: &std::sync::Arc<Self>, tenant_id: &str) -> Result<OpenStream, ConsoleError> {
+        let mut open = self.0.lock().expect("streams lock");
+        let n = open.entry(tenant_id.to_owned()).or_default();
+        if *n >= MAX_STREAMS_PER_TENANT {
+            return Err(AppError::Busy {
+                code: "too_many_streams",
+                retry_after_s: 30,
+                message: format!(
+                    "this tenant has {MAX_STREAMS_PER_TENANT} live inboxes open; close some tabs"
+                ),
+            }
+            .into());
+        }
+        *n += 1;
+        Ok(OpenStream {
+            streams: self.clone(),
+            tenant_id: tenant_id.to_owned(),
+        })
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut open = self.streams.0.lock().expect("streams lock");
+        if let Some(n) = open.get_mut(&self.tenant_id) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.tenant_id);
+            }
+        }
+    }
 }
 
 /// A stream fed by `body` through a small channel (the producer waits when the client is
@@ -482,4 +539,24 @@ fn more_link(
     }
     q.append_pair("before", &before.to_string());
     format!("/console/escalations?{}", q.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[test]
+    fn a_tenant_keeps_only_so_many_inboxes_open_and_a_closed_one_frees_its_place() {
+        let streams = Arc::new(Streams::default());
+        let mut open: Vec<OpenStream> = (0..MAX_STREAMS_PER_TENANT)
+            .map(|_| streams.open("ten_a").unwrap())
+            .collect();
+        assert!(streams.open("ten_a").is_err());
+        // Another tenant's inboxes are counted apart.
+        let _other = streams.open("ten_b").unwrap();
+        open.pop();
+        let _again = streams.open("ten_a").unwrap();
+    }
 }

@@ -70,6 +70,7 @@ pub(crate) struct Console {
     pub(crate) app: App,
     pub(crate) sessions: Arc<Sessions>,
     pub(crate) signins: Arc<signin::Attempts>,
+    pub(crate) streams: Arc<inbox::Streams>,
     pub(crate) config: Arc<ConsoleConfig>,
     /// Cancelled when the gateway begins to shut down: event streams end on it.
     pub(crate) stopping: CancellationToken,
@@ -128,6 +129,7 @@ pub fn router(app: App, config: ConsoleConfig, stopping: CancellationToken) -> R
     let state = Console {
         sessions: Arc::new(Sessions::new(app.clock().clone(), &config)),
         signins: Arc::new(signin::Attempts::new(app.clock().clone(), &config)),
+        streams: Arc::default(),
         config: Arc::new(config),
         app,
         stopping,
