@@ -195,6 +195,23 @@ async fn a_reviewer_approves_a_held_call_that_appeared_live_and_the_agent_is_ans
         .await;
     assert!(decided.contains("reviewer@example.com"), "{decided}");
     browser.screenshot("console_decided").await;
+
+    browser.goto(&gw.url("/console/overview")).await.unwrap();
+    let day = browser
+        .find(Locator::Css("figure.chart:nth-of-type(2) svg"))
+        .await
+        .unwrap()
+        .attr("aria-label")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(day.contains("0 allowed, 0 blocked, 1 escalated"), "{day}");
+    let overview = browser.text_of("main").await;
+    assert!(
+        overview.contains("Most escalated actions (day)\npayments.initiate 1"),
+        "{overview}"
+    );
+    browser.screenshot("console_overview").await;
     browser.close().await;
 }
 

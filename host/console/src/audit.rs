@@ -320,7 +320,8 @@ pub(crate) async fn verify(
                 section.notice.error #verify-result role="alert" {
                     h2 { "Broken at seq " (broken.seq) }
                     p { strong { (broken.problem.code()) } ": " (broken.detail) }
-                    p { (v.records) " records verified before the break." }
+                    p { (v.records) " records verified before the break. "
+                        a href=(format!("/console/audit?before={}", broken.seq + 1)) { "See the records up to it" } }
                 }
             }
         }

@@ -33,7 +33,7 @@ pub(crate) fn decisions(title: &str, bars: &[Bar]) -> Markup {
     html! {
         figure.chart {
             figcaption { (title) }
-            svg viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-label=(summary) preserveAspectRatio="none" {
+            svg viewBox=(format!("0 0 {WIDTH} {HEIGHT}")) role="img" aria-label=(summary) {
                 line.axis x1="0" y1=(plot) x2=(WIDTH) y2=(plot) {}
                 @for (i, bar) in bars.iter().enumerate() {
                     @let x = i as u32 * slot + 1;
