@@ -785,6 +785,11 @@ async fn webhooks_are_signed_retried_and_never_slow_a_decision() {
             let event: Value = serde_json::from_slice(body).unwrap();
             assert_eq!(event["type"], kind.as_str());
             assert_eq!(event["escalation_id"], id.as_str());
+            assert_eq!(
+                event["console_path"],
+                format!("/console/escalations/{id}"),
+                "the reviewer's link"
+            );
             if kind == "escalation_resolved" {
                 assert_eq!(event["status"], "approved");
                 assert_eq!(event["decided_by"], "reviewer@example.com");

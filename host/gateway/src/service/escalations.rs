@@ -357,6 +357,8 @@ impl EscalationService {
             "decided_by": esc.decided_by,
             "note": esc.note,
             "event_id": esc.resolved_event_id.as_ref().unwrap_or(&esc.opened_event_id),
+            // Where a reviewer decides it, on this gateway's origin.
+            "console_path": format!("/console/escalations/{}", esc.id),
         });
         self.notifier.send(Notification {
             tenant_id: tenant.id.clone(),
