@@ -2,8 +2,9 @@
 //! verification (against the latest signed checkpoint) and export. Read-only: the chain is
 //! written by the operations that make its records.
 //!
-//! Every read is bounded. Pages stop at a count and a byte budget ([`crate::page`]). Reads of a
-//! whole chain (exports and verifications) run on blocking threads, so at most
+//! Every read is bounded. Pages stop at a count and a byte budget ([`crate::page`]). Long reads
+//! of a chain (exports, verifications, and the console's backward scans) run on blocking
+//! threads, so at most
 //! [`ChainReadLimits::max_running`] run at once gateway-wide and
 //! [`ChainReadLimits::max_running_per_tenant`] per tenant (more are refused, 429); an export
 //! hands its reader a few chunks at a time, and ends when the reader takes nothing for
@@ -53,7 +54,7 @@ pub struct SessionSummary {
     pub truncated: bool,
 }
 
-/// Bounds on reads of a whole chain (exports and verifications).
+/// Bounds on long reads of a chain (exports, verifications and the console's scans).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChainReadLimits {
     /// Whole-chain reads running at once, gateway-wide.
@@ -80,6 +81,8 @@ impl Default for ChainReadLimits {
 enum ChainRead {
     Export,
     Verification,
+    /// A [`AuditService::scan_back`] (the console's filtered pages and summaries).
+    Scan,
 }
 
 /// The whole-chain reads running, and their limits.
@@ -126,12 +129,12 @@ impl ChainReads {
         let tenant_running = state.per_tenant.get(tenant_id).copied().unwrap_or(0);
         let refused = if state.running >= limits.max_running {
             Some(format!(
-                "{} exports and verifications are running on this gateway, its most at once",
+                "{} long chain reads (exports, verifications, scans) are running on this gateway, its most at once",
                 state.running
             ))
         } else if tenant_running >= limits.max_running_per_tenant {
             Some(format!(
-                "{tenant_running} exports and verifications of this tenant are running, its most at once"
+                "{tenant_running} long chain reads (exports, verifications, scans) of this tenant are running, its most at once"
             ))
         } else {
             None
@@ -140,6 +143,7 @@ impl ChainReads {
             let (code, what) = match what {
                 ChainRead::Export => ("too_many_exports", "export"),
                 ChainRead::Verification => ("too_many_verifications", "verification"),
+                ChainRead::Scan => ("too_many_chain_reads", "read"),
             };
             return Err(AppError::Busy {
                 code,
@@ -346,7 +350,8 @@ impl AuditService {
 
     /// Reads the tenant's records newest first from before `before_seq` (the head when
     /// `None`), asking `decide` about each, within `bounds`: for pages of a filtered view,
-    /// and for summaries of recent activity.
+    /// and for summaries of recent activity. A long read: it takes a place under the caps of
+    /// exports and verifications (429 `too_many_chain_reads` at them). Blocking.
     pub fn scan_back(
         &self,
         scope: &TenantScope<Reviewer>,
@@ -355,6 +360,7 @@ impl AuditService {
         mut decide: impl FnMut(&Record) -> Scan,
     ) -> Result<ScanPage> {
         let tenant_id = scope.tenant_id();
+        let _slot = self.chain_reads.enter(tenant_id, ChainRead::Scan)?;
         let size = self.chain_size(scope)?;
         let mut end = before_seq.map_or(size, |b| b.min(size));
         let mut page = ScanPage::default();
