@@ -113,19 +113,26 @@ impl Filters {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM[:SS]` read as UTC, in ms since the epoch.
+/// `YYYY-MM-DDTHH:MM[:SS]` read as UTC, in ms since the epoch; years 1970 to 9999 only.
 fn parse_utc(t: &str) -> Option<u64> {
     let t = t.trim_end_matches('Z');
     let (date, time) = t.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(str::parse::<i64>);
-    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
-    let mut h = time.splitn(3, ':').map(str::parse::<i64>);
-    let (hh, mm) = (h.next()?.ok()?, h.next()?.ok()?);
-    let ss = h.next().and_then(Result::ok).unwrap_or(0);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 59 {
+    let number = |s: &str| s.parse::<u32>().ok().map(i64::from);
+    let mut d = date.splitn(3, '-').map(number);
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut h = time.splitn(3, ':').map(number);
+    let (hh, mm) = (h.next()??, h.next()??);
+    let ss = h.next().flatten().unwrap_or(0);
+    let valid = (1970..=9999).contains(&y)
+        && (1..=12).contains(&m)
+        && (1..=31).contains(&day)
+        && hh <= 23
+        && mm <= 59
+        && ss <= 59;
+    if !valid {
         return None;
     }
-    // Howard Hinnant's days-from-civil.
+    // Howard Hinnant's days-from-civil (in range for these years: no overflow).
     let y = if m <= 2 { y - 1 } else { y };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -418,5 +425,8 @@ mod tests {
         assert_eq!(parse_utc("2026-05-28T20:26:40Z"), Some(1_780_000_000_000));
         assert_eq!(parse_utc("2026-13-01T00:00"), None);
         assert_eq!(parse_utc("yesterday"), None);
+        assert_eq!(parse_utc("999999999999-01-01T00:00"), None);
+        assert_eq!(parse_utc("2020-01-01T-1:00"), None);
+        assert_eq!(parse_utc("9999-12-31T23:59:59"), Some(253_402_300_799_000));
     }
 }
