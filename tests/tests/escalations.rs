@@ -139,6 +139,63 @@ async fn rejected_call_is_blocked_with_the_note() {
     assert_eq!(list["escalations"].as_array().unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn the_key_that_made_a_held_call_withdraws_it_and_no_one_else_can() {
+    let gw = Arc::new(TestGateway::start().await);
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let call = held(
+        &gw,
+        &t,
+        json!({"amount": 900, "currency": "GBP", "recipient_id": "rec_1"}),
+    )
+    .await;
+    let id = pending(&gw, &t.reviewer, 1).await.remove(0);
+    let path = format!("/v1/escalations/{id}/withdraw");
+
+    // Another agent key of the tenant, a reviewer and another tenant's agent cannot.
+    let other = gw
+        .client(&t.admin)
+        .create_key(
+            &t.id,
+            &writ_client::wire::CreateKeyBody {
+                role: "agent".into(),
+                subject: "someone-else".into(),
+                agent_id: None,
+            },
+        )
+        .await
+        .unwrap()
+        .api_key;
+    let stranger = gw.tenant("globex", Some(artifacts::PAYMENTS_LIMITS)).await;
+    for (key, status) in [(&other, 404), (&t.reviewer, 403), (&stranger.agent, 404)] {
+        let (got, body) = gw.call(Method::POST, &path, Some(key), None).await;
+        assert_eq!(got, status, "{body}");
+    }
+
+    let (status, esc) = gw.call(Method::POST, &path, Some(&t.agent), None).await;
+    assert_eq!(status, 200, "{esc}");
+    assert_eq!(esc["status"], "withdrawn", "{esc}");
+    let (_, answer) = call.await.unwrap();
+    assert_eq!(answer["decision"], "BLOCK", "{answer}");
+    assert_eq!(answer["codes"], json!(["escalation_withdrawn"]), "{answer}");
+
+    // Exactly once: neither a reviewer nor a second withdrawal changes it.
+    let (status, _) = decide(&gw, &t.reviewer, &id, "approve", "too late").await;
+    assert_eq!(status, 409);
+    let (status, _) = gw.call(Method::POST, &path, Some(&t.agent), None).await;
+    assert_eq!(status, 409);
+    let records = gw.audit(&t.reviewer).await;
+    let resolved: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "escalation_resolved")
+        .collect();
+    assert_eq!(resolved.len(), 1);
+    let detail: Value = serde_json::from_str(resolved[0]["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(detail["status"], "withdrawn");
+    assert_eq!(resolved[0]["key_subject"], "agent-owner");
+    assert_chain_valid(&records);
+}
+
 /// Polls (bounded) until escalation `id` has `status`.
 async fn until_status(gw: &TestGateway, reviewer: &str, id: &str, status: &str) {
     let started = Instant::now();

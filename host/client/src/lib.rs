@@ -380,6 +380,12 @@ impl Client {
         self.note(id, "reject", note).await
     }
 
+    /// `POST /v1/escalations/{id}/withdraw` (the agent key that made the call).
+    pub async fn withdraw(&self, id: &str) -> Result<EscalationView, ClientError> {
+        let path = format!("/v1/escalations/{}/withdraw", segment(id));
+        self.send(self.request(Method::POST, &path)).await
+    }
+
     async fn note(
         &self,
         id: &str,

@@ -479,7 +479,7 @@ pub(crate) async fn history(
         form.filters method="get" action="/console/escalations" {
             label { "Status "
                 select name="status" {
-                    @for (value, text) in [("", "any"), ("approved", "approved"), ("rejected", "rejected"), ("expired", "expired")] {
+                    @for (value, text) in [("", "any"), ("approved", "approved"), ("rejected", "rejected"), ("expired", "expired"), ("withdrawn", "withdrawn")] {
                         option value=(value) selected[status.as_deref().unwrap_or("") == value] { (text) }
                     }
                 }

@@ -63,6 +63,8 @@ pub enum Status {
     Rejected,
     /// Nobody decided before its deadline.
     Expired,
+    /// The caller that made it gave up on it (an MCP client cancelled the call).
+    Withdrawn,
 }
 
 impl Status {
@@ -149,9 +151,10 @@ pub struct Resolution {
 
 impl Escalation {
     /// The state machine's one transition, pure: a pending escalation becomes `status`
-    /// (approved, rejected or expired) at `now_ms`, decided by `by` with `note`, its resolution
-    /// recorded as `event_id`. A reviewer's decision at or after the deadline expires it instead
-    /// (no reviewer, no note); anything but a pending escalation is [`AlreadyResolved`].
+    /// (approved, rejected, expired or withdrawn) at `now_ms`, decided by `by` with `note`, its
+    /// resolution recorded as `event_id`. A decision at or after the deadline expires it
+    /// instead (no reviewer, no note); anything but a pending escalation is
+    /// [`AlreadyResolved`].
     pub fn resolve(
         &self,
         status: Status,

@@ -31,6 +31,8 @@ pub mod codes {
     pub const ESCALATION_EXPIRED: &str = "escalation_expired";
     /// A reviewer rejected an escalated call.
     pub const ESCALATION_REJECTED: &str = "escalation_rejected";
+    /// The caller withdrew an escalated call before anyone decided it.
+    pub const ESCALATION_WITHDRAWN: &str = "escalation_withdrawn";
     /// The host escalated an allowed irreversible call (DELETE, or destructive in the catalog).
     pub const IRREVERSIBLE_ACTION: &str = "irreversible_action";
     /// The tenant could not be loaded when the gateway started (see `/readyz`).

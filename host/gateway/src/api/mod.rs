@@ -104,6 +104,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::wait_escalation))
         .routes(routes!(handlers::approve_escalation))
         .routes(routes!(handlers::reject_escalation))
+        .routes(routes!(handlers::withdraw_escalation))
         .routes(routes!(handlers::decide_escalation))
         .routes(routes!(handlers::set_webhooks, handlers::get_webhooks))
         .routes(routes!(handlers::put_tool, handlers::delete_tool))

@@ -10,7 +10,7 @@ use writ_runtime::decision::{Decision, Outcome, codes};
 
 use super::execute::ExecuteOutcome;
 use super::jobs::JobService;
-use crate::access::{Member, Reviewer, TenantScope};
+use crate::access::{Agent, Member, Reviewer, TenantScope};
 use crate::audit::{AuditError, Effects, Kind, RecordBody, RecordCharge, SharedLedger};
 use crate::clock::SharedClock;
 use crate::error::{AppError, Result};
@@ -156,6 +156,11 @@ impl EscalationService {
                 Outcome::Block,
                 "no reviewer decided before the escalation expired".into(),
                 vec![codes::ESCALATION_EXPIRED.to_owned()],
+            ),
+            Status::Withdrawn => (
+                Outcome::Block,
+                "the caller withdrew the call before a reviewer decided it".into(),
+                vec![codes::ESCALATION_WITHDRAWN.to_owned()],
             ),
         };
         ExecuteOutcome {
@@ -403,6 +408,20 @@ impl EscalationService {
             Status::Rejected
         };
         self.resolve(tenant_id, id, status, Some(who), note).await
+    }
+
+    /// Withdraws a pending escalation for the key that made the call (an MCP client cancelled
+    /// it): recorded, and the held call, if anyone still waits on it, is answered BLOCK. Only
+    /// the key that made the call may; a decided one is a conflict.
+    pub async fn withdraw(&self, scope: &TenantScope<Agent>, id: &str) -> Result<Escalation> {
+        let (tenant_id, who) = (scope.tenant_id(), scope.key());
+        let esc = self
+            .registry
+            .get(tenant_id, id)?
+            .filter(|e| made_by(e, who))
+            .ok_or(AppError::NotFound("escalation"))?;
+        self.resolve(tenant_id, &esc.id, Status::Withdrawn, Some(who), None)
+            .await
     }
 
     /// One escalation of the caller's tenant (agents: only their own calls).

@@ -161,6 +161,29 @@ pub async fn reject_escalation(
     decide(&state, &who, &id, false, body.note).await
 }
 
+/// Withdraws a pending escalation: the call it holds is given up by the key that made it
+/// (the MCP proxy does this when its client cancels the call). Recorded; the held call is
+/// answered BLOCK `escalation_withdrawn`. Only the key that made the call.
+#[utoipa::path(post, path = "/v1/escalations/{id}/withdraw", tag = "escalations",
+    params(("id" = String, Path)),
+    responses((status = 200, body = EscalationView), (status = 403), (status = 404),
+        (status = 409, description = "Already decided or expired")),
+    security(("api_key" = [])))]
+pub async fn withdraw_escalation(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<EscalationView>, ApiError> {
+    Ok(Json(
+        state
+            .app
+            .escalations()
+            .withdraw(&who.require()?, &id)
+            .await?
+            .into(),
+    ))
+}
+
 /// The Provenance gateway's reviewer form. The approver is the key's subject, whatever the
 /// body says.
 #[utoipa::path(post, path = "/v1/escalations/{id}/decide", tag = "escalations",
