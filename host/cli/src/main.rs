@@ -489,7 +489,9 @@ async fn serve(
             keys.agent
         );
     }
-    println!("listening on http://{addr} (reviewer console: http://{addr}/console/)");
+    println!("reviewer console: http://{addr}/console/");
+    // Last, and alone on its line: `writ bench` and the tests read the address from it.
+    println!("listening on http://{addr}");
     tracing::info!(%addr, "serving");
     gateway
         .serve_with(
