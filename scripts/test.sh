@@ -10,12 +10,14 @@ cd "$(dirname "$0")/.."
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
 rustup target add wasm32-wasip2
 
-# The published Python SDKs, unmodified. provenance-client declares Python 3.13 but runs on 3.11.
+# The published Python SDKs, unmodified (provenance-client declares Python 3.13 but runs on
+# 3.11), and the official MCP SDK with a published MCP server for the MCP proxy's tests.
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check --ignore-requires-python \
-  'provenance-client==0.1.0' 'tenet-python==0.1.0' 'pytest>=8,<9' 'blake3>=1,<2'
+  'provenance-client==0.1.0' 'tenet-python==0.1.0' 'pytest>=8,<9' 'blake3>=1,<2' \
+  'mcp==2.3.0' 'mcp-server-time==2026.10.19'
 
 # Debian's headless Chromium and its ChromeDriver, which the browser tests drive
 # (tests/src/browser.rs).

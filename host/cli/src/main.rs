@@ -2,6 +2,7 @@
 //! subcommands, to a running gateway's HTTP API).
 
 mod bench;
+mod mcp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -127,6 +128,9 @@ enum Command {
     },
     /// Load a gateway on loopback and compare it with the bare-axum floor (see BENCHMARKS.md).
     Bench(Box<BenchArgs>),
+    /// Govern an MCP server: run COMMAND as the server and relay between it and the MCP client
+    /// on stdio, every `tools/call` decided by the gateway first (see README).
+    Mcp(mcp::McpArgs),
     /// Serve the bench's floor route (started by `writ bench`).
     #[command(hide = true)]
     BenchFloor {
@@ -439,6 +443,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             print_answer(client(&remote)?.upload_policy(&name, activate, bytes).await)
         }
         Command::Bench(args) => bench::bench(*args).await,
+        Command::Mcp(args) => mcp::run(args).await,
         Command::BenchFloor { listen } => {
             let listener = tokio::net::TcpListener::bind(listen).await?;
             println!("listening on http://{}", listener.local_addr()?);

@@ -45,6 +45,9 @@ pub enum ClientError {
         /// What did not parse.
         detail: String,
     },
+    /// The gateway did not answer within the caller's time.
+    #[error("the gateway did not answer within {0:?}")]
+    Timeout(std::time::Duration),
 }
 
 /// A client acting with one key against one gateway.
@@ -378,6 +381,16 @@ impl Client {
         note: Option<&str>,
     ) -> Result<EscalationView, ClientError> {
         self.note(id, "reject", note).await
+    }
+
+    /// `POST /v1/events/{event_id}/completion` (the agent key that made the call).
+    pub async fn complete(
+        &self,
+        event_id: &str,
+        body: &CompletionBody,
+    ) -> Result<CompletionView, ClientError> {
+        let path = format!("/v1/events/{}/completion", segment(event_id));
+        self.json(Method::POST, &path, body).await
     }
 
     /// `POST /v1/escalations/{id}/withdraw` (the agent key that made the call).

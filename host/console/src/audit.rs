@@ -19,7 +19,7 @@ use crate::layout::{self, Nav};
 use crate::session::{SignedIn, check_origin};
 
 /// The kinds of record, for the filter.
-const KINDS: [&str; 15] = [
+const KINDS: [&str; 16] = [
     "decision",
     "escalation_opened",
     "escalation_resolved",
@@ -35,6 +35,7 @@ const KINDS: [&str; 15] = [
     "webhooks_set",
     "webhooks_removed",
     "tenant_limits_changed",
+    "tool_completed",
 ];
 
 /// The audit page's filters, as the form sends them.

@@ -261,6 +261,7 @@ impl App {
             degraded: degraded.clone(),
             shares: Shares::new(clock.clone()),
             policy_log: Arc::new(PolicyLog::default()),
+            completions: Arc::default(),
         };
         let services = Services {
             tenants: TenantService {

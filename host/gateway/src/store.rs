@@ -77,6 +77,8 @@ pub enum Table {
     Jobs,
     /// tenant ‖ idempotency key → the first response to it.
     Idempotency,
+    /// tenant ‖ event id of an allowed call → the event id of its completion record.
+    Completions,
 }
 
 impl Table {

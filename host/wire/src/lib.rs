@@ -412,6 +412,25 @@ pub struct WaitQuery {
     pub timeout: Option<u64>,
 }
 
+/// `POST /v1/events/{event_id}/completion`: how an allowed call went where it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionBody {
+    /// The tool answered with an error.
+    pub is_error: bool,
+    /// The size of its result, in bytes.
+    pub result_bytes: u64,
+    /// From forwarding the call to its result, in ms.
+    pub duration_ms: u64,
+}
+
+/// The record of a completion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CompletionView {
+    /// The completion's own audit record.
+    pub event_id: String,
+}
+
 /// `POST /v1/escalations/{id}/approve|reject`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -437,7 +456,7 @@ pub struct DecideBody {
 pub struct EscalationView {
     /// `esc_…`.
     pub escalation_id: String,
-    /// `pending`, `approved`, `rejected` or `expired`.
+    /// `pending`, `approved`, `rejected`, `expired` or `withdrawn`.
     pub status: String,
     /// The call's action.
     pub action: String,

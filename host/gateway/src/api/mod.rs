@@ -84,6 +84,7 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::execute))
         .routes(routes!(handlers::tenet_execute))
         .routes(routes!(handlers::get_job))
+        .routes(routes!(handlers::complete_call))
         .routes(routes!(handlers::create_tenant))
         .routes(routes!(handlers::patch_tenant))
         .routes(routes!(handlers::create_key, handlers::list_keys))

@@ -38,6 +38,9 @@ pub enum Kind {
     WebhooksRemoved,
     /// The operator changed the tenant's limits (old and new values).
     TenantLimitsChanged,
+    /// A call that was allowed (or approved) finished where it ran, as its caller reports:
+    /// whether it failed, the result's size and how long it took (never the result).
+    ToolCompleted,
 }
 
 impl Kind {

@@ -105,6 +105,8 @@ pub struct ExecuteService {
     pub(crate) shares: Shares,
     /// Where policies' log lines go: escaped, rate-limited per tenant.
     pub(crate) policy_log: Arc<PolicyLog>,
+    /// Completion reports being recorded.
+    pub(crate) completions: Arc<super::completion::InFlight>,
 }
 
 impl ExecuteService {

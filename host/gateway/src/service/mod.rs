@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod checkpoints;
+pub mod completion;
 pub mod escalations;
 pub mod execute;
 pub mod jobs;

@@ -305,3 +305,36 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
         ))
     }
 }
+
+/// Records how an allowed call went where it ran (the MCP proxy reports each forwarded
+/// `tools/call` when the server answers): whether it failed, the result's size and the time it
+/// took, never the result. The key that made the call, once per call.
+#[utoipa::path(post, path = "/v1/events/{event_id}/completion", tag = "execute",
+    params(("event_id" = String, Path, description = "The decision (or approval) that allowed the call")),
+    request_body = CompletionBody,
+    responses((status = 201, body = CompletionView), (status = 403), (status = 404),
+        (status = 409, description = "Not an allowed call, or already reported")),
+    security(("api_key" = [])))]
+pub async fn complete_call(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(event_id): Path<String>,
+    AppJson(body): AppJson<CompletionBody>,
+) -> Result<(StatusCode, Json<CompletionView>), ApiError> {
+    let completion = crate::service::completion::Completion {
+        is_error: body.is_error,
+        result_bytes: body.result_bytes,
+        duration_ms: body.duration_ms,
+    };
+    let record = state
+        .app
+        .execute()
+        .complete(&who.require()?, &event_id, completion)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CompletionView {
+            event_id: record.body.event_id,
+        }),
+    ))
+}
