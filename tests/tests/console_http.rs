@@ -1258,3 +1258,91 @@ async fn a_time_filter_far_out_of_range_is_refused_400_and_the_page_still_answer
     }
     assert_eq!(c.get("/console/audit", Some(&session)).await.status, 200);
 }
+
+#[tokio::test]
+async fn a_decision_that_lost_the_race_says_who_decided_first_and_changes_nothing() {
+    let gw = gateway().await;
+    let h = held_and_signed_in(&gw).await;
+    let decide = format!("/console/escalations/{}/decide", h.id);
+    // An admin of the tenant decides first, in another browser.
+    let admin = h.c.sign_in(&h.t.admin).await;
+    let admin_token = h.c.csrf(&admin).await;
+    let first =
+        h.c.post(
+            &decide,
+            Some(&admin),
+            &[
+                ("csrf", &admin_token),
+                ("decision", "reject"),
+                ("note", "no"),
+            ],
+        )
+        .await;
+    assert_eq!(first.status, 303, "{}", first.body);
+
+    let late =
+        h.c.post(
+            &decide,
+            Some(&h.session),
+            &[("csrf", &h.token), ("decision", "approve"), ("note", "yes")],
+        )
+        .await;
+    assert_eq!(late.status, 409, "{}", late.body);
+    assert!(
+        late.body.contains(
+            "Your decision was not recorded: this call was already rejected by admin@example.com"
+        ),
+        "{}",
+        late.body
+    );
+    assert_eq!(escalation_status(&gw, &h.t, &h.id).await, "rejected");
+}
+
+#[tokio::test]
+async fn the_holder_of_the_key_that_made_a_call_cannot_decide_it_in_the_console() {
+    let gw = gateway().await;
+    let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
+    // One person holds an agent key and a reviewer key.
+    let operator = gw.client(&gw.operator_key);
+    let key = |role: &str| writ_client::wire::CreateKeyBody {
+        role: role.into(),
+        subject: "dana@example.com".into(),
+        agent_id: None,
+    };
+    let agent = operator
+        .create_key(&t.id, &key("agent"))
+        .await
+        .unwrap()
+        .api_key;
+    let reviewer = operator
+        .create_key(&t.id, &key("reviewer"))
+        .await
+        .unwrap()
+        .api_key;
+    let dana = TestTenant { agent, ..t.clone() };
+    let (id, _) = held_payment(&gw, &dana, "s").await;
+
+    let c = Console::new(&gw);
+    let session = c.sign_in(&reviewer).await;
+    let inbox = c.get("/console/", Some(&session)).await;
+    assert!(
+        inbox.body.contains("You hold the key that made this call"),
+        "{}",
+        inbox.body
+    );
+    assert!(
+        !inbox
+            .body
+            .contains(&format!("/console/escalations/{id}/decide"))
+    );
+    let token = c.csrf(&session).await;
+    let r = c
+        .post(
+            &format!("/console/escalations/{id}/decide"),
+            Some(&session),
+            &[("csrf", &token), ("decision", "approve"), ("note", "mine")],
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(escalation_status(&gw, &t, &id).await, "pending");
+}
