@@ -164,3 +164,78 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn an_mcp_tool_the_tenant_marks_destructive_is_held_whatever_the_policy_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start_in(dir.path()).await;
+    let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
+    let put = async |key: &str, name: &str, body: serde_json::Value| {
+        let path = format!("/v1/mcp/servers/{name}");
+        gw.call(Method::PUT, &path, Some(key), Some(body)).await
+    };
+    let marks = json!({"destructive_tools": ["write_note", "rm.rf"]});
+    assert_eq!(put(&t.reviewer, "notes", marks.clone()).await.0, 403);
+    assert_eq!(put(&t.admin, "no.dots", marks.clone()).await.0, 400);
+    let (status, server) = put(&t.admin, "notes", marks).await;
+    assert_eq!(status, 200, "{server}");
+    assert_eq!(server["destructive_tools"], json!(["rm.rf", "write_note"]));
+
+    let decide = async |action: &str| {
+        let (_, answer) = gw.execute(&t.agent, "s", action, json!({})).await;
+        (
+            answer["decision"].as_str().unwrap().to_owned(),
+            answer["codes"].clone(),
+        )
+    };
+    let (outcome, codes) = decide("notes.write_note").await;
+    assert_eq!(outcome, "ESCALATE");
+    assert_eq!(codes, json!(["irreversible_action"]));
+    // A tool name may hold dots: the server's name ends at the action's first.
+    assert_eq!(decide("notes.rm.rf").await.0, "ESCALATE");
+    assert_eq!(decide("notes.echo").await.0, "ALLOW");
+    assert_eq!(decide("other.write_note").await.0, "ALLOW");
+
+    // The marks are in force again after a restart, and their change is in the chain.
+    gw.stop().await;
+    let gw = TestGateway::start_in(dir.path()).await;
+    let (_, answer) = gw
+        .execute(&t.agent, "s", "notes.write_note", json!({}))
+        .await;
+    assert_eq!(answer["decision"], "ESCALATE", "{answer}");
+    let (_, list) = gw
+        .call(Method::GET, "/v1/mcp/servers", Some(&t.reviewer), None)
+        .await;
+    assert_eq!(list["servers"][0]["name"], "notes", "{list}");
+    let records = gw.audit(&t.reviewer).await;
+    assert!(records.iter().any(|r| {
+        r["kind"] == "catalog_put"
+            && r["detail"]
+                .as_str()
+                .unwrap()
+                .contains("\"mcp_server\":\"notes\"")
+    }));
+
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/mcp/servers/notes",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, answer) = gw
+        .execute(&t.agent, "s", "notes.write_note", json!({}))
+        .await;
+    assert_eq!(answer["decision"], "ALLOW", "{answer}");
+    let (status, _) = gw
+        .call(
+            Method::DELETE,
+            "/v1/mcp/servers/notes",
+            Some(&t.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+}

@@ -215,6 +215,7 @@ impl App {
             tenants.all().iter().map(|t| t.id.as_str()),
             &degraded,
         )?;
+        let mcp_servers = crate::mcp_servers::McpServers::load(&store, &degraded)?;
         let egress = Egress::new(config.egress.clone(), &config.egress_roots)
             .map_err(|e| anyhow::anyhow!("the egress CA bundle: {e}"))?;
         let (jobs, interrupted) = Jobs::load(
@@ -262,6 +263,7 @@ impl App {
             shares: Shares::new(clock.clone()),
             policy_log: Arc::new(PolicyLog::default()),
             completions: Arc::default(),
+            mcp_servers: mcp_servers.clone(),
         };
         let services = Services {
             tenants: TenantService {
@@ -281,6 +283,7 @@ impl App {
             },
             catalog: CatalogService {
                 catalog,
+                mcp_servers,
                 vault,
                 egress: egress.clone(),
                 audit: audit.clone(),

@@ -144,6 +144,18 @@ impl From<CatalogError> for AppError {
     }
 }
 
+impl From<crate::mcp_servers::McpServerError> for AppError {
+    fn from(e: crate::mcp_servers::McpServerError) -> Self {
+        match e {
+            crate::mcp_servers::McpServerError::Invalid(_) => Self::Invalid {
+                code: "invalid_request",
+                message: e.to_string(),
+            },
+            crate::mcp_servers::McpServerError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<VaultError> for AppError {
     fn from(e: VaultError) -> Self {
         match e {

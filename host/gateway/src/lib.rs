@@ -17,6 +17,7 @@ pub mod egress;
 mod error;
 mod escalations;
 mod jobs;
+pub mod mcp_servers;
 pub mod metrics;
 mod notify;
 pub mod page;

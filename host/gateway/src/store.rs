@@ -79,6 +79,8 @@ pub enum Table {
     Idempotency,
     /// tenant ‖ event id of an allowed call → the event id of its completion record.
     Completions,
+    /// tenant ‖ MCP server name → its catalog entry (the tools marked destructive).
+    McpServers,
 }
 
 impl Table {

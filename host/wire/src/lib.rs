@@ -412,6 +412,32 @@ pub struct WaitQuery {
     pub timeout: Option<u64>,
 }
 
+/// `PUT /v1/mcp/servers/{name}`: an MCP server of the tenant's catalog.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerBody {
+    /// Its tools whose calls are irreversible: the gateway holds them for a human whatever the
+    /// policy allowed (when the tenant's irreversible-action gate is on, the default).
+    #[serde(default)]
+    pub destructive_tools: Vec<String>,
+}
+
+/// An MCP server of the tenant's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct McpServerView {
+    /// The name in actions (`<name>.<tool>`).
+    pub name: String,
+    /// Its tools marked destructive.
+    pub destructive_tools: Vec<String>,
+}
+
+/// `GET /v1/mcp/servers`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct McpServerList {
+    /// By name.
+    pub servers: Vec<McpServerView>,
+}
+
 /// `POST /v1/events/{event_id}/completion`: how an allowed call went where it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

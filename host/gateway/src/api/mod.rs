@@ -111,6 +111,11 @@ fn routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(handlers::put_tool, handlers::delete_tool))
         .routes(routes!(handlers::list_tools))
         .routes(routes!(
+            handlers::put_mcp_server,
+            handlers::delete_mcp_server
+        ))
+        .routes(routes!(handlers::list_mcp_servers))
+        .routes(routes!(
             handlers::put_credential,
             handlers::delete_credential
         ))

@@ -9,14 +9,20 @@ use crate::audit::{Effects, Kind, SharedLedger};
 use crate::catalog::{Catalog, ResolvedRequest, ToolEntry};
 use crate::egress::Egress;
 use crate::error::{AppError, Result};
+use crate::mcp_servers::{McpServer, McpServers};
 use crate::page;
 use crate::store::Table;
 use crate::vault::Vault;
 
-/// Manages catalog entries and credentials, and resolves tool calls. Cheap to clone.
+/// MCP servers one tenant's catalog may list.
+const MAX_MCP_SERVERS: usize = 256;
+
+/// Manages catalog entries, MCP servers and credentials, and resolves tool calls. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct CatalogService {
     pub(crate) catalog: Catalog,
+    pub(crate) mcp_servers: McpServers,
     pub(crate) vault: Vault,
     pub(crate) egress: Egress,
     pub(crate) audit: SharedLedger,
@@ -116,6 +122,66 @@ impl CatalogService {
             .append(scope.tenant_id(), record, effects)
             .await?;
         Ok(())
+    }
+
+    /// Adds or replaces an MCP server of the tenant's catalog (the tools it marks destructive),
+    /// recorded in the chain in the same write.
+    pub async fn put_mcp_server(
+        &self,
+        scope: &TenantScope<Admin>,
+        server: McpServer,
+    ) -> Result<McpServer> {
+        let tenant_id = scope.tenant_id();
+        if self.mcp_servers.get(tenant_id, &server.name).is_none()
+            && self.mcp_servers.list(tenant_id).len() >= MAX_MCP_SERVERS
+        {
+            return Err(AppError::Conflict {
+                code: "mcp_server_quota",
+                message: format!("a tenant may list at most {MAX_MCP_SERVERS} MCP servers"),
+            });
+        }
+        let row = McpServers::row(tenant_id, &server)?;
+        let detail = json!({
+            "mcp_server": server.name,
+            "destructive_tools": server.destructive_tools,
+        });
+        let record = configuration(Kind::CatalogPut, scope.key(), detail);
+        let effects = Effects {
+            rows: vec![row],
+            ..Effects::default()
+        };
+        self.audit
+            .append(scope.tenant_id(), record, effects)
+            .await?;
+        self.mcp_servers.stored(scope.tenant_id(), server.clone());
+        Ok(server)
+    }
+
+    /// Removes an MCP server from the tenant's catalog, recorded in the chain in the same write.
+    pub async fn delete_mcp_server(&self, scope: &TenantScope<Admin>, name: &str) -> Result<()> {
+        if self.mcp_servers.get(scope.tenant_id(), name).is_none() {
+            return Err(AppError::NotFound("MCP server"));
+        }
+        let record = configuration(
+            Kind::CatalogDeleted,
+            scope.key(),
+            json!({"mcp_server": name}),
+        );
+        let effects = Effects {
+            removes: vec![(Table::McpServers, McpServers::key(scope.tenant_id(), name))],
+            ..Effects::default()
+        };
+        self.audit
+            .append(scope.tenant_id(), record, effects)
+            .await?;
+        self.mcp_servers.removed(scope.tenant_id(), name);
+        Ok(())
+    }
+
+    /// The tenant's MCP servers, by name (at most one per name, so the list is as long as the
+    /// tenant made it; each entry is bounded).
+    pub fn mcp_servers(&self, scope: &TenantScope<Reviewer>) -> Vec<McpServer> {
+        self.mcp_servers.list(scope.tenant_id())
     }
 
     /// A page of the tenant's catalog after `cursor` (a `next_cursor` of an earlier page), by

@@ -107,6 +107,8 @@ pub struct ExecuteService {
     pub(crate) policy_log: Arc<PolicyLog>,
     /// Completion reports being recorded.
     pub(crate) completions: Arc<super::completion::InFlight>,
+    /// The MCP tools each tenant marks destructive (for the irreversible-action gate).
+    pub(crate) mcp_servers: crate::mcp_servers::McpServers,
 }
 
 impl ExecuteService {
@@ -194,7 +196,8 @@ impl ExecuteService {
             let irreversible = req
                 .target
                 .as_ref()
-                .is_some_and(|t| t.method == "DELETE" || t.destructive);
+                .is_some_and(|t| t.method == "DELETE" || t.destructive)
+                || self.mcp_servers.destructive(&tenant.id, &req.action);
             if decision.outcome == Outcome::Allow && irreversible && tenant.limits.irreversible_gate
             {
                 decision.outcome = Outcome::Escalate;

@@ -148,3 +148,69 @@ pub async fn delete_credential(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// Adds or replaces an MCP server in the tenant's catalog: the tools whose calls (action
+/// `<name>.<tool>`) are irreversible, held for a human by the gateway's gate whatever the policy
+/// allowed. Recorded in the chain (tenant admin).
+#[utoipa::path(put, path = "/v1/mcp/servers/{name}", tag = "catalog",
+    params(("name" = String, Path, description = "The server's name in actions")),
+    request_body = McpServerBody,
+    responses((status = 200, body = McpServerView), (status = 400), (status = 403),
+        (status = 409, description = "The tenant lists as many servers as it may")),
+    security(("api_key" = [])))]
+pub async fn put_mcp_server(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+    AppJson(body): AppJson<McpServerBody>,
+) -> Result<Json<McpServerView>, ApiError> {
+    let server = crate::mcp_servers::McpServer {
+        name,
+        destructive_tools: body.destructive_tools.into_iter().collect(),
+    };
+    let server = state
+        .app
+        .catalog()
+        .put_mcp_server(&who.require()?, server)
+        .await?;
+    Ok(Json(mcp_server_view(server)))
+}
+
+/// Removes an MCP server from the tenant's catalog; recorded in the chain (tenant admin).
+#[utoipa::path(delete, path = "/v1/mcp/servers/{name}", tag = "catalog",
+    params(("name" = String, Path)),
+    responses((status = 204), (status = 403), (status = 404)),
+    security(("api_key" = [])))]
+pub async fn delete_mcp_server(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .app
+        .catalog()
+        .delete_mcp_server(&who.require()?, &name)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The tenant's MCP servers (admin or reviewer).
+#[utoipa::path(get, path = "/v1/mcp/servers", tag = "catalog",
+    responses((status = 200, body = McpServerList), (status = 403)),
+    security(("api_key" = [])))]
+pub async fn list_mcp_servers(
+    State(state): State<ApiState>,
+    Auth(who): Auth,
+) -> Result<Json<McpServerList>, ApiError> {
+    let servers = state.app.catalog().mcp_servers(&who.require()?);
+    Ok(Json(McpServerList {
+        servers: servers.into_iter().map(mcp_server_view).collect(),
+    }))
+}
+
+fn mcp_server_view(server: crate::mcp_servers::McpServer) -> McpServerView {
+    McpServerView {
+        name: server.name,
+        destructive_tools: server.destructive_tools.into_iter().collect(),
+    }
+}

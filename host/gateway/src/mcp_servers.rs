@@ -1,0 +1,161 @@
+//! The MCP servers a tenant's catalog knows: for each server name, the tools the tenant marks
+//! destructive, so that the host's irreversible-action gate holds their calls (action
+//! `<server>.<tool>`) for a human whatever the policy allowed. What a server declares of its
+//! own tools is a hint to the policy; this is the tenant's word.
+//!
+//! Rows (tenant ‖ server name → entry) are read once at start into memory, where every call's
+//! gate looks them up.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, StoreError, Table, Write};
+use crate::tenants::{tenant_key, tenant_of_key};
+
+/// Most tools one server entry may mark.
+pub const MAX_MARKED_TOOLS: usize = 1000;
+
+/// One MCP server of a tenant's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServer {
+    /// The name in actions (`--server` of `writ mcp`).
+    pub name: String,
+    /// Its tools whose calls are irreversible.
+    pub destructive_tools: BTreeSet<String>,
+}
+
+/// Why an entry is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum McpServerError {
+    #[error("invalid MCP server entry: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl McpServer {
+    /// Checks the names: a server name has no `.` (the action's first `.` ends it), tools are
+    /// valid names, at most [`MAX_MARKED_TOOLS`] of them.
+    pub fn validate(&self) -> Result<(), McpServerError> {
+        if !crate::valid_name(&self.name) || self.name.contains('.') {
+            return Err(McpServerError::Invalid(
+                "the server name must be 1 to 256 bytes without `.` or control characters".into(),
+            ));
+        }
+        if self.destructive_tools.len() > MAX_MARKED_TOOLS {
+            return Err(McpServerError::Invalid(format!(
+                "at most {MAX_MARKED_TOOLS} destructive tools"
+            )));
+        }
+        if let Some(bad) = self
+            .destructive_tools
+            .iter()
+            .find(|t| !crate::valid_name(t))
+        {
+            return Err(McpServerError::Invalid(format!(
+                "`{bad}` is not a valid tool name"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Every tenant's MCP servers, in memory (their rows are committed with the records of their
+/// changes). Cheap to clone.
+#[derive(Clone)]
+pub struct McpServers {
+    by_tenant: Arc<RwLock<HashMap<String, HashMap<String, McpServer>>>>,
+}
+
+impl McpServers {
+    /// Reads every row; a tenant whose rows cannot be read is degraded.
+    pub fn load(store: &Store, degraded: &crate::degraded::Degraded) -> Result<Self, StoreError> {
+        let (rows, bad) = store.scan_each::<McpServer>(Table::McpServers, b"")?;
+        for (key, e) in bad {
+            degraded.mark(&tenant_of_key(&key), crate::degraded::Part::Catalog, e);
+        }
+        let mut by_tenant: HashMap<String, HashMap<String, McpServer>> = HashMap::new();
+        for (key, server) in rows {
+            by_tenant
+                .entry(tenant_of_key(&key))
+                .or_default()
+                .insert(server.name.clone(), server);
+        }
+        Ok(Self {
+            by_tenant: Arc::new(RwLock::new(by_tenant)),
+        })
+    }
+
+    /// The row of `name`.
+    pub fn key(tenant_id: &str, name: &str) -> Vec<u8> {
+        tenant_key(tenant_id, &[name.as_bytes()])
+    }
+
+    /// The store row of a validated entry, to commit with the record of its change; then
+    /// [`McpServers::stored`].
+    pub fn row(tenant_id: &str, server: &McpServer) -> Result<Write, McpServerError> {
+        server.validate()?;
+        let value = serde_json::to_vec(server).expect("entries serialize");
+        Ok((Table::McpServers, Self::key(tenant_id, &server.name), value))
+    }
+
+    /// Notes in memory that `server` is stored.
+    pub fn stored(&self, tenant_id: &str, server: McpServer) {
+        self.by_tenant
+            .write()
+            .expect("mcp servers lock")
+            .entry(tenant_id.to_owned())
+            .or_default()
+            .insert(server.name.clone(), server);
+    }
+
+    /// Notes in memory that `name` is removed.
+    pub fn removed(&self, tenant_id: &str, name: &str) {
+        if let Some(servers) = self
+            .by_tenant
+            .write()
+            .expect("mcp servers lock")
+            .get_mut(tenant_id)
+        {
+            servers.remove(name);
+        }
+    }
+
+    /// The tenant's entry for `name`.
+    pub fn get(&self, tenant_id: &str, name: &str) -> Option<McpServer> {
+        self.by_tenant
+            .read()
+            .expect("mcp servers lock")
+            .get(tenant_id)?
+            .get(name)
+            .cloned()
+    }
+
+    /// The tenant's entries, by name.
+    pub fn list(&self, tenant_id: &str) -> Vec<McpServer> {
+        let mut list: Vec<McpServer> = self
+            .by_tenant
+            .read()
+            .expect("mcp servers lock")
+            .get(tenant_id)
+            .map(|s| s.values().cloned().collect())
+            .unwrap_or_default();
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        list
+    }
+
+    /// Whether the tenant marks `action` (`<server>.<tool>`, split at its first `.`) destructive.
+    pub fn destructive(&self, tenant_id: &str, action: &str) -> bool {
+        let Some((server, tool)) = action.split_once('.') else {
+            return false;
+        };
+        self.by_tenant
+            .read()
+            .expect("mcp servers lock")
+            .get(tenant_id)
+            .and_then(|s| s.get(server))
+            .is_some_and(|s| s.destructive_tools.contains(tool))
+    }
+}
