@@ -183,3 +183,32 @@ fn every_guest_has_a_test() {
         );
     }
 }
+
+#[rstest]
+#[case::a_read(json!({"timezone": "UTC"}), json!({}), Outcome::Allow, &[])]
+#[case::a_secret(json!({"text": "my Password is x"}), json!({}), Outcome::Block, &["secret_in_arguments"])]
+#[case::declared_destructive(
+    json!({"text": "hi"}),
+    json!({"mcp": {"server": "notes", "annotations": {"destructiveHint": true}}}),
+    Outcome::Escalate,
+    &["destructive_tool"]
+)]
+#[case::declared_read_only(
+    json!({"text": "hi"}),
+    json!({"mcp": {"server": "notes", "annotations": {"readOnlyHint": true}}}),
+    Outcome::Allow,
+    &[]
+)]
+fn mcp_guard_blocks_secrets_and_escalates_tools_declared_destructive(
+    #[case] arguments: serde_json::Value,
+    #[case] context: serde_json::Value,
+    #[case] outcome: Outcome,
+    #[case] codes: &[&str],
+) {
+    let policy = load(artifacts::MCP_GUARD);
+    let mut c = call("notes.write_note", arguments);
+    c.context = context.to_string();
+    let e = evaluate(&policy, &c);
+    assert_eq!(e.decision.outcome, outcome, "{:?}", e.decision);
+    assert_eq!(e.decision.codes, codes);
+}
