@@ -16,7 +16,7 @@ use crate::Console;
 use crate::error::ConsoleError;
 use crate::inbox::urlencode;
 use crate::layout::{self, Nav};
-use crate::session::{SignedIn, check_origin};
+use crate::session::{CsrfForm, SignedIn, check_origin};
 
 /// The kinds of record, for the filter.
 const KINDS: [&str; 16] = [
@@ -288,13 +288,6 @@ fn field(name: &str, value: &serde_json::Value) -> Markup {
         (_, serde_json::Value::Null) => html! { span.muted { "null" } },
         (_, other) => layout::json(&other.to_string()),
     }
-}
-
-#[derive(Debug, Default, Deserialize)]
-// Missing fields are empty, so a forged form is refused by its token, not its shape.
-#[serde(default)]
-pub(crate) struct CsrfForm {
-    csrf: String,
 }
 
 /// Verifies the whole chain and shows the result with the latest signed checkpoint.

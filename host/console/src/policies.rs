@@ -7,14 +7,13 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
-use serde::Deserialize;
 use writ_gateway::app::AppError;
 use writ_gateway::service::audit::{Scan, ScanBounds};
 
 use crate::Console;
 use crate::error::ConsoleError;
 use crate::layout::{self, Nav};
-use crate::session::{SignedIn, check_origin};
+use crate::session::{CsrfForm, SignedIn, check_origin};
 
 /// How much of the chain the activation history reads back.
 const HISTORY_SCAN: ScanBounds = ScanBounds {
@@ -135,13 +134,6 @@ pub(crate) async fn confirm(
         Nav::Policies,
         body,
     ))
-}
-
-#[derive(Debug, Default, Deserialize)]
-// Missing fields are empty, so a forged form is refused by its token, not its shape.
-#[serde(default)]
-pub(crate) struct CsrfForm {
-    csrf: String,
 }
 
 /// Activates a policy (admins).

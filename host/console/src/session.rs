@@ -192,6 +192,15 @@ fn evict_oldest(all: &mut HashMap<[u8; 32], Session>, candidates: Vec<([u8; 32],
     }
 }
 
+/// A form whose only field is the session's CSRF token (sign-out, verify, activate).
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+// Missing fields are empty, so a forged form is refused by its token, not its shape.
+#[serde(default)]
+pub(crate) struct CsrfForm {
+    /// The session's form token.
+    pub(crate) csrf: String,
+}
+
 /// A signed-in reviewer or admin: the session's key, looked up afresh (a revoked key's
 /// sessions end at once), as a reviewer's scope on its tenant.
 pub(crate) struct SignedIn {

@@ -18,7 +18,7 @@ use writ_gateway::clock::SharedClock;
 
 use crate::error::ConsoleError;
 use crate::layout::{self, Nav};
-use crate::session::{SignedIn, check_origin};
+use crate::session::{CsrfForm, SignedIn, check_origin};
 use crate::{Console, ConsoleConfig};
 
 /// Client addresses tracked at once; past it, attempts from new addresses are refused until
@@ -220,14 +220,6 @@ pub(crate) async fn sign_in(
         Redirect::to(next.unwrap_or("/console/")),
     )
         .into_response())
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-// Missing fields are empty, so a forged form is refused by its token, not its shape.
-#[serde(default)]
-pub(crate) struct CsrfForm {
-    /// The session's form token.
-    csrf: String,
 }
 
 /// Ends the console session.
