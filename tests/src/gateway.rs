@@ -328,6 +328,21 @@ impl TestGateway {
         }
     }
 
+    /// The oldest pending escalation of the reviewer's tenant, once there is one (polled
+    /// every 100 ms for at most 30 s: a call held by another process appears when it does).
+    pub async fn pending_escalation(&self, reviewer: &str) -> Value {
+        for _ in 0..300 {
+            let (_, page) = self
+                .call(Method::GET, "/v1/escalations/pending", Some(reviewer), None)
+                .await;
+            if let Some(e) = page["escalations"].get(0) {
+                return e.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("no escalation appeared");
+    }
+
     /// Every audit record of the key's tenant.
     pub async fn audit(&self, key: &str) -> Vec<Value> {
         let client = self.client(key);

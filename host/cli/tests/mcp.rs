@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use writ_gateway::clock::ManualClock;
 use writ_tests::gateway::{TestGateway, TestTenant};
@@ -97,20 +96,6 @@ async fn setup(gw: TestGateway) -> Setup {
     }
 }
 
-/// The id of the one pending escalation, once there is one.
-async fn pending(gw: &TestGateway, reviewer: &str) -> Value {
-    for _ in 0..300 {
-        let (_, page) = gw
-            .call(Method::GET, "/v1/escalations/pending", Some(reviewer), None)
-            .await;
-        if let Some(e) = page["escalations"].get(0) {
-            return e.clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no escalation appeared");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allowed_call_reaches_the_server_a_blocked_one_never_does_and_the_rest_passes_through() {
     let s = setup(TestGateway::start().await).await;
@@ -196,7 +181,7 @@ async fn a_held_call_approved_by_a_reviewer_reaches_the_server_once_with_the_hel
     let record = s.record.clone();
     let run = tokio::spawn(async move { client(&command, &record, &["held", "ship it"]).await });
 
-    let esc = pending(&s.gw, &s.t.reviewer).await;
+    let esc = s.gw.pending_escalation(&s.t.reviewer).await;
     assert_eq!(esc["action"], "notes.write_note", "{esc}");
     assert_eq!(esc["codes"], json!(["destructive_tool"]), "{esc}");
     assert!(invocations(&s.record).is_empty(), "held, not sent");
@@ -244,7 +229,7 @@ async fn rejected_and_expired_calls_never_reach_the_server_and_say_why() {
 
     let (cmd, record) = (command.clone(), s.record.clone());
     let run = tokio::spawn(async move { client(&cmd, &record, &["held", "rejected one"]).await });
-    let id = pending(&s.gw, &s.t.reviewer).await["escalation_id"]
+    let id = s.gw.pending_escalation(&s.t.reviewer).await["escalation_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -261,7 +246,7 @@ async fn rejected_and_expired_calls_never_reach_the_server_and_say_why() {
 
     let (cmd, record) = (command.clone(), s.record.clone());
     let run = tokio::spawn(async move { client(&cmd, &record, &["held", "expired one"]).await });
-    pending(&s.gw, &s.t.reviewer).await;
+    s.gw.pending_escalation(&s.t.reviewer).await;
     // Past the tenant's hold: the proxy's next wait finds it expired.
     clock.advance(61_000);
     let seen = run.await.unwrap();

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::policies::Policies;
 use crate::policy_log::PolicyLog;
+use crate::service::mcp::McpService;
 use crate::service::{
     AuditService, CatalogService, CheckpointService, EscalationService, ExecuteService, JobService,
     PolicyService, TenantService,
@@ -36,6 +37,9 @@ pub use crate::escalations::{Escalation, Status as EscalationStatus};
 pub use crate::service::audit::SessionSummary;
 pub use crate::service::execute::{ExecuteOutcome, ExecuteRequest};
 pub use crate::tenants::{KeyRecord, Principal, Role, TenantLimits};
+
+/// How often the client of a held MCP call hears that it is still held.
+const MCP_PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
 /// Gateway settings.
 #[derive(Clone)]
@@ -123,12 +127,16 @@ struct Services {
     degraded: Degraded,
     store: Store,
     clock: SharedClock,
+    mcp: McpService,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Cancelled when the server begins to stop, before in-flight requests are waited for.
+    stopping: CancellationToken,
 }
 
 impl Drop for Services {
     fn drop(&mut self) {
+        self.stopping.cancel();
         self.cancel.cancel();
     }
 }
@@ -216,6 +224,7 @@ impl App {
             &degraded,
         )?;
         let mcp_servers = crate::mcp_servers::McpServers::load(&store, &degraded)?;
+        let mcp_sessions = crate::mcp_sessions::McpSessions::new(clock.clone());
         let egress = Egress::new(config.egress.clone(), &config.egress_roots)
             .map_err(|e| anyhow::anyhow!("the egress CA bundle: {e}"))?;
         let (jobs, interrupted) = Jobs::load(
@@ -227,6 +236,7 @@ impl App {
         )?;
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
+        let stopping = CancellationToken::new();
 
         let jobs = JobService::new(jobs, audit.clone(), tasks.clone(), cancel.clone());
         let escalations = EscalationService {
@@ -281,9 +291,20 @@ impl App {
                 activation: Arc::default(),
                 degraded: degraded.clone(),
             },
+            mcp: McpService {
+                execute: execute.clone(),
+                escalations: escalations.clone(),
+                servers: mcp_servers.clone(),
+                sessions: mcp_sessions.clone(),
+                vault: vault.clone(),
+                egress: egress.clone(),
+                stopping: stopping.clone(),
+                progress_every: MCP_PROGRESS_EVERY,
+            },
             catalog: CatalogService {
                 catalog,
                 mcp_servers,
+                mcp_sessions,
                 vault,
                 egress: egress.clone(),
                 audit: audit.clone(),
@@ -304,6 +325,7 @@ impl App {
             clock,
             tasks,
             cancel,
+            stopping,
         };
         services.tenants.load_webhook_secrets(&services.degraded);
         services.jobs.record_interrupted(interrupted);
@@ -311,6 +333,17 @@ impl App {
         spawn_checkpoint_signer(&inner);
         spawn_expiry_sweeper(&inner);
         Ok(Self { inner })
+    }
+
+    /// The MCP gateway's Streamable HTTP side.
+    pub fn mcp(&self) -> &McpService {
+        &self.inner.mcp
+    }
+
+    /// Cancelled when the server begins to stop: long-lived answers (event streams, held MCP
+    /// calls) end on it, so that stopping does not wait for them.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.inner.stopping
     }
 
     /// The decision pipeline.

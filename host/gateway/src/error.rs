@@ -79,6 +79,15 @@ pub enum AppError {
         /// What is unavailable.
         message: String,
     },
+    /// A server the gateway relays to (an upstream MCP server) could not be reached or
+    /// answered what the gateway refuses to relay. 502.
+    #[error("{message}")]
+    BadGateway {
+        /// Stable machine-readable code.
+        code: &'static str,
+        /// What failed.
+        message: String,
+    },
     /// Something failed inside the gateway; details are logged, not sent.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -18,6 +18,7 @@ mod error;
 mod escalations;
 mod jobs;
 pub mod mcp_servers;
+pub mod mcp_sessions;
 pub mod metrics;
 mod notify;
 pub mod page;

@@ -1,7 +1,9 @@
 //! The MCP servers a tenant's catalog knows: for each server name, the tools the tenant marks
 //! destructive, so that the host's irreversible-action gate holds their calls (action
-//! `<server>.<tool>`) for a human whatever the policy allowed. What a server declares of its
-//! own tools is a hint to the policy; this is the tenant's word.
+//! `<server>.<tool>`) for a human whatever the policy allowed, and, for a remote server, the
+//! upstream URL the gateway's `/mcp/{name}` endpoint relays to with the vault credential it
+//! injects. What a server declares of its own tools is a hint to the policy; this is the
+//! tenant's word.
 //!
 //! Rows (tenant ‖ server name → entry) are read once at start into memory, where every call's
 //! gate looks them up.
@@ -11,6 +13,7 @@ use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::CredentialUse;
 use crate::store::{Store, StoreError, Table, Write};
 use crate::tenants::{tenant_key, tenant_of_key};
 
@@ -24,6 +27,80 @@ pub struct McpServer {
     pub name: String,
     /// Its tools whose calls are irreversible.
     pub destructive_tools: BTreeSet<String>,
+    /// Where `/mcp/{name}` relays to; `None` for a server run beside its client (`writ mcp`).
+    #[serde(default)]
+    pub upstream: Option<McpUpstream>,
+}
+
+/// A remote MCP server (Streamable HTTP) and the credential the gateway sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpUpstream {
+    /// Its MCP endpoint, an absolute http(s) URL.
+    pub url: String,
+    /// The vault credential injected into every request to it (bound to its origin).
+    pub credential: Option<CredentialUse>,
+}
+
+/// Longest upstream URL.
+const MAX_URL_BYTES: usize = 2048;
+
+/// Headers the relay sets itself, which a credential may not name.
+const RELAY_HEADERS: [&str; 10] = [
+    "accept",
+    "connection",
+    "content-length",
+    "content-type",
+    "host",
+    "last-event-id",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "te",
+    "transfer-encoding",
+];
+
+impl McpUpstream {
+    /// The URL, parsed: http(s), a host, no user name or password, no fragment.
+    pub fn parsed_url(&self) -> Result<url::Url, McpServerError> {
+        let bad = |m: &str| Err(McpServerError::Invalid(format!("url: {m}")));
+        if self.url.len() > MAX_URL_BYTES {
+            return bad("at most 2048 bytes");
+        }
+        let url = match url::Url::parse(&self.url) {
+            Ok(url) => url,
+            Err(e) => return bad(&e.to_string()),
+        };
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+            return bad("an absolute http(s) URL with a host is required");
+        }
+        if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+            return bad("no user name, password or fragment (credentials come from the vault)");
+        }
+        Ok(url)
+    }
+
+    fn validate(&self) -> Result<(), McpServerError> {
+        self.parsed_url()?;
+        if let Some(c) = &self.credential {
+            let header = c.header.to_ascii_lowercase();
+            let valid = !header.is_empty()
+                && header.len() <= 128
+                && header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !valid || RELAY_HEADERS.contains(&header.as_str()) {
+                return Err(McpServerError::Invalid(format!(
+                    "credential header `{}` is not a header name the relay leaves to it",
+                    c.header
+                )));
+            }
+            if !c.format.contains("{secret}") || c.format.contains(['\r', '\n']) {
+                return Err(McpServerError::Invalid(
+                    "credential format must contain {secret} and no line breaks".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why an entry is refused.
@@ -57,6 +134,9 @@ impl McpServer {
             return Err(McpServerError::Invalid(format!(
                 "`{bad}` is not a valid tool name"
             )));
+        }
+        if let Some(upstream) = &self.upstream {
+            upstream.validate()?;
         }
         Ok(())
     }

@@ -223,7 +223,7 @@ impl Gateway {
         extra: impl FnOnce(App, CancellationToken) -> (axum::Router, Option<utoipa::openapi::OpenApi>),
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let stopping = CancellationToken::new();
+        let stopping = self.app.stopping().clone();
         let (routes, doc) = extra(self.app.clone(), stopping.clone());
         let router =
             api::router_documenting(self.app.clone(), self.limits, self.metrics_public, doc)

@@ -16,7 +16,7 @@
 //! protocol's types come from the official SDK (`rmcp`); messages the proxy does not act on are
 //! not re-encoded, because re-encoding through typed models drops and reorders fields.
 
-mod message;
+pub mod message;
 mod proxy;
 
 pub use proxy::{Ended, ProxyConfig, relay, run_stdio};

@@ -1,5 +1,6 @@
-//! What the proxy reads in a line, and the messages it writes itself. Lines it does not act on
-//! are passed on as they came; the rest are parsed with the SDK's types.
+//! What a proxy reads in a message, and the messages it writes itself, for both ways in (the
+//! stdio proxy and the gateway's Streamable HTTP endpoint). Messages it does not act on are
+//! passed on as they came; the rest are parsed with the SDK's types.
 
 use rmcp::model::{
     CallToolResult, ClientJsonRpcMessage, ClientRequest, ContentBlock, ErrorCode, ErrorData,
@@ -10,27 +11,27 @@ use rmcp::model::{
 use serde_json::{Map, Value};
 
 /// A request id as a map key: its JSON text (`1` and `"1"` differ, as they do in JSON-RPC).
-pub(crate) type IdKey = String;
+pub type IdKey = String;
 
 /// The key of `id`.
-pub(crate) fn id_key(id: &Value) -> IdKey {
+pub fn id_key(id: &Value) -> IdKey {
     id.to_string()
 }
 
 /// A `tools/call` request, parsed.
 #[derive(Debug, Clone)]
-pub(crate) struct ToolCall {
-    pub(crate) id: RequestId,
-    pub(crate) name: String,
-    pub(crate) arguments: Map<String, Value>,
-    pub(crate) progress: Option<ProgressToken>,
+pub struct ToolCall {
+    pub id: RequestId,
+    pub name: String,
+    pub arguments: Map<String, Value>,
+    pub progress: Option<ProgressToken>,
     /// The client as a 2026-07-28 request names itself in `_meta` (name, version).
-    pub(crate) client: Option<(String, String)>,
+    pub client: Option<(String, String)>,
 }
 
 /// What a line from the client is, to the proxy.
 #[derive(Debug)]
-pub(crate) enum FromClient {
+pub enum FromClient {
     /// A `tools/call` request: decided before anything is sent.
     Call(ToolCall),
     /// A `tools/call` the proxy cannot read: refused with this error, never forwarded.
@@ -48,7 +49,7 @@ pub(crate) enum FromClient {
 }
 
 /// Reads a line from the client.
-pub(crate) fn from_client(line: &str) -> FromClient {
+pub fn from_client(line: &str) -> FromClient {
     let value: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => return FromClient::Refused(format!("not JSON: {e}")),
@@ -122,7 +123,7 @@ fn parse_call(line: &str, id: Option<Value>) -> FromClient {
 
 /// What a line from the server is, to the proxy.
 #[derive(Debug)]
-pub(crate) enum FromServer {
+pub enum FromServer {
     /// A response (result or error) to the client's request `id`.
     Response(IdKey, Value),
     /// Responses in a batch.
@@ -134,7 +135,7 @@ pub(crate) enum FromServer {
 }
 
 /// Reads a line from the server.
-pub(crate) fn from_server(line: &str) -> FromServer {
+pub fn from_server(line: &str) -> FromServer {
     let value: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => return FromServer::Invalid(format!("not JSON: {e}")),
@@ -160,7 +161,7 @@ pub(crate) fn from_server(line: &str) -> FromServer {
 }
 
 /// The tools' annotations in a `tools/list` result, by tool name.
-pub(crate) fn annotations(result: &Value) -> Vec<(String, Value)> {
+pub fn annotations(result: &Value) -> Vec<(String, Value)> {
     result
         .pointer("/result/tools")
         .and_then(Value::as_array)
@@ -177,13 +178,13 @@ pub(crate) fn annotations(result: &Value) -> Vec<(String, Value)> {
 }
 
 /// Whether a response is a failed tool call: a JSON-RPC error or `isError: true`.
-pub(crate) fn is_error(response: &Value) -> bool {
+pub fn is_error(response: &Value) -> bool {
     response.get("error").is_some()
         || response.pointer("/result/isError") == Some(&Value::Bool(true))
 }
 
 /// A `CallToolResult` with `isError` and one text block, as the line the client reads.
-pub(crate) fn error_result(id: RequestId, text: String) -> String {
+pub fn error_result(id: RequestId, text: String) -> String {
     let mut result = CallToolResult::error(vec![ContentBlock::text(text)]);
     // Clients of the protocols before 2026-07-28 do not know `resultType`.
     result.result_type = None;
@@ -192,13 +193,71 @@ pub(crate) fn error_result(id: RequestId, text: String) -> String {
 }
 
 /// A JSON-RPC error answering `id` (`null` when the request's id could not be read).
-pub(crate) fn jsonrpc_error(id: Option<RequestId>, code: ErrorCode, message: String) -> String {
+pub fn jsonrpc_error(id: Option<RequestId>, code: ErrorCode, message: String) -> String {
     let message = ServerJsonRpcMessage::error(ErrorData::new(code, message, None), id);
     serde_json::to_string(&message).expect("an error serializes")
 }
 
+/// The context a tool call is evaluated with: the MCP server, the tool, the client (from
+/// `initialize` or the request's `_meta`), how the call came in, and the tool's annotations
+/// from the server's `tools/list`, passed on as the untrusted hints they are.
+pub fn context(
+    server: &str,
+    tool: &str,
+    client: Option<&(String, String)>,
+    annotations: Value,
+    transport: &str,
+) -> Value {
+    serde_json::json!({
+        "mcp": {
+            "server": server,
+            "tool": tool,
+            "client": client.map(|(name, version)| serde_json::json!({"name": name, "version": version})),
+            "transport": transport,
+            "annotations": annotations,
+            "annotations_source": "the MCP server's tools/list (hints, not verified)",
+        }
+    })
+}
+
+/// What a blocked call's client reads: the reason, the codes and the event id.
+pub fn blocked_text(reason: &str, codes: &[String], event_id: &str) -> String {
+    let codes = if codes.is_empty() {
+        "none".to_owned()
+    } else {
+        codes.join(", ")
+    };
+    format!("Blocked by Writ: {reason} (codes: {codes}; event {event_id})")
+}
+
+/// What the client of a held call that will not run reads: how its escalation ended.
+pub fn not_run_text(
+    escalation_id: &str,
+    status: &str,
+    decided_by: Option<&str>,
+    reason: &str,
+    codes: &[String],
+    event_id: &str,
+) -> String {
+    let by = decided_by.map_or(String::new(), |a| format!(" by {a}"));
+    format!(
+        "Not run: escalation {escalation_id} was {status}{by}: {reason} (codes: {}; event {event_id})",
+        codes.join(", ")
+    )
+}
+
+/// The first progress text of a held call.
+pub fn held_text(escalation_id: &str, reason: &str) -> String {
+    format!("Held for a human reviewer (escalation {escalation_id}): {reason}")
+}
+
+/// The progress text of a call still held.
+pub fn still_held_text(escalation_id: &str) -> String {
+    format!("Still waiting for a reviewer (escalation {escalation_id})")
+}
+
 /// A progress notification for a held call.
-pub(crate) fn progress(token: ProgressToken, progress: f64, message: String) -> String {
+pub fn progress(token: ProgressToken, progress: f64, message: String) -> String {
     let message = ServerJsonRpcMessage::notification(ServerNotification::ProgressNotification(
         ProgressNotification::new(
             ProgressNotificationParam::new(token, progress).with_message(message),
@@ -208,7 +267,7 @@ pub(crate) fn progress(token: ProgressToken, progress: f64, message: String) -> 
 }
 
 /// A request id read back from its key (for answering requests the proxy tracked by key).
-pub(crate) fn request_id(key: &str) -> Option<RequestId> {
+pub fn request_id(key: &str) -> Option<RequestId> {
     match serde_json::from_str::<Value>(key).ok()? {
         Value::Number(n) => n.as_i64().map(NumberOrString::Number),
         Value::String(s) => Some(NumberOrString::String(s.into())),

@@ -388,15 +388,13 @@ impl Session {
                     .unwrap_or(Value::Null),
             )
         };
-        let context = serde_json::json!({
-            "mcp": {
-                "server": self.config.server,
-                "tool": call.name,
-                "client": client.map(|(name, version)| serde_json::json!({"name": name, "version": version})),
-                "annotations": annotations,
-                "annotations_source": "the MCP server's tools/list (hints, not verified)",
-            }
-        });
+        let context = message::context(
+            &self.config.server,
+            &call.name,
+            client.as_ref(),
+            annotations,
+            "stdio",
+        );
         let raw = |v: Value| RawValue::from_string(v.to_string()).map_err(|e| e.to_string());
         Ok(ExecuteBody {
             session_id: self.config.session_id.clone(),
@@ -448,11 +446,7 @@ impl Session {
                     .await;
             }
         };
-        progress(format!(
-            "Held for a human reviewer (escalation {esc}): {}",
-            r.reason
-        ))
-        .await;
+        progress(message::held_text(&esc, &r.reason)).await;
         let wait_s = self.config.progress_every.as_secs().max(1);
         loop {
             let waited = tokio::select! {
@@ -470,24 +464,20 @@ impl Session {
             };
             match waited {
                 Ok(w) if w.status == "pending" => {
-                    progress(format!("Still waiting for a reviewer (escalation {esc})")).await;
+                    progress(message::still_held_text(&esc)).await;
                 }
                 Ok(w) if w.status == "approved" => {
                     self.send_on(call, line, w.result.event_id).await;
                     return;
                 }
                 Ok(w) => {
-                    let by = w
-                        .result
-                        .actor_human_id
-                        .as_deref()
-                        .map_or(String::new(), |a| format!(" by {a}"));
-                    let text = format!(
-                        "Not run: escalation {esc} was {}{by}: {} (codes: {}; event {})",
-                        w.status,
-                        w.result.reason,
-                        w.result.codes.join(", "),
-                        w.result.event_id
+                    let text = message::not_run_text(
+                        &esc,
+                        &w.status,
+                        w.result.actor_human_id.as_deref(),
+                        &w.result.reason,
+                        &w.result.codes,
+                        &w.result.event_id,
                     );
                     self.answer(message::error_result(call.id.clone(), text))
                         .await;
@@ -555,14 +545,5 @@ fn id_key(id: &RequestId) -> IdKey {
 
 /// The text a blocked call's client reads.
 fn blocked(r: &ExecuteResponse) -> String {
-    format!(
-        "Blocked by Writ: {} (codes: {}; event {})",
-        r.reason,
-        if r.codes.is_empty() {
-            "none".to_owned()
-        } else {
-            r.codes.join(", ")
-        },
-        r.event_id
-    )
+    message::blocked_text(&r.reason, &r.codes, &r.event_id)
 }

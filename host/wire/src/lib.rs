@@ -420,6 +420,14 @@ pub struct McpServerBody {
     /// policy allowed (when the tenant's irreversible-action gate is on, the default).
     #[serde(default)]
     pub destructive_tools: Vec<String>,
+    /// A remote server's MCP endpoint (Streamable HTTP): agents reach it through the gateway's
+    /// `/mcp/{name}`. Absent for a server run beside its client with `writ mcp`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The vault credential the gateway injects into every request to `url`; it must be bound
+    /// to `url`'s origin. The agent never holds it.
+    #[serde(default)]
+    pub credential: Option<CredentialUseBody>,
 }
 
 /// An MCP server of the tenant's catalog.
@@ -429,6 +437,12 @@ pub struct McpServerView {
     pub name: String,
     /// Its tools marked destructive.
     pub destructive_tools: Vec<String>,
+    /// A remote server's MCP endpoint, relayed by `/mcp/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The credential injected into requests to `url` (its name and how, never its value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialUseBody>,
 }
 
 /// `GET /v1/mcp/servers`.
@@ -580,7 +594,7 @@ pub struct WebhooksView {
 }
 
 /// How a credential is injected into a tool's requests.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialUseBody {
     /// The credential's name in the vault.

@@ -68,6 +68,7 @@ pub fn status_of(e: &AppError) -> (StatusCode, &'static str) {
         AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         AppError::Busy { code, .. } => (StatusCode::TOO_MANY_REQUESTS, code),
         AppError::Unavailable { code, .. } => (StatusCode::SERVICE_UNAVAILABLE, code),
+        AppError::BadGateway { code, .. } => (StatusCode::BAD_GATEWAY, code),
         AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }

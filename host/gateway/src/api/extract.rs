@@ -105,6 +105,25 @@ impl FromRequest<ApiState> for PolicyBody {
     }
 }
 
+/// A JSON body's bytes, unparsed (relayed as they came): at most
+/// [`ApiState::max_json_bytes`], nested at most [`ApiState::max_json_depth`] deep.
+pub struct RawJson(pub Bytes);
+
+impl FromRequest<ApiState> for RawJson {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &ApiState) -> Result<Self, ApiError> {
+        let bytes = limited_body(req, state.max_json_bytes).await?;
+        if exceeds_depth(&bytes, state.max_json_depth) {
+            return Err(ApiError::bad_request(
+                "too_deep",
+                format!("JSON is nested more than {} levels", state.max_json_depth),
+            ));
+        }
+        Ok(Self(bytes))
+    }
+}
+
 async fn limited_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(req.into_body(), limit)
         .await

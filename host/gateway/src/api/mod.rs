@@ -116,6 +116,11 @@ fn routes() -> OpenApiRouter<ApiState> {
         ))
         .routes(routes!(handlers::list_mcp_servers))
         .routes(routes!(
+            handlers::mcp_post,
+            handlers::mcp_listen,
+            handlers::mcp_end
+        ))
+        .routes(routes!(
             handlers::put_credential,
             handlers::delete_credential
         ))

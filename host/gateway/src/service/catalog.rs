@@ -6,7 +6,7 @@ use serde_json::json;
 use super::configuration;
 use crate::access::{Admin, Agent, Reviewer, TenantScope};
 use crate::audit::{Effects, Kind, SharedLedger};
-use crate::catalog::{Catalog, ResolvedRequest, ToolEntry};
+use crate::catalog::{Catalog, CredentialUse, ResolvedRequest, ToolEntry};
 use crate::egress::Egress;
 use crate::error::{AppError, Result};
 use crate::mcp_servers::{McpServer, McpServers};
@@ -23,6 +23,8 @@ const MAX_MCP_SERVERS: usize = 256;
 pub struct CatalogService {
     pub(crate) catalog: Catalog,
     pub(crate) mcp_servers: McpServers,
+    /// Sessions of `/mcp/{name}`, forgotten when their server changes.
+    pub(crate) mcp_sessions: crate::mcp_sessions::McpSessions,
     pub(crate) vault: Vault,
     pub(crate) egress: Egress,
     pub(crate) audit: SharedLedger,
@@ -39,38 +41,8 @@ impl CatalogService {
         entry: ToolEntry,
     ) -> Result<ToolEntry> {
         entry.validate()?;
-        let destination = entry.destination()?;
-        let origin = destination.origin.ascii_serialization();
-        let fixed =
-            reqwest::Url::parse(&origin).map_err(|e| AppError::invalid(format!("url: {e}")))?;
-        self.egress
-            .policy()
-            .check_url(&fixed)
-            .map_err(|e| AppError::Invalid {
-                code: "egress_denied",
-                message: e.to_string(),
-            })?;
-        if let Some(credential) = &entry.credential {
-            match self.vault.origins(scope.tenant_id(), &credential.name)? {
-                None => {
-                    return Err(AppError::invalid(format!(
-                        "credential `{}` is not stored; put it (with its origins) first",
-                        credential.name
-                    )));
-                }
-                Some(origins) if !origins.contains(&origin) => {
-                    return Err(AppError::Invalid {
-                        code: "credential_origin_mismatch",
-                        message: format!(
-                            "credential `{}` may be sent only to {}, not to {origin}",
-                            credential.name,
-                            origins.join(", ")
-                        ),
-                    });
-                }
-                Some(_) => {}
-            }
-        }
+        let origin = entry.destination()?.origin.ascii_serialization();
+        self.check_destination(scope, &origin, entry.credential.as_ref())?;
         let row = self.catalog.row(scope.tenant_id(), &entry)?;
         let detail = json!({
             "service": entry.service,
@@ -90,6 +62,44 @@ impl CatalogService {
             .await?;
         self.catalog.stored(scope.tenant_id(), &entry);
         Ok(entry)
+    }
+
+    /// Refuses a destination `origin` the egress guard refuses when it is a literal address,
+    /// and a credential not bound to `origin`. Checked again when a request is sent, as the
+    /// credential's origins and DNS can change after.
+    fn check_destination(
+        &self,
+        scope: &TenantScope<Admin>,
+        origin: &str,
+        credential: Option<&CredentialUse>,
+    ) -> Result<()> {
+        let fixed =
+            reqwest::Url::parse(origin).map_err(|e| AppError::invalid(format!("url: {e}")))?;
+        self.egress
+            .policy()
+            .check_url(&fixed)
+            .map_err(|e| AppError::Invalid {
+                code: "egress_denied",
+                message: e.to_string(),
+            })?;
+        let Some(credential) = credential else {
+            return Ok(());
+        };
+        match self.vault.origins(scope.tenant_id(), &credential.name)? {
+            None => Err(AppError::invalid(format!(
+                "credential `{}` is not stored; put it (with its origins) first",
+                credential.name
+            ))),
+            Some(origins) if !origins.iter().any(|o| o == origin) => Err(AppError::Invalid {
+                code: "credential_origin_mismatch",
+                message: format!(
+                    "credential `{}` may be sent only to {}, not to {origin}",
+                    credential.name,
+                    origins.join(", ")
+                ),
+            }),
+            Some(_) => Ok(()),
+        }
     }
 
     /// Removes a tool from the tenant's catalog, recorded in the chain in the same write.
@@ -124,8 +134,9 @@ impl CatalogService {
         Ok(())
     }
 
-    /// Adds or replaces an MCP server of the tenant's catalog (the tools it marks destructive),
-    /// recorded in the chain in the same write.
+    /// Adds or replaces an MCP server of the tenant's catalog (the tools it marks destructive;
+    /// for a remote one, its URL and credential, checked as a tool's destination is), recorded
+    /// in the chain in the same write.
     pub async fn put_mcp_server(
         &self,
         scope: &TenantScope<Admin>,
@@ -141,9 +152,15 @@ impl CatalogService {
             });
         }
         let row = McpServers::row(tenant_id, &server)?;
+        if let Some(upstream) = &server.upstream {
+            let origin = upstream.parsed_url()?.origin().ascii_serialization();
+            self.check_destination(scope, &origin, upstream.credential.as_ref())?;
+        }
         let detail = json!({
             "mcp_server": server.name,
             "destructive_tools": server.destructive_tools,
+            "url": server.upstream.as_ref().map(|u| &u.url),
+            "credential": server.upstream.as_ref().and_then(|u| u.credential.as_ref()).map(|c| &c.name),
         });
         let record = configuration(Kind::CatalogPut, scope.key(), detail);
         let effects = Effects {
@@ -153,6 +170,8 @@ impl CatalogService {
         self.audit
             .append(scope.tenant_id(), record, effects)
             .await?;
+        self.mcp_sessions
+            .forget_server(scope.tenant_id(), &server.name);
         self.mcp_servers.stored(scope.tenant_id(), server.clone());
         Ok(server)
     }
@@ -174,6 +193,7 @@ impl CatalogService {
         self.audit
             .append(scope.tenant_id(), record, effects)
             .await?;
+        self.mcp_sessions.forget_server(scope.tenant_id(), name);
         self.mcp_servers.removed(scope.tenant_id(), name);
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod completion;
 pub mod escalations;
 pub mod execute;
 pub mod jobs;
+pub mod mcp;
 pub mod policies;
 pub mod tenants;
 

@@ -151,7 +151,8 @@ pub async fn delete_credential(
 
 /// Adds or replaces an MCP server in the tenant's catalog: the tools whose calls (action
 /// `<name>.<tool>`) are irreversible, held for a human by the gateway's gate whatever the policy
-/// allowed. Recorded in the chain (tenant admin).
+/// allowed, and for a remote server its URL and the credential injected, which `/mcp/{name}`
+/// relays to. Recorded in the chain (tenant admin).
 #[utoipa::path(put, path = "/v1/mcp/servers/{name}", tag = "catalog",
     params(("name" = String, Path, description = "The server's name in actions")),
     request_body = McpServerBody,
@@ -164,9 +165,23 @@ pub async fn put_mcp_server(
     Path(name): Path<String>,
     AppJson(body): AppJson<McpServerBody>,
 ) -> Result<Json<McpServerView>, ApiError> {
+    if body.credential.is_some() && body.url.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "`credential` needs `url`: it is sent to the upstream server only",
+        ));
+    }
     let server = crate::mcp_servers::McpServer {
         name,
         destructive_tools: body.destructive_tools.into_iter().collect(),
+        upstream: body.url.map(|url| crate::mcp_servers::McpUpstream {
+            url,
+            credential: body.credential.map(|c| crate::catalog::CredentialUse {
+                name: c.name,
+                header: c.header,
+                format: c.format,
+            }),
+        }),
     };
     let server = state
         .app
@@ -209,8 +224,21 @@ pub async fn list_mcp_servers(
 }
 
 fn mcp_server_view(server: crate::mcp_servers::McpServer) -> McpServerView {
+    let (url, credential) = match server.upstream {
+        Some(u) => (
+            Some(u.url),
+            u.credential.map(|c| CredentialUseBody {
+                name: c.name,
+                header: c.header,
+                format: c.format,
+            }),
+        ),
+        None => (None, None),
+    };
     McpServerView {
         name: server.name,
         destructive_tools: server.destructive_tools.into_iter().collect(),
+        url,
+        credential,
     }
 }

@@ -6,6 +6,7 @@ mod audit;
 mod catalog;
 mod escalations;
 mod execute;
+mod mcp;
 mod ops;
 mod policies;
 
@@ -14,5 +15,6 @@ pub use audit::*;
 pub use catalog::*;
 pub use escalations::*;
 pub use execute::*;
+pub use mcp::*;
 pub use ops::*;
 pub use policies::*;
