@@ -1,7 +1,9 @@
-//! What `writ mcp` adds to a `tools/call`: one call's round trip straight to an MCP server,
-//! through the proxy (relay and decision) with a real gateway on loopback, and the decision
-//! alone (`POST /v1/gateway/execute` with the same body). The server is an in-process echo on
-//! a pipe, so the numbers are the proxy's and the gateway's, not a server's.
+//! What the MCP gateway adds to a `tools/call`: one call's round trip straight to an MCP
+//! server, through `writ mcp` (relay and decision) with a real gateway on loopback, and the
+//! decision alone (`POST /v1/gateway/execute` with the same body); and over Streamable HTTP,
+//! straight to the server and through the gateway's `/mcp/{name}` (decision, credential
+//! injection, egress guard, relay). The servers are in-process echoes (on a pipe, on loopback
+//! HTTP), so the numbers are the proxy's and the gateway's, not a server's.
 //! `cargo bench -p writ-tests --bench mcp_proxy`.
 
 #![allow(missing_docs)] // criterion_group! generates undocumented items.
@@ -70,13 +72,48 @@ impl Peer {
     }
 }
 
+/// An MCP server over Streamable HTTP on loopback answering every request with a JSON text
+/// result; its URL.
+async fn http_echo_server() -> String {
+    let app = axum::Router::new().route(
+        "/mcp",
+        axum::routing::post(|body: axum::body::Bytes| async move {
+            let request: Value = serde_json::from_slice(&body).unwrap();
+            axum::Json(serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": request["id"],
+                "result": {"content": [{"type": "text", "text": "ok"}], "isError": false},
+            }))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// One `tools/call` over Streamable HTTP and its JSON answer.
+async fn http_call(http: &reqwest::Client, url: &str, key: Option<&str>) {
+    let mut request = http
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let answer: Value = request.send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+}
+
 fn proxy(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (gw, agent) = rt.block_on(async {
+    let (gw, tenant) = rt.block_on(async {
         let gw = TestGateway::start().await;
         let t = gw.tenant("bench", Some(artifacts::ALLOW_ALL)).await;
-        (gw, t.agent)
+        (gw, t)
     });
+    let agent = tenant.agent.clone();
     let mut group = c.benchmark_group("mcp_tools_call");
     group.measurement_time(Duration::from_secs(10));
 
@@ -126,6 +163,31 @@ fn proxy(c: &mut Criterion) {
     .unwrap();
     group.bench_function("the decision alone", |b| {
         b.iter(|| rt.block_on(client.execute(&body, Some(0))).unwrap());
+    });
+
+    let (upstream, gateway) = rt.block_on(async {
+        let upstream = http_echo_server().await;
+        let origin = upstream.trim_end_matches("/mcp").to_owned();
+        let admin = &tenant.admin;
+        let credential = serde_json::json!({"secret": "bench-token", "origins": [origin]});
+        gw.call(reqwest::Method::PUT, "/v1/credentials/bench-token", Some(admin), Some(credential))
+            .await;
+        let server = serde_json::json!({
+            "url": upstream,
+            "credential": {"name": "bench-token", "header": "Authorization", "format": "Bearer {secret}"},
+        });
+        let (status, answer) = gw
+            .call(reqwest::Method::PUT, "/v1/mcp/servers/bench", Some(admin), Some(server))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        (upstream, gw.url("/mcp/bench"))
+    });
+    let http = reqwest::Client::new();
+    group.bench_function("over HTTP, direct to the server", |b| {
+        b.iter(|| rt.block_on(http_call(&http, &upstream, None)));
+    });
+    group.bench_function("over HTTP, through the gateway", |b| {
+        b.iter(|| rt.block_on(http_call(&http, &gateway, Some(&agent))));
     });
     group.finish();
     rt.block_on(gw.stop());

@@ -467,6 +467,19 @@ async fn a_session_is_only_its_own_keys_and_only_agents_of_the_tenant_reach_the_
     let (status, _, body) = post(&s.gw, Some(&stranger.agent), None, INITIALIZE).await;
     assert_eq!(status, 404, "{body}");
 
+    // The server's own event stream opens through the gateway, in the session.
+    let stream = reqwest::Client::new()
+        .get(s.gw.url("/mcp/notes"))
+        .bearer_auth(&s.t.agent)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    drop(stream);
+
     // DELETE ends it: then it is gone for its own key too.
     let response = reqwest::Client::new()
         .delete(s.gw.url("/mcp/notes"))

@@ -47,7 +47,8 @@ type HeldKey = (String, String, Option<String>, String);
 
 #[derive(Default)]
 struct State {
-    sessions: HashMap<String, McpSession>,
+    /// By tenant, then by id: what one tenant opens is pruned and counted on its own.
+    sessions: HashMap<String, HashMap<String, McpSession>>,
     annotations: HashMap<(String, String), HashMap<String, Value>>,
     held: HashMap<HeldKey, CancellationToken>,
     relays: HashMap<String, usize>,
@@ -128,15 +129,11 @@ impl McpSessions {
     ) -> Result<McpSession, SessionError> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        state
-            .sessions
-            .retain(|_, s| now.saturating_sub(s.last_used_ms) < SESSION_IDLE_MS);
-        let open = state
-            .sessions
-            .values()
-            .filter(|s| s.tenant_id == tenant_id)
-            .count();
-        if open >= MAX_SESSIONS_PER_TENANT {
+        let open = state.sessions.entry(tenant_id.to_owned()).or_default();
+        if open.len() >= MAX_SESSIONS_PER_TENANT {
+            open.retain(|_, s| now.saturating_sub(s.last_used_ms) < SESSION_IDLE_MS);
+        }
+        if open.len() >= MAX_SESSIONS_PER_TENANT {
             return Err(SessionError::Full);
         }
         let mut id = [0u8; 24];
@@ -150,7 +147,7 @@ impl McpSessions {
             key_id: key_id.to_owned(),
             last_used_ms: now,
         };
-        state.sessions.insert(session.id.clone(), session.clone());
+        open.insert(session.id.clone(), session.clone());
         Ok(session)
     }
 
@@ -164,14 +161,17 @@ impl McpSessions {
     ) -> Result<McpSession, SessionError> {
         let now = self.clock.now_ms();
         let mut state = self.lock();
-        let Some(session) = state.sessions.get_mut(id) else {
+        let Some(open) = state.sessions.get_mut(tenant_id) else {
             return Err(SessionError::NotFound);
         };
-        if session.tenant_id != tenant_id || session.server != server || session.key_id != key_id {
+        let Some(session) = open.get_mut(id) else {
+            return Err(SessionError::NotFound);
+        };
+        if session.server != server || session.key_id != key_id {
             return Err(SessionError::NotFound);
         }
         if now.saturating_sub(session.last_used_ms) >= SESSION_IDLE_MS {
-            state.sessions.remove(id);
+            open.remove(id);
             return Err(SessionError::NotFound);
         }
         session.last_used_ms = now;
@@ -182,7 +182,9 @@ impl McpSessions {
     /// cancelled.
     pub fn end(&self, session: &McpSession) {
         let mut state = self.lock();
-        state.sessions.remove(&session.id);
+        if let Some(open) = state.sessions.get_mut(&session.tenant_id) {
+            open.remove(&session.id);
+        }
         for (key, cancel) in &state.held {
             if key.2.as_deref() == Some(session.id.as_str()) {
                 cancel.cancel();
@@ -277,9 +279,9 @@ impl McpSessions {
     /// Forgets what a server removed from the catalog left: its sessions and annotations.
     pub fn forget_server(&self, tenant_id: &str, server: &str) {
         let mut state = self.lock();
-        state
-            .sessions
-            .retain(|_, s| !(s.tenant_id == tenant_id && s.server == server));
+        if let Some(open) = state.sessions.get_mut(tenant_id) {
+            open.retain(|_, s| s.server != server);
+        }
         state
             .annotations
             .remove(&(tenant_id.to_owned(), server.to_owned()));

@@ -889,6 +889,8 @@ fn sse_events(
     );
     let mut event = SseEvent::default();
     let mut has_data = false;
+    // A block with only an `id` (a resumption point) or a `retry` is passed on too.
+    let mut has_fields = false;
     Box::pin(lines.filter_map(move |line| {
         let line = match line {
             Ok(line) => line,
@@ -896,7 +898,8 @@ fn sse_events(
         };
         if line.is_empty() {
             let done = std::mem::take(&mut event);
-            return std::mem::take(&mut has_data).then_some(Ok(done));
+            has_data = false;
+            return std::mem::take(&mut has_fields).then_some(Ok(done));
         }
         let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
         let value = value.strip_prefix(' ').unwrap_or(value);
@@ -914,8 +917,9 @@ fn sse_events(
             "id" if !value.contains('\0') => event.id = Some(value.to_owned()),
             "event" => event.event = Some(value.to_owned()),
             "retry" => event.retry = value.parse().ok(),
-            _ => {}
+            _ => return None,
         }
+        has_fields = true;
         None
     }))
 }
@@ -923,6 +927,51 @@ fn sse_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn response(body: String) -> reqwest::Response {
+        reqwest::Response::from(
+            axum::http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(body)
+                .unwrap(),
+        )
+    }
+
+    async fn events(body: String) -> Vec<std::result::Result<SseEvent, String>> {
+        sse_events(response(body)).collect().await
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_is_read_event_by_event_with_its_fields() {
+        let body = "retry: 500\n\n: a comment\nid: 7\nevent: message\ndata: {\"a\":\ndata: 1}\n\ndata:x\r\n\r\n";
+        let read = events(body.into()).await;
+        assert_eq!(
+            read,
+            vec![
+                Ok(SseEvent {
+                    retry: Some(500),
+                    ..SseEvent::default()
+                }),
+                Ok(SseEvent {
+                    id: Some("7".into()),
+                    event: Some("message".into()),
+                    data: "{\"a\":\n1}".into(),
+                    retry: None,
+                }),
+                Ok(SseEvent::message("x".into())),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_event_over_the_bound_ends_the_stream_with_an_error() {
+        let line = "x".repeat(MAX_MESSAGE_BYTES / 2);
+        let body = format!("data: {line}\ndata: {line}\ndata: {line}\n\n");
+        let read = events(body).await;
+        assert!(read[0].as_ref().unwrap_err().contains("over"), "{read:?}");
+        let one_line = format!("data: {}\n\n", "y".repeat(MAX_MESSAGE_BYTES + 1));
+        assert!(events(one_line).await[0].is_err());
+    }
 
     #[test]
     fn the_request_id_of_a_notification_or_response_is_none() {
