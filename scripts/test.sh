@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace on a fresh machine. Installs what the tests need
 # (the wasm32-wasip2 target; a Python virtualenv in .venv with the published SDKs the
-# compatibility tests drive; Debian's Chromium and ChromeDriver for the browser tests), then
-# lints and tests. Usage: ./scripts/test.sh
+# compatibility tests drive; Debian's Chromium and ChromeDriver for the browser tests; Debian's
+# PostgreSQL server, which the tests run as a private cluster of their own), then lints and
+# tests. Usage: ./scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,12 +21,14 @@ fi
   'mcp==2.3.0' 'mcp-server-time==2026.10.19'
 
 # Debian's headless Chromium and its ChromeDriver, which the browser tests drive
-# (tests/src/browser.rs).
-if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+# (tests/src/browser.rs), and Debian's PostgreSQL server: the tests start a private cluster
+# (initdb into a temporary directory, a free loopback port; tests/src/postgres.rs), never the
+# package's own.
+if ! { command -v chromium && command -v chromedriver && ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then
   sudo=$([ "$(id -u)" -eq 0 ] || echo sudo)
   $sudo apt-get update -qq
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    chromium chromium-driver >/dev/null
+    chromium chromium-driver postgresql >/dev/null
 fi
 
 cargo fmt --all --check

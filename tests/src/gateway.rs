@@ -13,6 +13,29 @@ use writ_gateway::server::{Gateway, ServeConfig};
 
 use crate::component;
 
+/// Where a test gateway keeps its store.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// sled in the gateway's data directory.
+    Sled,
+    /// A database of its own (this URL) in the tests' private PostgreSQL cluster.
+    Postgres(String),
+}
+
+impl Backend {
+    /// A new, empty PostgreSQL store.
+    pub fn postgres() -> Self {
+        Self::Postgres(crate::postgres::PgCluster::shared().database())
+    }
+
+    fn apply(&self, config: &mut ServeConfig) {
+        config.store_url = match self {
+            Self::Sled => None,
+            Self::Postgres(url) => Some(url.clone()),
+        };
+    }
+}
+
 /// A running gateway.
 pub struct TestGateway {
     /// Its address.
@@ -48,6 +71,22 @@ impl TestGateway {
         let mut gw = Self::start_in(temp.path()).await;
         gw._temp = Some(temp);
         gw
+    }
+
+    /// Starts a gateway with a fresh store on `backend` (its local files in a temp dir).
+    pub async fn start_on(backend: &Backend) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut gw = Self::start_in_on(temp.path(), backend).await;
+        gw._temp = Some(temp);
+        gw
+    }
+
+    /// Starts a gateway on the store on `backend`, its files in `dir` (kept after stop, for
+    /// restart tests).
+    pub async fn start_in_on(dir: &Path, backend: &Backend) -> Self {
+        let mut config = Self::config(dir);
+        backend.apply(&mut config);
+        Self::start_with(config).await
     }
 
     /// Starts a gateway with a fresh store in a temp dir and [`Self::config`]'s settings as

@@ -1,18 +1,23 @@
-//! The gateway over HTTP: a real server on a loopback port, a real sled store in a temp dir,
+//! The gateway over HTTP: a real server on a loopback port, a real store (sled in a temp dir;
+//! for the tests whose behaviour is the store's, PostgreSQL in the private test cluster too),
 //! real components uploaded through the API.
 
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::{Value, json};
 use writ_tests::artifacts;
-use writ_tests::gateway::{TestGateway, assert_chain_valid};
+use writ_tests::gateway::{Backend, TestGateway, assert_chain_valid};
 
 fn decisions(records: &[Value]) -> usize {
     records.iter().filter(|r| r["kind"] == "decision").count()
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn execute_answers_every_outcome_and_records_it_first() {
-    let gw = TestGateway::start().await;
+async fn execute_answers_every_outcome_and_records_it_first(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let cases = [
         (
@@ -856,10 +861,13 @@ async fn activation_and_rollback_are_atomic_under_concurrent_calls() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn restart_keeps_policies_keys_and_continues_the_chain() {
+async fn restart_keeps_policies_keys_and_continues_the_chain(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start_in(dir.path()).await;
+    let gw = TestGateway::start_in_on(dir.path(), &backend).await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     for i in 0..5 {
         gw.execute(&t.agent, "s", "email.send", json!({"i": i}))
@@ -868,7 +876,7 @@ async fn restart_keeps_policies_keys_and_continues_the_chain() {
     let before = gw.audit(&t.admin).await;
     gw.stop().await;
 
-    let gw = TestGateway::start_in(dir.path()).await;
+    let gw = TestGateway::start_in_on(dir.path(), &backend).await;
     // The session index and event ids of records written before the restart still resolve
     // (the session entries were still in memory at the stop: they are rebuilt from the chain).
     let event_id = before.last().unwrap()["event_id"]
@@ -911,9 +919,12 @@ async fn restart_keeps_policies_keys_and_continues_the_chain() {
     assert_eq!(session["events"].as_array().unwrap().len(), 6);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn concurrent_payments_never_exceed_the_spend_cap() {
-    let gw = std::sync::Arc::new(TestGateway::start().await);
+async fn concurrent_payments_never_exceed_the_spend_cap(#[case] backend: Backend) {
+    let gw = std::sync::Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::SPEND_CAP)).await;
     // Session cap 1000: 40 concurrent payments of 90 in one session; at most 11 fit.
     let mut calls = Vec::new();

@@ -47,9 +47,14 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "WRIT_LISTEN", default_value = "127.0.0.1:4587")]
         listen: SocketAddr,
-        /// Directory of the store and key files.
+        /// Directory of the store and key files (with `--store`: the key files and this node's
+        /// compiled policy artifacts).
         #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
         data_dir: PathBuf,
+        /// A PostgreSQL store (`postgres://user@host:port/db`) instead of sled in the data
+        /// directory.
+        #[arg(long = "store", env = "WRIT_STORE_URL", hide_env_values = true)]
+        store_url: Option<String>,
         /// Set up a `demo` tenant with this policy component active, and print fresh keys.
         #[arg(long)]
         demo_policy: Option<PathBuf>,
@@ -125,6 +130,11 @@ enum Command {
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
+    },
+    /// Move a store between backends.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
     },
     /// Load a gateway on loopback and compare it with the bare-axum floor (see BENCHMARKS.md).
     Bench(Box<BenchArgs>),
@@ -215,6 +225,9 @@ enum AuditCommand {
         /// The stopped gateway's data directory.
         #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
         data_dir: PathBuf,
+        /// Read the chains from this PostgreSQL store instead (it may be serving meanwhile).
+        #[arg(long = "store", env = "WRIT_STORE_URL", hide_env_values = true)]
+        store_url: Option<String>,
         /// Only this tenant (default: the checkpoint's tenant, else every tenant).
         #[arg(long)]
         tenant: Option<String>,
@@ -231,11 +244,29 @@ enum AuditCommand {
         /// The stopped gateway's data directory.
         #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
         data_dir: PathBuf,
+        /// Read the chain from this PostgreSQL store instead (it may be serving meanwhile).
+        #[arg(long = "store", env = "WRIT_STORE_URL", hide_env_values = true)]
+        store_url: Option<String>,
         #[arg(long)]
         tenant: String,
         /// Only records with a greater seq.
         #[arg(long)]
         after_seq: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Copy a stopped gateway's sled store into an empty PostgreSQL store (tables, policy
+    /// components; vault entries stay sealed under the same master key), then verify every
+    /// chain there. Prints one JSON line per table and per tenant.
+    Migrate {
+        /// The stopped gateway's data directory.
+        #[arg(long)]
+        from_data_dir: PathBuf,
+        /// The PostgreSQL store (`postgres://user@host:port/db`).
+        #[arg(long, env = "WRIT_STORE_URL", hide_env_values = true)]
+        to: String,
     },
 }
 
@@ -358,6 +389,7 @@ fn main() -> ExitCode {
             verbose,
         ),
         Command::Audit { command } => audit(command),
+        Command::Store { command } => store(command),
         command => tokio::runtime::Runtime::new()
             .context("starting the runtime")
             .and_then(|rt| rt.block_on(run(command))),
@@ -376,6 +408,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve {
             listen,
             data_dir,
+            store_url,
             demo_policy,
             pool_slots,
             egress_allow,
@@ -389,6 +422,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             max_connections,
         } => {
             let mut config = ServeConfig::new(listen, data_dir);
+            config.store_url = store_url;
             config.app = config.app.with_pool_slots(pool_slots);
             config.egress_allow = egress_allow;
             config.egress_ca_file = egress_ca_file;
@@ -455,7 +489,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Policy {
             command: PolicyCommand::Test { .. },
         }
-        | Command::Audit { .. } => unreachable!("handled without a runtime"),
+        | Command::Audit { .. }
+        | Command::Store { .. } => unreachable!("handled without a runtime"),
     }
 }
 
@@ -585,11 +620,12 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
     match command {
         AuditCommand::Verify {
             data_dir,
+            store_url,
             tenant,
             checkpoint: checkpoint_file,
             public_key,
         } => {
-            let store = open_stopped_store(&data_dir)?;
+            let (store, _scratch) = open_for_reading(&data_dir, store_url.as_deref())?;
             let cp = match &checkpoint_file {
                 Some(path) => {
                     let note = std::fs::read_to_string(path)
@@ -649,10 +685,11 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
         }
         AuditCommand::Export {
             data_dir,
+            store_url,
             tenant,
             after_seq,
         } => {
-            let store = open_stopped_store(&data_dir)?;
+            let (store, _scratch) = open_for_reading(&data_dir, store_url.as_deref())?;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             let mut failed = None;
             writ_gateway::verify::export(&store, &tenant, after_seq, |line| {
@@ -668,6 +705,44 @@ fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
                 return Err(e.into());
             }
             out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The store to read chains from: PostgreSQL at `url` (with a scratch directory for its local
+/// files, kept as long as the store), else the stopped sled store in `data_dir`.
+fn open_for_reading(
+    data_dir: &std::path::Path,
+    url: Option<&str>,
+) -> anyhow::Result<(writ_gateway::store::Store, Option<tempfile::TempDir>)> {
+    let Some(url) = url else {
+        return Ok((open_stopped_store(data_dir)?, None));
+    };
+    let scratch = tempfile::tempdir()?;
+    let options = writ_gateway::store::PgOptions {
+        url: url.to_owned(),
+        exclusive: false,
+    };
+    let store = writ_gateway::store::Store::open_postgres(&options, scratch.path())
+        .context("opening the PostgreSQL store")?;
+    Ok((store, Some(scratch)))
+}
+
+fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        StoreCommand::Migrate { from_data_dir, to } => {
+            let migrated = writ_gateway::migrate::sled_to_postgres(&from_data_dir, &to)?;
+            for (table, rows) in &migrated.rows {
+                println!("{}", json!({"table": table, "rows": rows}));
+            }
+            println!("{}", json!({"components": migrated.components}));
+            for (tenant_id, records, head_seq) in &migrated.chains {
+                println!(
+                    "{}",
+                    json!({"tenant_id": tenant_id, "ok": true, "records": records, "head_seq": head_seq})
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

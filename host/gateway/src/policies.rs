@@ -385,6 +385,9 @@ impl Policies {
         if listed || active || self.loaded(policy_id).is_some() {
             return Ok(false);
         }
+        if self.store.is_shared() {
+            self.store.remove(Table::Components, policy_id.as_bytes())?;
+        }
         for path in [
             self.component_path(policy_id),
             self.artifact_path(policy_id),
@@ -458,7 +461,17 @@ impl Policies {
         let bytes = match bytes {
             Some(bytes) => bytes,
             None => {
-                read = std::fs::read(&component).map_err(|e| file_error(&component, e))?;
+                read = match std::fs::read(&component) {
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::NotFound && self.store.is_shared() =>
+                    {
+                        // Uploaded through another process: the database holds the bytes.
+                        self.store
+                            .get_raw(Table::Components, policy_id.as_bytes())?
+                            .ok_or_else(|| file_error(&component, e))?
+                    }
+                    read => read.map_err(|e| file_error(&component, e))?,
+                };
                 if Engine::policy_id(&read) != policy_id {
                     return Err(file_error(
                         &component,
@@ -487,6 +500,10 @@ impl Policies {
         if let Some(bytes) = bytes
             && !component.exists()
         {
+            if self.store.is_shared() {
+                self.store
+                    .put_raw(Table::Components, policy_id.as_bytes(), bytes)?;
+            }
             write_file(&component, bytes)?;
         }
         let path = self.artifact_path(policy_id);

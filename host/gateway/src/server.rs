@@ -34,8 +34,11 @@ use crate::tenants::new_operator_secret;
 pub struct ServeConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Where the store and key files live.
+    /// Where the store (sled's) and key files live; with `store_url`, the key files and this
+    /// process's compiled policy artifacts.
     pub data_dir: PathBuf,
+    /// A PostgreSQL store (`postgres://…`, `--store`) instead of sled in `data_dir`.
+    pub store_url: Option<String>,
     /// The operator key; when `None`, read from (or created in) `<data_dir>/operator.key`.
     pub operator_key: Option<String>,
     /// The vault's master key (64 hex digits); when `None`, read from (or created in)
@@ -95,6 +98,7 @@ impl ServeConfig {
         Self {
             listen,
             data_dir,
+            store_url: None,
             operator_key: None,
             master_key: None,
             app: AppConfig::default(),
@@ -155,8 +159,21 @@ impl Gateway {
     pub async fn open(config: ServeConfig) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating {}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        let store = match &config.store_url {
+            None => Store::open(&config.data_dir)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))?,
+            Some(url) => {
+                let options = writ_store::PgOptions {
+                    url: url.clone(),
+                    exclusive: true,
+                };
+                let dir = config.data_dir.clone();
+                // Connecting and migrating wait on the database: off the async workers.
+                tokio::task::spawn_blocking(move || Store::open_postgres(&options, &dir))
+                    .await?
+                    .context("opening the PostgreSQL store")?
+            }
+        };
         let signer = crate::checkpoint::CheckpointSigner::load_or_create(&config.data_dir)?;
         let master_key = crate::vault::master_key(&config.data_dir, config.master_key.as_deref())?;
         let listener = TcpListener::bind(config.listen)
