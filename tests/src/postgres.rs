@@ -126,26 +126,7 @@ impl PgCluster {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let admin = self.url("postgres");
-        let create = name.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-                    .await
-                    .expect("connect to the test cluster");
-                tokio::spawn(connection);
-                client
-                    .batch_execute(&format!("CREATE DATABASE {create}"))
-                    .await
-                    .expect("create a test database");
-            });
-        })
-        .join()
-        .expect("the database was created");
+        execute(&self.url("postgres"), &format!("CREATE DATABASE {name}"));
         self.url(&name)
     }
 
@@ -153,6 +134,26 @@ impl PgCluster {
     pub fn url(&self, name: &str) -> String {
         format!("postgres://writ@127.0.0.1:{}/{name}", self.port)
     }
+}
+
+/// Runs `sql` on the database at `url` (from any thread, in a runtime or not).
+pub fn execute(url: &str, sql: &str) {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect to the test cluster");
+            tokio::spawn(connection);
+            client.batch_execute(&sql).await.expect("the statement ran");
+        });
+    })
+    .join()
+    .expect("the statement ran");
 }
 
 fn free_port() -> u16 {

@@ -167,27 +167,11 @@ fn a_database_migrated_by_a_newer_writ_is_refused() {
         exclusive: false,
     };
     drop(Store::open_postgres(&options, dir.path()).unwrap());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client
-                .batch_execute(
-                    "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
-                     VALUES (99, 'from_the_future', '2027-01-01T00:00:00Z', '1')",
-                )
-                .await
-                .unwrap();
-        });
-    })
-    .join()
-    .unwrap();
+    writ_tests::postgres::execute(
+        &url,
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum) \
+         VALUES (99, 'from_the_future', '2027-01-01T00:00:00Z', '1')",
+    );
     let refused = Store::open_postgres(&options, dir.path())
         .err()
         .expect("refused");
