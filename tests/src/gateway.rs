@@ -89,6 +89,15 @@ impl TestGateway {
         Self::start_with(config).await
     }
 
+    /// Starts one of several gateway processes (nodes) serving the PostgreSQL store at `url`,
+    /// with its local files in `dir` (nodes may share it: they then share their key files).
+    pub async fn start_node(dir: &Path, url: &str) -> Self {
+        let mut config = Self::config(dir);
+        config.store_url = Some(url.to_owned());
+        config.store_shared = true;
+        Self::start_with(config).await
+    }
+
     /// Starts a gateway with a fresh store in a temp dir and [`Self::config`]'s settings as
     /// `configure` changes them.
     pub async fn start_configured(configure: impl FnOnce(&mut ServeConfig)) -> Self {

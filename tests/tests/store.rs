@@ -200,3 +200,68 @@ fn only_one_process_serves_a_postgres_store_while_several_nodes_are_not_supporte
     drop(serving);
     assert!(Store::open_postgres(&exclusive, b.path()).is_ok());
 }
+
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::Postgres)]
+fn a_guarded_commit_writes_only_over_what_it_read(#[case] backend: Backend) {
+    let Opened { store, _dir } = open(backend);
+    let write = |v: &[u8]| vec![(Table::Usage, b"n".to_vec(), v.to_vec())];
+    // Expected absent: the first one creates it, a second is refused.
+    store
+        .commit_guarded(&write(b"1"), &[], &[(Table::Usage, b"n".to_vec(), None)])
+        .unwrap();
+    let refused = store
+        .commit_guarded(&write(b"x"), &[], &[(Table::Usage, b"n".to_vec(), None)])
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+    let refused = store
+        .commit_guarded(
+            &write(b"x"),
+            &[],
+            &[(Table::Usage, b"n".to_vec(), Some(b"0".to_vec()))],
+        )
+        .unwrap_err();
+    assert!(matches!(refused, StoreError::Conflict(_)), "{refused}");
+    assert_eq!(
+        store.get_raw(Table::Usage, b"n").unwrap(),
+        Some(b"1".to_vec())
+    );
+
+    // Four threads adding one at a time with compare-and-set: none is lost.
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut conflicts = 0;
+                for _ in 0..25 {
+                    loop {
+                        let read = store.get_raw(Table::Usage, b"n").unwrap();
+                        let n: u64 = std::str::from_utf8(read.as_deref().unwrap())
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        let next = (n + 1).to_string().into_bytes();
+                        match store.commit_guarded(
+                            &[(Table::Usage, b"n".to_vec(), next)],
+                            &[],
+                            &[(Table::Usage, b"n".to_vec(), read)],
+                        ) {
+                            Ok(()) => break,
+                            Err(StoreError::Conflict(_)) => conflicts += 1,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+                conflicts
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        store.get_raw(Table::Usage, b"n").unwrap(),
+        Some(b"101".to_vec())
+    );
+}

@@ -28,7 +28,7 @@ use crate::service::{
     PolicyService, TenantService,
 };
 use crate::shares::Shares;
-use crate::store::{Store, StoreError};
+use crate::store::{Change, Store, StoreError, Table};
 use crate::tenants::Tenants;
 use crate::vault::Vault;
 
@@ -161,6 +161,95 @@ fn spawn_checkpoint_signer(inner: &Arc<Services>) {
             }
         }
     });
+}
+
+/// Follows the changes other processes sharing the store make to the rows this one keeps in
+/// memory (tenants, keys, active policies, escalations, catalog), applying each as it commits
+/// there; after a gap in the feed, reads them all again.
+fn spawn_change_follower(inner: &Arc<Services>) {
+    let Some(mut changes) = inner.store.changes() else {
+        return;
+    };
+    let (weak, cancel) = (Arc::downgrade(inner), inner.cancel.clone());
+    inner.tasks.spawn(async move {
+        loop {
+            let change = tokio::select! {
+                () = cancel.cancelled() => break,
+                change = changes.recv() => change,
+            };
+            let change = match change {
+                Ok(change) => change,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Change::Resync,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
+            let Some(services) = weak.upgrade() else {
+                break;
+            };
+            // Applying reads the store and may compile a policy: off the async workers.
+            let applied = tokio::task::spawn_blocking(move || services.apply(&change)).await;
+            if let Err(e) = applied {
+                tracing::error!(error = %e, "applying another process's change");
+            }
+        }
+    });
+}
+
+impl Services {
+    /// Applies one change another process made (see [`spawn_change_follower`]).
+    fn apply(&self, change: &Change) {
+        let applied = match change {
+            Change::Row(table, key) => self.apply_row(*table, key),
+            Change::Resync => self.resync(),
+        };
+        if let Err(e) = applied {
+            tracing::error!(?change, error = %e, "could not apply another process's change");
+        }
+    }
+
+    fn apply_row(&self, table: Table, key: &[u8]) -> std::result::Result<(), String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        let tenant = || String::from_utf8_lossy(key).into_owned();
+        match table {
+            Table::Tenants | Table::WebhookSecrets => {
+                self.tenants.refresh_tenant(&tenant()).map_err(|e| text(&e))
+            }
+            Table::Keys => self
+                .tenants
+                .tenants()
+                .refresh_key(key)
+                .map_err(|e| text(&e)),
+            Table::Active => self
+                .policies
+                .policies
+                .refresh_active(&tenant())
+                .map_err(|e| text(&e)),
+            Table::Escalations => self.escalations.registry.refresh(key).map_err(|e| text(&e)),
+            Table::Catalog => self.catalog.catalog.refresh(key).map_err(|e| text(&e)),
+            Table::McpServers => self.catalog.mcp_servers.refresh(key).map_err(|e| text(&e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reads every cached row again.
+    fn resync(&self) -> std::result::Result<(), String> {
+        let text = |e: &dyn std::fmt::Display| e.to_string();
+        self.tenants.tenants().refresh_all().map_err(|e| text(&e))?;
+        for tenant in self.tenants.tenants().all() {
+            self.tenants
+                .refresh_tenant(&tenant.id)
+                .map_err(|e| text(&e))?;
+            self.policies
+                .policies
+                .refresh_active(&tenant.id)
+                .map_err(|e| text(&e))?;
+        }
+        for table in [Table::Escalations, Table::Catalog, Table::McpServers] {
+            for key in self.store.scan_keys(table, b"").map_err(|e| text(&e))? {
+                self.apply_row(table, &key)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Expires pending escalations at their deadlines, until the app is shut down or dropped: it
@@ -332,6 +421,7 @@ impl App {
         let inner = Arc::new(services);
         spawn_checkpoint_signer(&inner);
         spawn_expiry_sweeper(&inner);
+        spawn_change_follower(&inner);
         Ok(Self { inner })
     }
 

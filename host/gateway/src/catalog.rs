@@ -347,6 +347,14 @@ impl Catalog {
             .insert(entry.service.clone());
     }
 
+    /// Notes an entry another process sharing the store wrote (by its row's key).
+    pub fn refresh(&self, key: &[u8]) -> Result<(), CatalogError> {
+        if let Some(entry) = self.store.get::<ToolEntry>(Table::Catalog, key)? {
+            self.stored(&crate::tenants::tenant_of_key(key), &entry);
+        }
+        Ok(())
+    }
+
     /// The entry for `service` and `tool_name`.
     pub fn get(
         &self,

@@ -118,6 +118,10 @@ impl From<AuditError> for AppError {
                             .into(),
                 }
             }
+            AuditError::RowChanged => Self::Conflict {
+                code: "changed_elsewhere",
+                message: "another gateway process changed this first; read it again".into(),
+            },
             other => Self::Internal(Box::new(other)),
         }
     }

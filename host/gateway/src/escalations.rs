@@ -399,6 +399,23 @@ impl Escalations {
         })
     }
 
+    /// One escalation of a tenant with its row's bytes as stored (to guard a change of it).
+    pub fn get_row(
+        &self,
+        tenant_id: &str,
+        id: &str,
+    ) -> Result<Option<(Escalation, Vec<u8>)>, StoreError> {
+        let key = tenant_key(tenant_id, &[id.as_bytes()]);
+        let Some(bytes) = self.store.get_raw(Table::Escalations, &key)? else {
+            return Ok(None);
+        };
+        let e = serde_json::from_slice(&bytes).map_err(|source| StoreError::Corrupt {
+            table: Table::Escalations,
+            source,
+        })?;
+        Ok(Some((e, bytes)))
+    }
+
     /// One escalation of a tenant.
     pub fn get(&self, tenant_id: &str, id: &str) -> Result<Option<Escalation>, StoreError> {
         self.store
@@ -584,6 +601,36 @@ impl Escalations {
                 .retain(|(_, t, i)| !(t == tenant_id && i == id));
         }
         self.changed(tenant_id);
+    }
+
+    /// Reads an escalation's row again after another process sharing the store opened or
+    /// resolved it: a new pending one joins the index and deadlines, a resolved one wakes its
+    /// waiters here.
+    pub fn refresh(&self, key: &[u8]) -> Result<(), StoreError> {
+        let Some(e) = self.store.get::<Escalation>(Table::Escalations, key)? else {
+            return Ok(());
+        };
+        if e.status != Status::Pending {
+            self.resolved(&e);
+            return Ok(());
+        }
+        let earliest = {
+            let mut inner = self.inner.lock().expect("escalations lock");
+            let added = inner
+                .pending
+                .entry(e.tenant_id.clone())
+                .or_default()
+                .insert(e.id.clone());
+            if !added {
+                return Ok(());
+            }
+            inner.track_deadline(&e.tenant_id, &e.id, e.deadline_ms)
+        };
+        if earliest {
+            self.earlier_deadline.notify_one();
+        }
+        self.changed(&e.tenant_id);
+        Ok(())
     }
 
     /// Tells the watchers that `tenant_id`'s pending escalations changed.

@@ -146,6 +146,7 @@ impl McpServer {
 /// changes). Cheap to clone.
 #[derive(Clone)]
 pub struct McpServers {
+    store: Store,
     by_tenant: Arc<RwLock<HashMap<String, HashMap<String, McpServer>>>>,
 }
 
@@ -164,6 +165,7 @@ impl McpServers {
                 .insert(server.name.clone(), server);
         }
         Ok(Self {
+            store: store.clone(),
             by_tenant: Arc::new(RwLock::new(by_tenant)),
         })
     }
@@ -201,6 +203,19 @@ impl McpServers {
         {
             servers.remove(name);
         }
+    }
+
+    /// Reads an entry's row again after another process sharing the store changed it.
+    pub fn refresh(&self, key: &[u8]) -> Result<(), StoreError> {
+        let tenant_id = tenant_of_key(key);
+        match self.store.get::<McpServer>(Table::McpServers, key)? {
+            Some(server) => self.stored(&tenant_id, server),
+            None => {
+                let name = key.get(tenant_id.len() + 1..).unwrap_or_default();
+                self.removed(&tenant_id, &String::from_utf8_lossy(name));
+            }
+        }
+        Ok(())
     }
 
     /// The tenant's entry for `name`.

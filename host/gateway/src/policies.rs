@@ -551,6 +551,27 @@ impl Policies {
         Ok(())
     }
 
+    /// Makes the tenant's active policy the one its row names, after another process sharing
+    /// the store activated it (loading or compiling it here). Blocking: may compile.
+    pub fn refresh_active(&self, tenant_id: &str) -> Result<()> {
+        let Some(policy_id) = self.active_id(tenant_id)? else {
+            self.active.write().expect("active lock").remove(tenant_id);
+            return Ok(());
+        };
+        if self
+            .active(tenant_id)
+            .is_some_and(|p| p.meta.policy_id == policy_id)
+        {
+            return Ok(());
+        }
+        let policy = self.prepare(tenant_id, &policy_id)?;
+        self.active
+            .write()
+            .expect("active lock")
+            .insert(tenant_id.to_owned(), policy);
+        Ok(())
+    }
+
     /// The tenant's active policy.
     pub fn active(&self, tenant_id: &str) -> Option<Arc<ActivePolicy>> {
         self.active

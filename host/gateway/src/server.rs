@@ -39,6 +39,10 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// A PostgreSQL store (`postgres://…`, `--store`) instead of sled in `data_dir`.
     pub store_url: Option<String>,
+    /// Let other processes serve the same PostgreSQL store at once. The chains, usage caps,
+    /// escalations and cached configuration are shared; jobs, idempotency keys and console
+    /// sessions are not yet, so `writ serve` does not offer it: one process holds the store.
+    pub store_shared: bool,
     /// The operator key; when `None`, read from (or created in) `<data_dir>/operator.key`.
     pub operator_key: Option<String>,
     /// The vault's master key (64 hex digits); when `None`, read from (or created in)
@@ -99,6 +103,7 @@ impl ServeConfig {
             listen,
             data_dir,
             store_url: None,
+            store_shared: false,
             operator_key: None,
             master_key: None,
             app: AppConfig::default(),
@@ -165,7 +170,7 @@ impl Gateway {
             Some(url) => {
                 let options = writ_store::PgOptions {
                     url: url.clone(),
-                    exclusive: true,
+                    exclusive: !config.store_shared,
                 };
                 let dir = config.data_dir.clone();
                 // Connecting and migrating wait on the database: off the async workers.

@@ -354,6 +354,58 @@ impl Tenants {
         })
     }
 
+    /// Reads a tenant's row again after another process sharing the store changed it.
+    pub fn refresh_tenant(&self, tenant_id: &str) -> Result<()> {
+        let row = self
+            .store
+            .get::<Tenant>(Table::Tenants, tenant_id.as_bytes())?;
+        let mut tenants = self.tenants.write().expect("tenants lock");
+        match row {
+            Some(tenant) => tenants.insert(tenant.id.clone(), tenant),
+            None => tenants.remove(tenant_id),
+        };
+        Ok(())
+    }
+
+    /// Reads a key's row (by its hash) again after another process sharing the store changed
+    /// it: a revoked key stops authenticating here too.
+    pub fn refresh_key(&self, hash: &[u8]) -> Result<()> {
+        let Ok(hash) = <[u8; 32]>::try_from(hash) else {
+            return Ok(());
+        };
+        let row = self.store.get::<KeyRecord>(Table::Keys, &hash)?;
+        let mut keys = self.keys.write().expect("keys lock");
+        match row.filter(|k| !k.revoked) {
+            Some(key) => keys.insert(hash, Arc::new(key)),
+            None => keys.remove(&hash),
+        };
+        Ok(())
+    }
+
+    /// Reads every tenant and key again (the operator key stays).
+    pub fn refresh_all(&self) -> Result<()> {
+        let keys: Vec<([u8; 32], Principal)> = self
+            .store
+            .scan::<KeyRecord>(Table::Keys, b"")?
+            .into_iter()
+            .filter(|(_, k)| !k.revoked)
+            .filter_map(|(hash, k)| Some((<[u8; 32]>::try_from(hash).ok()?, Arc::new(k))))
+            .collect();
+        let tenants: HashMap<String, Tenant> = self
+            .store
+            .scan::<Tenant>(Table::Tenants, b"")?
+            .into_iter()
+            .map(|(_, t)| (t.id.clone(), t))
+            .collect();
+        {
+            let mut held = self.keys.write().expect("keys lock");
+            held.retain(|_, k| k.role == Role::Operator);
+            held.extend(keys);
+        }
+        *self.tenants.write().expect("tenants lock") = tenants;
+        Ok(())
+    }
+
     /// The principal holding `secret`, if it is a live key.
     pub fn authenticate(&self, secret: &str) -> Option<Principal> {
         let hash = hash_key(secret);

@@ -49,8 +49,7 @@ impl CallScope {
                         .map(|w| (self.key(&c.counter, w), c.amount))
                 })
                 .collect(),
-            rows: Vec::new(),
-            removes: Vec::new(),
+            ..Effects::default()
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use sled::Transactional;
 use sled::transaction::TransactionError;
 
-use crate::{Remove, Result, RowIter, StoreError, Table, Write};
+use crate::{Guard, Remove, Result, RowIter, StoreError, Table, Write};
 
 pub(crate) struct SledStore {
     dir: PathBuf,
@@ -198,17 +198,30 @@ impl SledStore {
 
     /// Every sled transaction costs a log buffer write, and every insert a copy of its leaf,
     /// so the audit log's writer commits a whole batch at once, in as few values as it can.
-    pub(crate) fn commit_with_removes(&self, writes: &[Write], removes: &[Remove]) -> Result<()> {
+    pub(crate) fn commit_guarded(
+        &self,
+        writes: &[Write],
+        removes: &[Remove],
+        guards: &[Guard],
+    ) -> Result<()> {
         let mut tables: Vec<Table> = writes
             .iter()
             .map(|(t, _, _)| *t)
             .chain(removes.iter().map(|(t, _)| *t))
+            .chain(guards.iter().map(|(t, _, _)| *t))
             .collect();
         tables.sort_by_key(|t| *t as usize);
         tables.dedup();
         let trees: Vec<&sled::Tree> = tables.iter().map(|t| self.tree(*t)).collect();
-        let result: std::result::Result<(), TransactionError<()>> =
+        let result: std::result::Result<(), TransactionError<(Table, Vec<u8>)>> =
             trees.as_slice().transaction(|trees| {
+                for (table, key, expected) in guards {
+                    let at = tables.iter().position(|t| t == table).expect("collected");
+                    let current = trees[at].get(key.as_slice())?;
+                    if current.as_deref() != expected.as_deref() {
+                        return sled::transaction::abort((*table, key.clone()));
+                    }
+                }
                 for (table, key, value) in writes {
                     let at = tables.iter().position(|t| t == table).expect("collected");
                     trees[at].set(key.as_slice(), value.as_slice());
@@ -221,7 +234,7 @@ impl SledStore {
             });
         match result {
             Ok(()) => Ok(()),
-            Err(TransactionError::Abort(())) => unreachable!("the transaction never aborts"),
+            Err(TransactionError::Abort(row)) => Err(StoreError::Conflict(vec![row])),
             Err(TransactionError::Storage(e)) => Err(e.into()),
         }
     }

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// Another process holds the store.
     #[error("{0}")]
     Locked(String),
+    /// Guarded rows did not hold what the commit expected (another process changed them):
+    /// nothing was written.
+    #[error("{} guarded rows changed since they were read", .0.len())]
+    Conflict(Vec<(Table, Vec<u8>)>),
     /// A stored value did not decode: the store was written by something else.
     #[error("corrupt value in {table:?}: {source}")]
     Corrupt {
@@ -109,6 +113,9 @@ pub enum Table {
     /// policy id → the component's bytes, in a store shared by several processes (each keeps
     /// its own compiled artifacts); sled's are files beside the store.
     Components,
+    /// tenant id → the chain's head: next seq (big-endian u64) ‖ the last record's hash,
+    /// written with every batch and guarded, so appends from several processes stay one chain.
+    ChainHeads,
 }
 
 impl Table {
@@ -116,6 +123,39 @@ impl Table {
     pub fn name(self) -> &'static str {
         self.into()
     }
+
+    /// The table named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        <Self as strum::VariantArray>::VARIANTS
+            .iter()
+            .copied()
+            .find(|t| t.name() == name)
+    }
+
+    /// Whether processes sharing the store keep this table's rows in memory, and so must hear
+    /// of every change another makes to them (see [`Store::changes`]).
+    pub fn is_cached(self) -> bool {
+        matches!(
+            self,
+            Self::Tenants
+                | Self::Keys
+                | Self::Active
+                | Self::Escalations
+                | Self::WebhookSecrets
+                | Self::Catalog
+                | Self::McpServers
+        )
+    }
+}
+
+/// A change another process sharing the store made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A row of a cached table was written or removed: read it again.
+    Row(Table, Vec<u8>),
+    /// Changes may have been missed (the notification connection was lost and is back): read
+    /// every cached table again.
+    Resync,
 }
 
 /// Joins key parts with the `0x00` separator.
@@ -135,6 +175,10 @@ pub type Write = (Table, Vec<u8>, Vec<u8>);
 
 /// One removal of a [`Store::commit_with_removes`].
 pub type Remove = (Table, Vec<u8>);
+
+/// A row a [`Store::commit_guarded`] expects to hold this value (`None`: to be absent) when it
+/// commits.
+pub type Guard = (Table, Vec<u8>, Option<Vec<u8>>);
 
 /// Rows read lazily, for scans too large to hold in memory.
 pub type RowIter = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>)>> + Send>;
@@ -182,6 +226,16 @@ impl Store {
     /// Whether the store is a database shared with other processes (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.0.as_ref(), Backend::Postgres(_))
+    }
+
+    /// The changes other processes sharing the store make to rows of cached tables, as they
+    /// commit (PostgreSQL's `LISTEN`/`NOTIFY`, delivered at commit); `None` for a store no
+    /// other process writes (sled).
+    pub fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        match self.0.as_ref() {
+            Backend::Sled(_) => None,
+            Backend::Postgres(s) => Some(s.changes()),
+        }
     }
 
     /// The directory this process keeps its files in, beside the store.
@@ -337,7 +391,21 @@ impl Store {
     /// [`Store::commit`] that also removes `removes`, in the same transaction (a key both
     /// written and removed ends removed).
     pub fn commit_with_removes(&self, writes: &[Write], removes: &[Remove]) -> Result<()> {
-        each!(self, s => s.commit_with_removes(writes, removes))
+        self.commit_guarded(writes, removes, &[])
+    }
+
+    /// [`Store::commit_with_removes`] only if every guarded row holds what it expects, checked
+    /// in the same transaction against every other guarded commit (of this process or another
+    /// on the same database); otherwise nothing is written and the answer is
+    /// [`StoreError::Conflict`] naming the rows that differ. Compare-and-set across processes: the chain heads and usage
+    /// counters the audit log writes are guarded so.
+    pub fn commit_guarded(
+        &self,
+        writes: &[Write],
+        removes: &[Remove],
+        guards: &[Guard],
+    ) -> Result<()> {
+        each!(self, s => s.commit_guarded(writes, removes, guards))
     }
 }
 

@@ -21,7 +21,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 use tokio_postgres::config::SslMode;
 
-use crate::{Remove, Result, RowIter, StoreError, Table, Write, prefix_end};
+use crate::{Change, Guard, Remove, Result, RowIter, StoreError, Table, Write, prefix_end};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -35,6 +35,12 @@ const SERVING_LOCK: i64 = 0x5772_6974_0002;
 const PAGE_ROWS: i64 = 256;
 /// Connections in the pool.
 const POOL_SIZE: usize = 16;
+/// The channel processes notify each other's caches on.
+const CHANNEL: &str = "writ_changes";
+/// Largest notification payload sent (PostgreSQL's limit is 8000 bytes).
+const MAX_PAYLOAD: usize = 7000;
+/// Changes a slow follower may fall behind by before it is told to read everything again.
+const CHANGES_BUFFERED: usize = 4096;
 
 /// How to reach the PostgreSQL store.
 #[derive(Debug, Clone)]
@@ -52,6 +58,9 @@ pub(crate) struct PgStore {
     runtime: Option<tokio::runtime::Runtime>,
     /// The connection that holds the serving lock, kept open as long as the store.
     _lock: Option<tokio_postgres::Client>,
+    /// This process's id in notifications, so it skips its own.
+    node: String,
+    changes: tokio::sync::broadcast::Sender<Change>,
     #[cfg(any(test, feature = "fault-injection"))]
     fail_commits: std::sync::atomic::AtomicBool,
 }
@@ -132,6 +141,7 @@ impl PgStore {
             }
             Ok(Some(client))
         })?;
+        let config_for_listen = config.clone();
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -144,11 +154,16 @@ impl PgStore {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(pg)?;
+        let node = format!("{:016x}", rand::random::<u64>());
+        let changes = tokio::sync::broadcast::channel(CHANGES_BUFFERED).0;
+        runtime.spawn(listen(config_for_listen, node.clone(), changes.clone()));
         Ok(Self {
             dir: dir.to_owned(),
             pool,
             runtime: Some(runtime),
             _lock: lock,
+            node,
+            changes,
             #[cfg(any(test, feature = "fault-injection"))]
             fail_commits: std::sync::atomic::AtomicBool::new(false),
         })
@@ -156,6 +171,10 @@ impl PgStore {
 
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    pub(crate) fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// Runs a query with a pooled connection and waits for its answer.
@@ -326,6 +345,19 @@ impl PgStore {
     }
 
     pub(crate) fn commit_with_removes(&self, writes: &[Write], removes: &[Remove]) -> Result<()> {
+        self.commit_guarded(writes, removes, &[])
+    }
+
+    /// A guarded row is locked for the transaction with an advisory lock on a hash of its table
+    /// and key (every guarded commit takes them, in one order), then compared: so two
+    /// processes that read the same head or counter cannot both commit on it, and a row
+    /// expected absent cannot be created by another meanwhile.
+    pub(crate) fn commit_guarded(
+        &self,
+        writes: &[Write],
+        removes: &[Remove],
+        guards: &[Guard],
+    ) -> Result<()> {
         #[cfg(any(test, feature = "fault-injection"))]
         if self.fail_commits.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(StoreError::Inconsistent(
@@ -344,10 +376,57 @@ impl PgStore {
             keys.push(key.to_vec());
             values.push(value.to_vec());
         }
+        let notices = notices(
+            &self.node,
+            writes
+                .iter()
+                .map(|(t, k, _)| (*t, k.as_slice()))
+                .chain(removes.iter().map(|(t, k)| (*t, k.as_slice()))),
+        );
         let removed_tables: Vec<&'static str> = removes.iter().map(|(t, _)| t.name()).collect();
         let removed_keys: Vec<Vec<u8>> = removes.iter().map(|(_, k)| k.clone()).collect();
+        let mut locks: Vec<i64> = guards.iter().map(|(t, k, _)| guard_lock(*t, k)).collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let guarded_tables: Vec<&'static str> = guards.iter().map(|(t, _, _)| t.name()).collect();
+        let guarded_keys: Vec<Vec<u8>> = guards.iter().map(|(_, k, _)| k.clone()).collect();
+        let expected: Vec<Guard> = guards.to_vec();
         self.run(move |mut c| async move {
             let tx = c.transaction().await.map_err(pg)?;
+            if !locks.is_empty() {
+                let statement = tx
+                    .prepare_cached(
+                        "SELECT pg_advisory_xact_lock(x) FROM unnest($1::bigint[]) AS x",
+                    )
+                    .await
+                    .map_err(pg)?;
+                tx.execute(&statement, &[&locks]).await.map_err(pg)?;
+                let statement = tx
+                    .prepare_cached(
+                        "SELECT tbl, k, v FROM writ_kv WHERE (tbl, k) IN \
+                         (SELECT * FROM UNNEST($1::text[], $2::bytea[]))",
+                    )
+                    .await
+                    .map_err(pg)?;
+                let rows = tx
+                    .query(&statement, &[&guarded_tables, &guarded_keys])
+                    .await
+                    .map_err(pg)?;
+                let current: std::collections::HashMap<(String, Vec<u8>), Vec<u8>> = rows
+                    .into_iter()
+                    .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+                    .collect();
+                let changed: Vec<(Table, Vec<u8>)> = expected
+                    .into_iter()
+                    .filter(|(table, key, want)| {
+                        current.get(&(table.name().to_owned(), key.clone())) != want.as_ref()
+                    })
+                    .map(|(table, key, _)| (table, key))
+                    .collect();
+                if !changed.is_empty() {
+                    return Err(StoreError::Conflict(changed));
+                }
+            }
             if !keys.is_empty() {
                 let statement = tx
                     .prepare_cached(
@@ -373,6 +452,11 @@ impl PgStore {
                     .await
                     .map_err(pg)?;
             }
+            for notice in &notices {
+                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, notice])
+                    .await
+                    .map_err(pg)?;
+            }
             tx.commit().await.map_err(pg)
         })
     }
@@ -389,6 +473,113 @@ impl PgStore {
                 .clone(),
         }
     }
+}
+
+/// The notifications of a commit's changed rows of cached tables: payloads of at most
+/// [`MAX_PAYLOAD`] bytes, each the node's id then one `table hex-key` line per row.
+fn notices<'a>(node: &str, rows: impl Iterator<Item = (Table, &'a [u8])>) -> Vec<String> {
+    let mut notices = Vec::new();
+    let mut current = String::new();
+    for (table, key) in rows.filter(|(t, _)| t.is_cached()) {
+        let line = format!("\n{} {}", table.name(), hex(key));
+        if !current.is_empty() && current.len() + line.len() > MAX_PAYLOAD {
+            notices.push(std::mem::take(&mut current));
+        }
+        if current.is_empty() {
+            current.push_str(node);
+        }
+        current.push_str(&line);
+    }
+    if !current.is_empty() {
+        notices.push(current);
+    }
+    notices
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Listens for other processes' changes for as long as the store's runtime runs: each row
+/// named is sent on `changes`; after the connection is lost and made again, a
+/// [`Change::Resync`], as notifications sent meanwhile are lost.
+async fn listen(
+    config: tokio_postgres::Config,
+    node: String,
+    changes: tokio::sync::broadcast::Sender<Change>,
+) {
+    let mut first = true;
+    loop {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let (me, feed) = (node.clone(), changes.clone());
+                let reader = tokio::spawn(async move {
+                    loop {
+                        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                            Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                deliver(&me, n.payload(), &feed);
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "the PostgreSQL change feed's connection failed");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                });
+                if client
+                    .batch_execute(&format!("LISTEN {CHANNEL}"))
+                    .await
+                    .is_ok()
+                {
+                    if !first {
+                        let _ = changes.send(Change::Resync);
+                    }
+                    first = false;
+                    let _ = reader.await;
+                } else {
+                    reader.abort();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "connecting the PostgreSQL change feed"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Sends the rows a notification names, unless this process sent it.
+fn deliver(node: &str, payload: &str, changes: &tokio::sync::broadcast::Sender<Change>) {
+    let mut lines = payload.lines();
+    if lines.next() == Some(node) {
+        return;
+    }
+    for line in lines {
+        let Some((table, key)) = line.split_once(' ') else {
+            continue;
+        };
+        if let (Some(table), Some(key)) = (Table::from_name(table), unhex(key)) {
+            let _ = changes.send(Change::Row(table, key));
+        }
+    }
+}
+
+/// The advisory lock of a guarded row: 64 bits of a blake3 hash of its table and key (the
+/// same in every build, so every node takes the same lock for a row).
+fn guard_lock(table: Table, key: &[u8]) -> i64 {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(table.name().as_bytes());
+    hasher.update(&[0]);
+    hasher.update(key);
+    let hash = hasher.finalize();
+    i64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
 }
 
 /// Applies the migrations this build has, one process at a time; refuses a database with one

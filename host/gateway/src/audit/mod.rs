@@ -25,7 +25,7 @@
 //!   (see `SessionTail`), and rebuilt from the chain after a crash.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::SharedClock;
 use crate::metrics::AuditWriterMetrics;
-use crate::store::{Remove, Store, StoreError, Table, Write};
+use crate::store::{Guard, Remove, Store, StoreError, Table, Write};
 use crate::tenants::{tenant_key, tenant_prefix};
 
 mod blocks;
@@ -85,6 +85,10 @@ pub enum AuditError {
     /// A usage counter the policy read changed before the record was written (nothing was).
     #[error("a usage counter changed since the policy read it")]
     UsageConflict,
+    /// A row the record depends on changed before it was written, in another process sharing
+    /// the store (an escalation it resolves was resolved there first); nothing was written.
+    #[error("a row this record depends on was changed by another process")]
+    RowChanged,
 }
 
 /// Result of an audit operation.
@@ -102,13 +106,41 @@ pub struct Effects {
     pub rows: Vec<Write>,
     /// Rows removed in the same transaction (a configuration entry deleted).
     pub removes: Vec<Remove>,
+    /// Rows that must still hold what the caller read (`None`: be absent) when the record is
+    /// written; otherwise nothing is ([`AuditError::RowChanged`]).
+    pub guards: Vec<Guard>,
 }
 
 #[derive(Clone, Copy)]
 struct Head {
     next_seq: u64,
     prev_hash: [u8; 32],
+    /// Whether the store has the head's row (`Table::ChainHeads`) with these values; stores
+    /// written before head rows derive the head from the last block.
+    row: bool,
 }
+
+impl Head {
+    /// The head's row value: next seq (big-endian) ‖ hash.
+    fn row_value(&self) -> Vec<u8> {
+        let mut value = self.next_seq.to_be_bytes().to_vec();
+        value.extend_from_slice(&self.prev_hash);
+        value
+    }
+
+    fn from_row(value: &[u8]) -> Option<Self> {
+        let (seq, hash) = value.split_first_chunk::<8>()?;
+        Some(Self {
+            next_seq: u64::from_be_bytes(*seq),
+            prev_hash: hash.try_into().ok()?,
+            row: true,
+        })
+    }
+}
+
+/// Times a batch is prepared again when another process appended to one of its chains or
+/// changed a counter it read, before its appends fail.
+const MAX_ATTEMPTS: usize = 16;
 
 /// Most records the writer commits in one transaction and flush.
 const MAX_BATCH: usize = 256;

@@ -17,6 +17,10 @@ pub(crate) struct Pending {
 pub(crate) struct Batch {
     pub(crate) heads: HashMap<String, Head>,
     pub(crate) usage: HashMap<Vec<u8>, f64>,
+    /// Each usage counter's stored value as the batch first read it, guarded at commit.
+    pub(crate) usage_read: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The records' own guards, with the index of the append each belongs to.
+    pub(crate) item_guards: Vec<(usize, Guard)>,
     /// Each tenant's new records (seq, stored bytes), in order.
     pub(crate) records: HashMap<String, Vec<(u64, Vec<u8>)>>,
     /// Index rows and the records' own rows.
@@ -120,23 +124,92 @@ impl Chains {
         }
     }
 
-    /// See [`AuditLog::write_batch`].
+    /// See [`AuditLog::write_batch`]. The batch's chain heads and usage counters are guarded
+    /// at commit: when another process sharing the store appended to one of its chains or
+    /// changed a counter it read, the batch is prepared again on what the store now holds
+    /// (up to [`MAX_ATTEMPTS`] times); an append whose own guarded rows changed fails alone
+    /// with [`AuditError::RowChanged`].
     pub(crate) fn write_batch(
         &self,
         items: Vec<(String, RecordBody, Effects)>,
     ) -> Vec<Result<Record>> {
         let mut heads = self.heads.lock().expect("heads lock");
-        let mut batch = Batch::default();
-        let results: Vec<Result<Record>> = items
-            .into_iter()
-            .map(|(tenant_id, body, effects)| {
-                self.prepare(&mut heads, &mut batch, tenant_id, body, effects)
-            })
-            .collect();
-        if batch.records.is_empty() {
-            return results;
+        let mut changed: HashSet<usize> = HashSet::new();
+        for _ in 0..MAX_ATTEMPTS {
+            let mut batch = Batch::default();
+            let results: Vec<Result<Record>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, (tenant_id, body, effects))| {
+                    if changed.contains(&i) {
+                        return Err(AuditError::RowChanged);
+                    }
+                    self.prepare(
+                        &mut heads,
+                        &mut batch,
+                        i,
+                        tenant_id.clone(),
+                        body.clone(),
+                        effects.clone(),
+                    )
+                })
+                .collect();
+            if batch.records.is_empty() {
+                return results;
+            }
+            match self.commit(&mut heads, batch, results) {
+                Ok(results) => return results,
+                Err((rows, item_guards)) => {
+                    for (i, (table, key, _)) in &item_guards {
+                        if rows.iter().any(|(t, k)| t == table && k == key) {
+                            changed.insert(*i);
+                        }
+                    }
+                    for (table, key) in &rows {
+                        if *table == Table::ChainHeads {
+                            // Another process appended: read the head again.
+                            heads.remove(String::from_utf8_lossy(key).as_ref());
+                        }
+                    }
+                }
+            }
         }
+        tracing::warn!("the audit writer kept meeting other processes' appends; the batch fails");
+        items
+            .iter()
+            .map(|_| {
+                Err(AuditError::WriteFailed(
+                    "other processes kept appending to the same chains; retry".into(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Commits a prepared batch with its guards. On a conflict, nothing is written and the
+    /// changed rows are returned with the batch's own guards.
+    #[allow(clippy::type_complexity)]
+    fn commit(
+        &self,
+        heads: &mut HashMap<String, Head>,
+        mut batch: Batch,
+        results: Vec<Result<Record>>,
+    ) -> std::result::Result<Vec<Result<Record>>, (Vec<(Table, Vec<u8>)>, Vec<(usize, Guard)>)>
+    {
         let mut writes = batch.writes();
+        let mut guards: Vec<Guard> = Vec::new();
+        for (tenant_id, head) in &batch.heads {
+            let key = tenant_id.as_bytes().to_vec();
+            let before = heads.get(tenant_id).filter(|h| h.row).map(Head::row_value);
+            guards.push((Table::ChainHeads, key.clone(), before));
+            writes.push((Table::ChainHeads, key, head.row_value()));
+        }
+        guards.extend(
+            batch
+                .usage_read
+                .iter()
+                .map(|(key, value)| (Table::Usage, key.clone(), value.clone())),
+        );
+        guards.extend(batch.item_guards.iter().map(|(_, g)| g.clone()));
         // Sessions due to be written out go in the same transaction (each costs sled log
         // writes): the entries waiting are all of records already committed.
         let out = {
@@ -147,14 +220,18 @@ impl Chains {
                 out
             })
         };
-        if let Err(e) = self.store.commit_with_removes(&writes, &batch.removes) {
-            tracing::error!(error = %e, "audit write failed");
-            // Nothing was written: the chains stay as they were.
-            let failed = e.to_string();
-            return results
-                .into_iter()
-                .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
-                .collect();
+        match self.store.commit_guarded(&writes, &batch.removes, &guards) {
+            Ok(()) => {}
+            Err(StoreError::Conflict(rows)) => return Err((rows, batch.item_guards)),
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed");
+                // Nothing was written: the chains stay as they were.
+                let failed = e.to_string();
+                return Ok(results
+                    .into_iter()
+                    .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
+                    .collect());
+            }
         }
         {
             let mut tail = self.sessions.lock().expect("sessions lock");
@@ -169,34 +246,30 @@ impl Chains {
             }
         }
         heads.extend(batch.heads);
-        results
+        Ok(results)
     }
 
     /// Chains one record onto its tenant's head as the batch leaves it, after checking its
     /// usage expectations against the values the batch leaves, and adds it to the batch.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         &self,
         heads: &mut HashMap<String, Head>,
         batch: &mut Batch,
+        item: usize,
         tenant_id: String,
         mut body: RecordBody,
         effects: Effects,
     ) -> Result<Record> {
-        let current = |key: &Vec<u8>| -> Result<f64> {
-            match batch.usage.get(key) {
-                Some(v) => Ok(*v),
-                None => Ok(self.store.usage(key)?),
-            }
-        };
         for (key, expected) in &effects.expect {
-            if current(key)? != *expected {
+            if self.usage_value(batch, key)? != *expected {
                 return Err(AuditError::UsageConflict);
             }
         }
         let usage = effects
             .add
             .iter()
-            .map(|(key, amount)| Ok((key.clone(), current(key)? + amount)))
+            .map(|(key, amount)| Ok((key.clone(), self.usage_value(batch, key)? + amount)))
             .collect::<Result<Vec<_>>>()?;
         if !batch.heads.contains_key(&tenant_id) {
             // Loaded once: loading also re-indexes the sessions above the tenant's mark.
@@ -207,6 +280,8 @@ impl Chains {
             batch.heads.insert(tenant_id.clone(), head);
         }
         let head = batch.heads.get_mut(&tenant_id).expect("inserted above");
+        // Committed with the batch, its row holds the head from then on.
+        head.row = true;
         let seq = head.next_seq;
         let chosen_event_id = !body.event_id.is_empty();
         if !chosen_event_id {
@@ -242,10 +317,21 @@ impl Chains {
         }
         batch.rows.extend(effects.rows);
         batch.removes.extend(effects.removes);
+        batch
+            .item_guards
+            .extend(effects.guards.into_iter().map(|g| (item, g)));
         if let Some(session_id) = &record.body.session_id {
-            batch
-                .sessions
-                .push((tenant_id.clone(), session_id.clone(), seq));
+            if self.store.is_shared() {
+                // Several processes append: each record's entry is written with it.
+                let key = tenant_key(tenant_id, &[session_id.as_bytes(), &seq.to_be_bytes()]);
+                batch
+                    .rows
+                    .push((Table::Sessions, key, seq.to_be_bytes().to_vec()));
+            } else {
+                batch
+                    .sessions
+                    .push((tenant_id.clone(), session_id.clone(), seq));
+            }
         }
         batch
             .records
@@ -255,9 +341,42 @@ impl Chains {
         Ok(record)
     }
 
+    /// A usage counter's value as the batch leaves it, reading (and remembering, to guard)
+    /// the stored value the first time.
+    fn usage_value(&self, batch: &mut Batch, key: &[u8]) -> Result<f64> {
+        if let Some(v) = batch.usage.get(key) {
+            return Ok(*v);
+        }
+        let stored = match batch.usage_read.get(key) {
+            Some(stored) => stored.clone(),
+            None => {
+                let stored = self.store.get_raw(Table::Usage, key)?;
+                batch.usage_read.insert(key.to_vec(), stored.clone());
+                stored
+            }
+        };
+        Ok(stored.map_or(0.0, |v| {
+            v.as_slice()
+                .try_into()
+                .map(|b| f64::from_bits(u64::from_be_bytes(b)))
+                .unwrap_or(0.0)
+        }))
+    }
+
     /// A tenant's head as stored, after putting the records above its session mark back into
-    /// the session index's tail.
+    /// the session index's tail (a shared store's entries are written with their records).
     pub(crate) fn load_stored_head(&self, tenant_id: &str) -> Result<Head> {
+        if let Some(head) = self
+            .store
+            .get_raw(Table::ChainHeads, tenant_id.as_bytes())?
+            .as_deref()
+            .and_then(Head::from_row)
+        {
+            if !self.store.is_shared() {
+                self.reindex_sessions(tenant_id, head.next_seq)?;
+            }
+            return Ok(head);
+        }
         let head = match self
             .store
             .last_raw(Table::Audit, &tenant_prefix(tenant_id))?
@@ -269,19 +388,30 @@ impl Chains {
                 Head {
                     next_seq: last.body.seq + 1,
                     prev_hash: decode_hash(&last.hash)?,
+                    row: false,
                 }
             }
             None => Head {
                 next_seq: 0,
                 prev_hash: [0; 32],
+                row: false,
             },
         };
+        if !self.store.is_shared() {
+            self.reindex_sessions(tenant_id, head.next_seq)?;
+        }
+        Ok(head)
+    }
+
+    /// Puts the records from the tenant's session mark to `next_seq` back into the session
+    /// index's tail.
+    fn reindex_sessions(&self, tenant_id: &str, next_seq: u64) -> Result<()> {
         let mark = self
             .store
             .get_raw(Table::SessionMarks, tenant_id.as_bytes())?
             .and_then(|b| b.try_into().ok())
             .map_or(0, u64::from_be_bytes);
-        if mark < head.next_seq {
+        if mark < next_seq {
             let mut tail = self.sessions.lock().expect("sessions lock");
             for item in stored_records(&self.store, tenant_id, mark) {
                 let (_, bytes) = item?;
@@ -290,8 +420,8 @@ impl Chains {
                     tail.add(tenant_id, session_id, record.body.seq);
                 }
             }
-            tail.unmarked.insert(tenant_id.to_owned(), head.next_seq);
+            tail.unmarked.insert(tenant_id.to_owned(), next_seq);
         }
-        Ok(head)
+        Ok(())
     }
 }

@@ -220,9 +220,9 @@ impl EscalationService {
     ) -> Result<Escalation> {
         let lock = self.registry.decide_lock(tenant_id);
         let _serial = lock.lock().await;
-        let esc = self
+        let (esc, stored) = self
             .registry
-            .get(tenant_id, id)?
+            .get_row(tenant_id, id)?
             .ok_or(AppError::NotFound("escalation"))?;
         let now = self.clock.now_ms();
         let Resolution {
@@ -277,8 +277,11 @@ impl EscalationService {
             })
             .to_string(),
         );
+        // Exactly once across processes sharing the store: written only over the pending row
+        // read here (the decide lock serializes this process's own decisions).
         let mut effects = Effects {
             rows: vec![resolved.row()],
+            guards: vec![(crate::store::Table::Escalations, esc.key(), Some(stored))],
             ..Effects::default()
         };
         effects.rows.extend(job.as_ref().map(crate::jobs::Job::row));
@@ -308,6 +311,20 @@ impl EscalationService {
         if let Err(e) = self.audit.append(tenant_id, record, effects).await {
             if let (AuditError::FlushFailed, Some(job)) = (&e, job) {
                 self.jobs.not_started(job);
+            }
+            if let AuditError::RowChanged = e {
+                // Resolved by another process first: answered as a lost race here.
+                let now = self.registry.get(tenant_id, id)?;
+                if let Some(now) = now.as_ref().filter(|e| e.status != Status::Pending) {
+                    self.registry.resolved(now);
+                }
+                return Err(AppError::Conflict {
+                    code: "already_resolved",
+                    message: format!(
+                        "escalation {id} is already {}",
+                        now.map_or("resolved", |e| e.status.as_str())
+                    ),
+                });
             }
             return Err(e.into());
         }

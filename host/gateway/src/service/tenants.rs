@@ -58,6 +58,16 @@ impl TenantService {
         Ok(())
     }
 
+    /// Reads a tenant and its webhook secret again after another process sharing the store
+    /// changed them.
+    pub fn refresh_tenant(&self, tenant_id: &str) -> Result<()> {
+        self.tenants.refresh_tenant(tenant_id)?;
+        if let Some(tenant) = self.tenants.get(tenant_id) {
+            self.load_webhook_secret(tenant)?;
+        }
+        Ok(())
+    }
+
     /// Tenants and keys, for authentication.
     pub fn tenants(&self) -> &Tenants {
         &self.tenants

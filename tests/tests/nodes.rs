@@ -1,0 +1,266 @@
+//! Several gateway processes (nodes) on one PostgreSQL store: three real gateways on loopback
+//! ports serving one database of the tests' private cluster. Whatever node a request reaches,
+//! each tenant's chain stays one gapless chain, caps hold, a held call is decided exactly once
+//! and its waiter answered, and configuration made through one node is in force on the others.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+use writ_tests::artifacts;
+use writ_tests::gateway::{TestGateway, TestTenant, assert_chain_valid};
+use writ_tests::postgres::PgCluster;
+
+struct Nodes {
+    nodes: Vec<Arc<TestGateway>>,
+    _dir: tempfile::TempDir,
+}
+
+/// Three nodes on a fresh database, sharing their key files.
+async fn three_nodes() -> Nodes {
+    let url = PgCluster::shared().database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Arc::new(TestGateway::start_node(dir.path(), &url).await));
+    }
+    Nodes { nodes, _dir: dir }
+}
+
+/// Waits until `key` authenticates on `node` (its creation reached it): how long it took.
+async fn known_on(node: &TestGateway, key: &str) -> Duration {
+    let started = Instant::now();
+    for _ in 0..100 {
+        let (status, _) = node
+            .call(Method::GET, "/v1/escalations/pending", Some(key), None)
+            .await;
+        if status != 401 {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the key never reached the node");
+}
+
+/// A tenant made through node 0 with `policy` active, known on every node.
+async fn tenant(n: &Nodes, policy: &str) -> TestTenant {
+    let t = n.nodes[0].tenant("acme", Some(policy)).await;
+    for node in &n.nodes[1..] {
+        known_on(node, &t.reviewer).await;
+        known_on(node, &t.agent).await;
+    }
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_through_three_nodes_make_one_gapless_chain() {
+    let n = three_nodes().await;
+    let t = tenant(&n, artifacts::PAYMENTS_LIMITS).await;
+    let mut calls = Vec::new();
+    for i in 0..60 {
+        let (node, key) = (n.nodes[i % 3].clone(), t.agent.clone());
+        calls.push(tokio::spawn(async move {
+            node.execute(&key, &format!("s{}", i % 5), "email.send", json!({"i": i}))
+                .await
+        }));
+    }
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    for node in &n.nodes {
+        let records = node.audit(&t.reviewer).await;
+        assert_chain_valid(&records);
+        let decisions = records.iter().filter(|r| r["kind"] == "decision").count();
+        assert_eq!(decisions, 60);
+        let (status, verified) = node
+            .call(Method::GET, "/v1/audit/verify", Some(&t.reviewer), None)
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(verified["ok"], true, "{verified}");
+    }
+    // A session's calls, wherever they were made, are in its timeline on any node.
+    let (status, session) = n.nodes[2]
+        .call(Method::GET, "/v1/sessions/s0", Some(&t.reviewer), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(session["events"].as_array().unwrap().len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spend_cap_holds_across_three_nodes() {
+    let n = three_nodes().await;
+    let t = tenant(&n, artifacts::SPEND_CAP).await;
+    // Session cap 1000: 45 concurrent payments of 90 through three nodes; at most 11 fit.
+    let mut calls = Vec::new();
+    for i in 0..45 {
+        let (node, key) = (n.nodes[i % 3].clone(), t.agent.clone());
+        calls.push(tokio::spawn(async move {
+            node.execute(
+                &key,
+                "cap-session",
+                "payments.initiate",
+                json!({"amount": 90, "currency": "GBP", "i": i}),
+            )
+            .await
+        }));
+    }
+    let mut allowed = 0;
+    for call in calls {
+        let (status, body) = call.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        if body["decision"] == "ALLOW" {
+            allowed += 1;
+        }
+    }
+    let records = n.nodes[1].audit(&t.reviewer).await;
+    let charged: f64 = records
+        .iter()
+        .flat_map(|r| r["charges"].as_array().unwrap().clone())
+        .map(|c| c["amount"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        charged <= 1000.0,
+        "recorded spend {charged} exceeds the cap"
+    );
+    assert_eq!(charged, allowed as f64 * 90.0);
+    assert!(allowed >= 1);
+    assert_chain_valid(&records);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_held_on_one_node_is_decided_once_through_others_and_its_waiter_answered() {
+    let n = three_nodes().await;
+    let t = tenant(&n, artifacts::PAYMENTS_LIMITS).await;
+    let (held_on, key) = (n.nodes[0].clone(), t.agent.clone());
+    let waiting = tokio::spawn(async move {
+        held_on
+            .execute_waiting(
+                &key,
+                "s",
+                "payments.initiate",
+                json!({"amount": 5000, "currency": "GBP"}),
+                Some(60),
+            )
+            .await
+    });
+    let esc = n.nodes[1].pending_escalation(&t.reviewer).await;
+    let id = esc["escalation_id"].as_str().unwrap().to_owned();
+    // Two reviewers decide at once through two other nodes: exactly one decision stands.
+    let path = format!("/v1/escalations/{id}/approve");
+    let (b, c) = (n.nodes[1].clone(), n.nodes[2].clone());
+    let (reviewer_b, reviewer_c) = (t.reviewer.clone(), t.reviewer.clone());
+    let (pb, pc) = (path.clone(), path.clone());
+    let approved_at = Instant::now();
+    let first = tokio::spawn(async move {
+        b.call(
+            Method::POST,
+            &pb,
+            Some(&reviewer_b),
+            Some(json!({"note": "b"})),
+        )
+        .await
+    });
+    let second = tokio::spawn(async move {
+        c.call(
+            Method::POST,
+            &pc,
+            Some(&reviewer_c),
+            Some(json!({"note": "c"})),
+        )
+        .await
+    });
+    let mut statuses = vec![first.await.unwrap().0, second.await.unwrap().0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "exactly one decision stands");
+
+    let (status, answer) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiting caller on the first node was answered")
+        .unwrap();
+    let waited = approved_at.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "ALLOW", "{answer}");
+    assert!(waited < Duration::from_secs(5), "answered after {waited:?}");
+    let records = n.nodes[2].audit(&t.reviewer).await;
+    let resolutions = records
+        .iter()
+        .filter(|r| r["kind"] == "escalation_resolved")
+        .count();
+    assert_eq!(resolutions, 1);
+    assert_chain_valid(&records);
+    // Any node answers the wait.
+    let (status, waited) = n.nodes[2]
+        .call(
+            Method::GET,
+            &format!("/v1/escalations/{id}/wait?timeout=1"),
+            Some(&t.agent),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{waited}");
+    assert_eq!(waited["status"], "approved", "{waited}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_activation_and_a_revocation_through_one_node_are_in_force_on_the_others() {
+    let n = three_nodes().await;
+    let t = tenant(&n, artifacts::ALLOW_ALL).await;
+    let big = json!({"amount": 5000, "currency": "GBP"});
+    let (_, body) = n.nodes[2]
+        .execute(&t.agent, "s", "payments.initiate", big.clone())
+        .await;
+    assert_eq!(body["decision"], "ALLOW", "{body}");
+
+    // Activated through node 0: node 2 decides with it, within a bounded delay.
+    n.nodes[0]
+        .client(&t.admin)
+        .upload_policy(
+            "limits",
+            true,
+            writ_tests::component(artifacts::PAYMENTS_LIMITS),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let (_, body) = n.nodes[2]
+            .execute(&t.agent, "s", "payments.initiate", big.clone())
+            .await;
+        if body["decision"] == "ESCALATE" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "node 2 still decides with the old policy: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Revoked through node 1: node 2 refuses the key.
+    let operator = n.nodes[1].client(&n.nodes[1].operator_key);
+    let keys = operator.keys(&t.id).await.unwrap();
+    let agent_key = keys
+        .keys
+        .iter()
+        .find(|k| k.role == "agent")
+        .unwrap()
+        .key_id
+        .clone();
+    operator.revoke_key(&agent_key).await.unwrap();
+    let started = Instant::now();
+    loop {
+        let (status, _) = n.nodes[2]
+            .execute(&t.agent, "s", "email.send", json!({}))
+            .await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "node 2 still takes the revoked key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
