@@ -90,11 +90,13 @@ impl TestGateway {
     }
 
     /// Starts one of several gateway processes (nodes) serving the PostgreSQL store at `url`,
-    /// with its local files in `dir` (nodes may share it: they then share their key files).
+    /// with its local files in `dir` and the keys every node of the tests' stores is given.
     pub async fn start_node(dir: &Path, url: &str) -> Self {
         let mut config = Self::config(dir);
         config.store_url = Some(url.to_owned());
         config.store_shared = true;
+        config.master_key = Some("11".repeat(32));
+        config.checkpoint_key = Some("22".repeat(32));
         Self::start_with(config).await
     }
 

@@ -14,24 +14,25 @@ use writ_tests::postgres::PgCluster;
 
 struct Nodes {
     nodes: Vec<Arc<TestGateway>>,
-    _dir: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
-/// Three nodes on a fresh database, sharing their key files.
+/// Three nodes on a fresh database, each with a data directory of its own and the same keys.
 async fn three_nodes() -> Nodes {
     let url = PgCluster::shared().database();
-    let dir = tempfile::tempdir().unwrap();
-    let mut nodes = Vec::new();
+    let (mut nodes, mut dirs) = (Vec::new(), Vec::new());
     for _ in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
         nodes.push(Arc::new(TestGateway::start_node(dir.path(), &url).await));
+        dirs.push(dir);
     }
-    Nodes { nodes, _dir: dir }
+    Nodes { nodes, _dirs: dirs }
 }
 
 /// Waits until `key` authenticates on `node` (its creation reached it): how long it took.
 async fn known_on(node: &TestGateway, key: &str) -> Duration {
     let started = Instant::now();
-    for _ in 0..100 {
+    for _ in 0..1500 {
         let (status, _) = node
             .call(Method::GET, "/v1/escalations/pending", Some(key), None)
             .await;
@@ -43,14 +44,31 @@ async fn known_on(node: &TestGateway, key: &str) -> Duration {
     panic!("the key never reached the node");
 }
 
-/// A tenant made through node 0 with `policy` active, known on every node.
+/// A tenant made through node 0 with `policy` active, known on every node with its policy
+/// loaded there (each node compiles it from the component the database holds; until then its
+/// calls are blocked `no_active_policy`, which the probes, in session `probe`, wait out).
 async fn tenant(n: &Nodes, policy: &str) -> TestTenant {
     let t = n.nodes[0].tenant("acme", Some(policy)).await;
     for node in &n.nodes[1..] {
         known_on(node, &t.reviewer).await;
         known_on(node, &t.agent).await;
+        for _ in 0..600 {
+            let (_, body) = node.execute(&t.agent, "probe", "probe", json!({})).await;
+            if body["codes"] != json!(["no_active_policy"]) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     t
+}
+
+/// The decisions of `records` outside the probes' session.
+fn decisions(records: &[serde_json::Value]) -> usize {
+    records
+        .iter()
+        .filter(|r| r["kind"] == "decision" && r["session_id"] != "probe")
+        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,8 +90,7 @@ async fn appends_through_three_nodes_make_one_gapless_chain() {
     for node in &n.nodes {
         let records = node.audit(&t.reviewer).await;
         assert_chain_valid(&records);
-        let decisions = records.iter().filter(|r| r["kind"] == "decision").count();
-        assert_eq!(decisions, 60);
+        assert_eq!(decisions(&records), 60);
         let (status, verified) = node
             .call(Method::GET, "/v1/audit/verify", Some(&t.reviewer), None)
             .await;
@@ -213,7 +230,8 @@ async fn an_activation_and_a_revocation_through_one_node_are_in_force_on_the_oth
         .await;
     assert_eq!(body["decision"], "ALLOW", "{body}");
 
-    // Activated through node 0: node 2 decides with it, within a bounded delay.
+    // Activated through node 0: node 2 decides with it once it has compiled it (a debug build
+    // compiles for seconds; the notification itself arrives within milliseconds).
     n.nodes[0]
         .client(&t.admin)
         .upload_policy(
@@ -232,7 +250,7 @@ async fn an_activation_and_a_revocation_through_one_node_are_in_force_on_the_oth
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(5),
+            started.elapsed() < Duration::from_secs(60),
             "node 2 still decides with the old policy: {body}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;

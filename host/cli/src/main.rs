@@ -55,6 +55,15 @@ enum Command {
         /// directory.
         #[arg(long = "store", env = "WRIT_STORE_URL", hide_env_values = true)]
         store_url: Option<String>,
+        /// A file holding the vault's master key (64 hex digits) instead of the data
+        /// directory's `master.key` (`WRIT_MASTER_KEY` gives it directly); every node of a
+        /// store needs the same one.
+        #[arg(long)]
+        master_key_file: Option<PathBuf>,
+        /// A file holding the checkpoint signing key (64 hex digits) instead of the data
+        /// directory's `checkpoint.key` (`WRIT_CHECKPOINT_KEY` gives it directly).
+        #[arg(long)]
+        checkpoint_key_file: Option<PathBuf>,
         /// Set up a `demo` tenant with this policy component active, and print fresh keys.
         #[arg(long)]
         demo_policy: Option<PathBuf>,
@@ -409,6 +418,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             data_dir,
             store_url,
+            master_key_file,
+            checkpoint_key_file,
             demo_policy,
             pool_slots,
             egress_allow,
@@ -423,6 +434,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let mut config = ServeConfig::new(listen, data_dir);
             config.store_url = store_url;
+            config.master_key = secret("WRIT_MASTER_KEY", master_key_file)?;
+            config.checkpoint_key = secret("WRIT_CHECKPOINT_KEY", checkpoint_key_file)?;
             config.app = config.app.with_pool_slots(pool_slots);
             config.egress_allow = egress_allow;
             config.egress_ca_file = egress_ca_file;
@@ -494,15 +507,26 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A secret key in hex: from the environment variable `var`, else the file at `file`, else
+/// `None` (the data directory's file).
+fn secret(var: &str, file: Option<PathBuf>) -> anyhow::Result<Option<String>> {
+    if let Some(key) = std::env::var(var).ok().filter(|k| !k.is_empty()) {
+        return Ok(Some(key));
+    }
+    file.map(|path| {
+        std::fs::read_to_string(&path)
+            .map(|k| k.trim().to_owned())
+            .with_context(|| format!("reading {}", path.display()))
+    })
+    .transpose()
+}
+
 async fn serve(
     mut config: ServeConfig,
     console: ConsoleConfig,
     demo_policy: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     config.operator_key = std::env::var("WRIT_OPERATOR_KEY")
-        .ok()
-        .filter(|k| !k.is_empty());
-    config.master_key = std::env::var("WRIT_MASTER_KEY")
         .ok()
         .filter(|k| !k.is_empty());
     let gateway = Gateway::open(config).await?;

@@ -166,8 +166,11 @@ fn spawn_checkpoint_signer(inner: &Arc<Services>) {
 /// Follows the changes other processes sharing the store make to the rows this one keeps in
 /// memory (tenants, keys, active policies, escalations, catalog), applying each as it commits
 /// there; after a gap in the feed, reads them all again.
-fn spawn_change_follower(inner: &Arc<Services>) {
-    let Some(mut changes) = inner.store.changes() else {
+fn spawn_change_follower(
+    inner: &Arc<Services>,
+    changes: Option<tokio::sync::broadcast::Receiver<Change>>,
+) {
+    let Some(mut changes) = changes else {
         return;
     };
     let (weak, cancel) = (Arc::downgrade(inner), inner.cancel.clone());
@@ -185,9 +188,12 @@ fn spawn_change_follower(inner: &Arc<Services>) {
             let Some(services) = weak.upgrade() else {
                 break;
             };
-            // Applying reads the store and may compile a policy: off the async workers.
-            let applied = tokio::task::spawn_blocking(move || services.apply(&change)).await;
-            if let Err(e) = applied {
+            // Applying reads the store and may compile a policy: off the async workers. An
+            // activation compiles on its own, so that changes after it (a revocation) are not
+            // held up behind the compile.
+            let activation = matches!(change, Change::Row(Table::Active, _));
+            let applying = tokio::task::spawn_blocking(move || services.apply(&change));
+            if !activation && let Err(e) = applying.await {
                 tracing::error!(error = %e, "applying another process's change");
             }
         }
@@ -285,6 +291,9 @@ impl App {
         master_key: &[u8; 32],
     ) -> anyhow::Result<Self> {
         let clock = config.clock.clone();
+        // Subscribed before anything is loaded: a change another process commits while this
+        // one loads is applied after, not lost.
+        let changes = store.changes();
         let engine = Engine::new(&config.engine)
             .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
         let degraded = Degraded::default();
@@ -421,7 +430,7 @@ impl App {
         let inner = Arc::new(services);
         spawn_checkpoint_signer(&inner);
         spawn_expiry_sweeper(&inner);
-        spawn_change_follower(&inner);
+        spawn_change_follower(&inner, changes);
         Ok(Self { inner })
     }
 

@@ -100,6 +100,18 @@ impl CheckpointSigner {
         }
     }
 
+    /// The key whose 32 secret bytes are `hex` (64 hex digits): every node of a store signs
+    /// with the same key (`WRIT_CHECKPOINT_KEY`, `--checkpoint-key-file`).
+    pub fn from_hex(hex_key: &str) -> Result<Self, CheckpointError> {
+        let mut secret = [0u8; 32];
+        hex::decode_to_slice(hex_key.trim(), &mut secret).map_err(|e| {
+            CheckpointError::KeyFile(format!("the checkpoint key: expected 64 hex digits: {e}"))
+        })?;
+        Ok(Self {
+            key: SigningKey::from_bytes(&secret),
+        })
+    }
+
     /// Loads the data dir's key, never creating one: for commands that only read a store.
     pub fn load(data_dir: &Path) -> Result<Self, CheckpointError> {
         let path = data_dir.join("checkpoint.key");

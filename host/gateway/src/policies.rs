@@ -565,10 +565,11 @@ impl Policies {
             return Ok(());
         }
         let policy = self.prepare(tenant_id, &policy_id)?;
-        self.active
-            .write()
-            .expect("active lock")
-            .insert(tenant_id.to_owned(), policy);
+        // Another activation may have landed while this one compiled: the row decides.
+        let mut active = self.active.write().expect("active lock");
+        if self.active_id(tenant_id)?.as_deref() == Some(policy_id.as_str()) {
+            active.insert(tenant_id.to_owned(), policy);
+        }
         Ok(())
     }
 

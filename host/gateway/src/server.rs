@@ -48,6 +48,9 @@ pub struct ServeConfig {
     /// The vault's master key (64 hex digits); when `None`, read from (or created in)
     /// `<data_dir>/master.key`.
     pub master_key: Option<String>,
+    /// The checkpoint signing key (64 hex digits); when `None`, read from (or created in)
+    /// `<data_dir>/checkpoint.key`. Nodes of one store are given the same one.
+    pub checkpoint_key: Option<String>,
     /// Gateway settings.
     pub app: AppConfig,
     /// Request body limits.
@@ -106,6 +109,7 @@ impl ServeConfig {
             store_shared: false,
             operator_key: None,
             master_key: None,
+            checkpoint_key: None,
             app: AppConfig::default(),
             limits: BodyLimits::default(),
             egress_allow: String::new(),
@@ -179,7 +183,10 @@ impl Gateway {
                     .context("opening the PostgreSQL store")?
             }
         };
-        let signer = crate::checkpoint::CheckpointSigner::load_or_create(&config.data_dir)?;
+        let signer = match &config.checkpoint_key {
+            Some(hex_key) => crate::checkpoint::CheckpointSigner::from_hex(hex_key)?,
+            None => crate::checkpoint::CheckpointSigner::load_or_create(&config.data_dir)?,
+        };
         let master_key = crate::vault::master_key(&config.data_dir, config.master_key.as_deref())?;
         let listener = TcpListener::bind(config.listen)
             .await

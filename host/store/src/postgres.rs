@@ -156,7 +156,18 @@ impl PgStore {
             .map_err(pg)?;
         let node = format!("{:016x}", rand::random::<u64>());
         let changes = tokio::sync::broadcast::channel(CHANGES_BUFFERED).0;
-        runtime.spawn(listen(config_for_listen, node.clone(), changes.clone()));
+        // Listening before the store is handed out: a change committed after `open` returns
+        // is heard.
+        let (listening, heard) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(listen(
+            config_for_listen,
+            node.clone(),
+            changes.clone(),
+            listening,
+        ));
+        heard
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .map_err(|_| pg("could not listen for other processes' changes"))?;
         Ok(Self {
             dir: dir.to_owned(),
             pool,
@@ -514,6 +525,7 @@ async fn listen(
     config: tokio_postgres::Config,
     node: String,
     changes: tokio::sync::broadcast::Sender<Change>,
+    listening: std::sync::mpsc::SyncSender<()>,
 ) {
     let mut first = true;
     loop {
@@ -540,7 +552,9 @@ async fn listen(
                     .await
                     .is_ok()
                 {
-                    if !first {
+                    if first {
+                        let _ = listening.try_send(());
+                    } else {
                         let _ = changes.send(Change::Resync);
                     }
                     first = false;
