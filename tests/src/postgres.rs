@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// The running cluster.
 pub struct PgCluster {
     port: u16,
-    _dir: PathBuf,
+    dir: PathBuf,
 }
 
 /// Where the server's programs are: Debian's versioned directory, else `PATH`.
@@ -100,22 +100,44 @@ impl PgCluster {
             "--no-instructions",
         ]);
         run(initdb, "initdb");
-        let port = free_port();
+        let cluster = Self {
+            port: free_port(),
+            dir,
+        };
+        run(cluster.start_command(), "pg_ctl start");
+        watchdog(&cluster.dir, &data);
+        cluster
+    }
+
+    /// Stops the server at once (as a crash would), for tests of a database that goes away.
+    pub fn stop(&self) {
+        let mut stop = server_command("pg_ctl");
+        stop.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        run(stop, "pg_ctl stop");
+    }
+
+    /// Starts the server again after [`PgCluster::stop`].
+    pub fn start_again(&self) {
+        run(self.start_command(), "pg_ctl start");
+    }
+
+    fn start_command(&self) -> Command {
         let mut start = server_command("pg_ctl");
         start
             .arg("-D")
-            .arg(&data)
+            .arg(self.dir.join("data"))
             .arg("-l")
-            .arg(dir.join("server.log"))
+            .arg(self.dir.join("server.log"))
             .arg("-o")
             .arg(format!(
-                "-c listen_addresses=127.0.0.1 -p {port} -k {} -c max_connections=300",
-                dir.display()
+                "-c listen_addresses=127.0.0.1 -p {} -k {} -c max_connections=300",
+                self.port,
+                self.dir.display()
             ))
             .args(["-w", "-t", "60", "start"]);
-        run(start, "pg_ctl start");
-        watchdog(&dir, &data);
-        Self { port, _dir: dir }
+        start
     }
 
     /// A new, empty database in the cluster: its URL.

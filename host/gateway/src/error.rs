@@ -98,7 +98,17 @@ pub type Result<T> = std::result::Result<T, AppError>;
 
 impl From<StoreError> for AppError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(Box::new(e))
+        match e {
+            // The database cannot be reached or refused the query: nothing was acknowledged.
+            StoreError::Postgres(_) => {
+                tracing::error!(error = %e, "the store cannot be reached");
+                Self::Unavailable {
+                    code: "store_unavailable",
+                    message: "the store cannot be reached now; nothing was acknowledged".into(),
+                }
+            }
+            e => Self::Internal(Box::new(e)),
+        }
     }
 }
 
@@ -118,6 +128,7 @@ impl From<AuditError> for AppError {
                             .into(),
                 }
             }
+            AuditError::Store(e) => e.into(),
             AuditError::RowChanged => Self::Conflict {
                 code: "changed_elsewhere",
                 message: "another gateway process changed this first; read it again".into(),
