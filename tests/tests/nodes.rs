@@ -282,3 +282,73 @@ async fn an_activation_and_a_revocation_through_one_node_are_in_force_on_the_oth
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_sent_through_three_nodes_runs_once() {
+    let n = three_nodes().await;
+    let t = tenant(&n, artifacts::ALLOW_ALL).await;
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().fallback({
+        let hits = hits.clone();
+        move || {
+            hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { axum::Json(json!({"ok": true})) }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (status, body) = n.nodes[0]
+        .call(
+            Method::PUT,
+            "/v1/catalog/github/github.repos.get",
+            Some(&t.admin),
+            Some(json!({"method": "GET", "url": format!("{base}/repos/{{owner}}/{{repo}}")})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let body = json!({"requestId": "req-9", "service": "github",
+                      "toolCall": {"toolName": "github.repos.get", "arguments": {"owner": "acme", "repo": "r"}},
+                      "agent": {"agentId": "bot"}});
+    let mut sends = Vec::new();
+    for i in 0..9 {
+        let (node, key, body) = (n.nodes[i % 3].clone(), t.agent.clone(), body.clone());
+        sends.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(node.url("/v1/execute"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", "req-9")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }));
+    }
+    let mut answers = Vec::new();
+    for s in sends {
+        answers.push(s.await.unwrap());
+    }
+    assert!(
+        answers.iter().all(|a| a == &answers[0]),
+        "every repeat, on every node, gets the first answer: {answers:?}"
+    );
+    assert_eq!(answers[0].0, 202, "{answers:?}");
+    let records = n.nodes[1].audit(&t.reviewer).await;
+    assert_eq!(decisions(&records), 1, "one evaluation, one record");
+    for _ in 0..100 {
+        if hits.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the downstream ran once"
+    );
+}

@@ -367,13 +367,37 @@ impl Catalog {
             .get(Table::Catalog, &Self::key(tenant_id, service, tool_name))?)
     }
 
-    /// Whether the tenant has any entry for `service` (from memory).
+    /// Whether the tenant has any entry for `service` (from memory; on a store other processes
+    /// write, a service not known here is looked up, so an entry just put through another
+    /// node is in force at once).
     pub fn has_service(&self, tenant_id: &str, service: &str) -> bool {
-        self.services
+        let known = self
+            .services
             .read()
             .expect("catalog services lock")
             .get(tenant_id)
-            .is_some_and(|names| names.contains(service))
+            .is_some_and(|names| names.contains(service));
+        if known || !self.store.is_shared() {
+            return known;
+        }
+        let prefix = tenant_key(tenant_id, &[service.as_bytes(), b""]);
+        let end = crate::store::prefix_end(&prefix).unwrap_or_default();
+        let stored = self
+            .store
+            .range_raw(Table::Catalog, &prefix, &end, 1)
+            .map(|rows| !rows.is_empty())
+            // A store that cannot be read is not taken as "uncatalogued": the call then
+            // resolves through the store and fails there.
+            .unwrap_or(true);
+        if stored {
+            self.services
+                .write()
+                .expect("catalog services lock")
+                .entry(tenant_id.to_owned())
+                .or_default()
+                .insert(service.to_owned());
+        }
+        stored
     }
 
     /// A page of the tenant's entries in key (service, tool name) order, strictly after the

@@ -411,7 +411,7 @@ impl Store {
 
 /// The first key after every key that starts with `prefix`, if there is one (a prefix of only
 /// `0xff` bytes has none).
-pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -1,6 +1,11 @@
 //! `Idempotency-Key` on `POST /v1/execute`: the whole call happens at most once per (tenant,
 //! key) within 24 hours, and a repeat gets the first answer, status and body as sent. Here, in
 //! the API layer, because what it stores is an HTTP answer.
+//!
+//! Across processes sharing a store, the first request claims the key with a guarded write
+//! (the row must still be what it read, absent at first) before it runs; a repeat that finds a
+//! claim waits for the answer. A claim left by a process that died is taken over after
+//! [`CLAIM_MS`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,6 +18,10 @@ use crate::tenants::tenant_key;
 
 /// How long a key's answer is kept.
 const KEPT_MS: u64 = 24 * 3600 * 1000;
+/// How long a claim stands without its answer before another request may take the key over.
+const CLAIM_MS: u64 = 60 * 1000;
+/// How often a repeat looks again for the answer to a claim made elsewhere.
+const CLAIM_POLL: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// A lock serializing the requests of one idempotency key.
 type KeyLock = Arc<tokio::sync::Mutex<()>>;
@@ -24,6 +33,9 @@ struct IdempotentAnswer {
     status: u16,
     body: String,
     created_ms: u64,
+    /// A claim: the first request is running (somewhere), its answer not stored yet.
+    #[serde(default)]
+    running: bool,
 }
 
 /// The stored answers and the per-key locks. Shared by every request.
@@ -101,40 +113,85 @@ impl Idempotency {
         };
         let _first = entry.lock.as_ref().expect("held until drop").lock().await;
         let row = tenant_key(tenant_id, &[key.as_bytes()]);
-        let stored: Option<IdempotentAnswer> = self.store.get(Table::Idempotency, &row)?;
-        match stored {
-            Some(s) if self.clock.now_ms().saturating_sub(s.created_ms) < KEPT_MS => {
-                if s.fingerprint != fingerprint {
+        let claim = loop {
+            let raw = self.store.get_raw(Table::Idempotency, &row)?;
+            let stored: Option<IdempotentAnswer> =
+                raw.as_deref().and_then(|r| serde_json::from_slice(r).ok());
+            let now = self.clock.now_ms();
+            match stored {
+                Some(s)
+                    if s.fingerprint != fingerprint
+                        && now.saturating_sub(s.created_ms) < KEPT_MS =>
+                {
                     return Err(AppError::Unprocessable {
                         code: "idempotency_key_reused",
                         message: "this Idempotency-Key was used with a different request".into(),
                     });
                 }
-                Ok((s.status, s.body, None))
+                Some(s) if !s.running && now.saturating_sub(s.created_ms) < KEPT_MS => {
+                    return Ok((s.status, s.body, None));
+                }
+                Some(s) if s.running && now.saturating_sub(s.created_ms) < CLAIM_MS => {
+                    // The first request runs in another process: its answer is coming.
+                    tokio::time::sleep(CLAIM_POLL).await;
+                }
+                _ => {
+                    let claim = IdempotentAnswer {
+                        fingerprint: fingerprint.to_owned(),
+                        status: 0,
+                        body: String::new(),
+                        created_ms: now,
+                        running: true,
+                    };
+                    let bytes = serde_json::to_vec(&claim).expect("answers serialize");
+                    let claimed = self.store.commit_guarded(
+                        &[(Table::Idempotency, row.clone(), bytes.clone())],
+                        &[],
+                        &[(Table::Idempotency, row.clone(), raw)],
+                    );
+                    match claimed {
+                        Ok(()) => break bytes,
+                        Err(crate::store::StoreError::Conflict(_)) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
             }
-            _ => {
-                let (status, body, then) = run.await?;
-                let answer = IdempotentAnswer {
-                    fingerprint: fingerprint.to_owned(),
-                    status,
-                    body: body.clone(),
-                    created_ms: self.clock.now_ms(),
-                };
-                self.store.put(Table::Idempotency, &row, &answer)?;
-                let store = self.store.clone();
-                tokio::task::spawn_blocking(move || store.flush())
-                    .await
-                    .map_err(AppError::internal)?
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "an idempotent answer could not be made durable");
-                        AppError::Unavailable {
-                            code: "store_unavailable",
-                            message: "the answer could not be made durable; the decision stands in the audit log".into(),
-                        }
-                    })?;
-                Ok((status, body, Some(then)))
+        };
+        let ran = run.await;
+        let (status, body, then) = match ran {
+            Ok(answer) => answer,
+            Err(e) => {
+                // Nothing to repeat: the key is free again (unless taken over).
+                let _ = self.store.commit_guarded(
+                    &[],
+                    &[(Table::Idempotency, row.clone())],
+                    &[(Table::Idempotency, row.clone(), Some(claim))],
+                );
+                return Err(e);
             }
-        }
+        };
+        let answer = IdempotentAnswer {
+            fingerprint: fingerprint.to_owned(),
+            status,
+            body: body.clone(),
+            created_ms: self.clock.now_ms(),
+            running: false,
+        };
+        self.store.put(Table::Idempotency, &row, &answer)?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(AppError::internal)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "an idempotent answer could not be made durable");
+                AppError::Unavailable {
+                    code: "store_unavailable",
+                    message:
+                        "the answer could not be made durable; the decision stands in the audit log"
+                            .into(),
+                }
+            })?;
+        Ok((status, body, Some(then)))
     }
 
     /// Keys with a lock entry now (requests in flight on them).
