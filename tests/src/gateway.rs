@@ -92,7 +92,13 @@ impl TestGateway {
     /// Starts one of several gateway processes (nodes) serving the PostgreSQL store at `url`,
     /// with its local files in `dir` and the keys every node of the tests' stores is given.
     pub async fn start_node(dir: &Path, url: &str) -> Self {
+        Self::start_node_with_clock(dir, url, writ_gateway::clock::system()).await
+    }
+
+    /// [`Self::start_node`], taking its time from `clock`.
+    pub async fn start_node_with_clock(dir: &Path, url: &str, clock: SharedClock) -> Self {
         let mut config = Self::config(dir);
+        config.app.clock = clock;
         config.store_url = Some(url.to_owned());
         config.store_shared = true;
         config.master_key = Some("11".repeat(32));

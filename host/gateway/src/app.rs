@@ -258,6 +258,28 @@ impl Services {
     }
 }
 
+/// Tends the job leases every third of their length: renews this process's, and on a shared
+/// store interrupts the jobs of processes that died.
+fn spawn_lease_keeper(inner: &Arc<Services>) {
+    let (weak, cancel) = (Arc::downgrade(inner), inner.cancel.clone());
+    let shared = inner.store.is_shared();
+    let every = Duration::from_millis(crate::jobs::LEASE_MS / 3);
+    let jumped = inner.clock.jumped().unwrap_or_default();
+    inner.tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
+                () = jumped.notified() => {}
+            }
+            let Some(inner) = weak.upgrade() else { break };
+            let jobs = inner.jobs.clone();
+            drop(inner);
+            let _ = tokio::task::spawn_blocking(move || jobs.tend_leases(shared)).await;
+        }
+    });
+}
+
 /// Expires pending escalations at their deadlines, until the app is shut down or dropped: it
 /// sleeps until the earliest deadline, woken early when an escalation opens with an earlier
 /// one, and holds the app only while it works.
@@ -431,6 +453,7 @@ impl App {
         spawn_checkpoint_signer(&inner);
         spawn_expiry_sweeper(&inner);
         spawn_change_follower(&inner, changes);
+        spawn_lease_keeper(&inner);
         Ok(Self { inner })
     }
 

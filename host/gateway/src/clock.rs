@@ -59,9 +59,10 @@ impl ManualClock {
         Self::new(SystemClock.now_ms())
     }
 
-    /// Moves the clock forward by `ms`, and wakes a task sleeping on it.
+    /// Moves the clock forward by `ms`, and wakes the tasks sleeping on it.
     pub fn advance(&self, ms: u64) {
         self.ms.fetch_add(ms, Ordering::SeqCst);
+        self.jumped.notify_waiters();
         // A stored permit: a sleeper between reading the time and waiting still wakes.
         self.jumped.notify_one();
     }

@@ -4,10 +4,13 @@
 //! the same host bound what a downstream can do to the gateway.
 //!
 //! A job interrupted by a restart is marked failed (`interrupted`), never re-run: a payment
-//! must never be sent twice.
+//! must never be sent twice. A job runs on the process that made it, which holds its lease
+//! (`Table::JobLeases`, renewed every [`LEASE_MS`] / 3 while it is in flight); on a store
+//! several processes share, a lease left to expire (its process died) marks the job
+//! `interrupted`, by whichever process sees it first (a guarded write: once).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,16 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// Largest downstream response body kept, in bytes.
 pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// How long a job's lease lasts unless its process renews it.
+pub const LEASE_MS: u64 = 30_000;
+
+/// Who runs a job not finished, and until when unless renewed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    node: String,
+    until_ms: u64,
+}
 
 /// Where a job stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +109,7 @@ impl Job {
         tenant_key(&self.tenant_id, &[self.id.as_bytes()])
     }
 
-    /// Its store row, to commit with the record that creates it.
+    /// Its store row.
     pub fn row(&self) -> Write {
         (
             Table::Jobs,
@@ -104,6 +117,14 @@ impl Job {
             serde_json::to_vec(self).expect("jobs serialize"),
         )
     }
+}
+
+fn lease_bytes(node: &str, until_ms: u64) -> Vec<u8> {
+    serde_json::to_vec(&Lease {
+        node: node.to_owned(),
+        until_ms,
+    })
+    .expect("leases serialize")
 }
 
 /// The job table and worker pool. Cheap to clone.
@@ -116,6 +137,10 @@ pub struct Jobs {
     workers: Arc<Semaphore>,
     /// Each tenant's share of the workers.
     lanes: Lanes,
+    /// This process, in leases.
+    node: String,
+    /// The leases this process holds: job key → the lease as last written.
+    leases: Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>,
 }
 
 /// Jobs sent at once, all tenants together.
@@ -136,6 +161,20 @@ impl Jobs {
         degraded: &crate::degraded::Degraded,
     ) -> Result<(Self, Vec<Job>), StoreError> {
         let mut interrupted = Vec::new();
+        let jobs = Self {
+            clock,
+            store: store.clone(),
+            vault,
+            egress,
+            workers: Arc::new(Semaphore::new(WORKERS)),
+            lanes: Lanes::new(TENANT_RUNNING, TENANT_QUEUED),
+            node: store.node_id().to_owned(),
+            leases: Arc::default(),
+        };
+        if store.is_shared() {
+            // Other processes may be running theirs: only an expired lease interrupts a job.
+            return Ok((jobs, interrupted));
+        }
         let (rows, bad) = store.scan_each::<Job>(Table::Jobs, b"")?;
         for (key, e) in bad {
             degraded.mark(
@@ -148,21 +187,95 @@ impl Jobs {
             if matches!(job.status, JobStatus::Pending | JobStatus::Running) {
                 job.status = JobStatus::Failed;
                 job.error = Some("interrupted".into());
-                store.put(Table::Jobs, &job.key(), &job)?;
+                store.commit_with_removes(&[job.row()], &[(Table::JobLeases, job.key())])?;
                 interrupted.push(job);
             }
         }
-        Ok((
-            Self {
-                clock,
-                store,
-                vault,
-                egress,
-                workers: Arc::new(Semaphore::new(WORKERS)),
-                lanes: Lanes::new(TENANT_RUNNING, TENANT_QUEUED),
-            },
-            interrupted,
-        ))
+        Ok((jobs, interrupted))
+    }
+
+    /// The rows of a new job, to commit with the record that creates it: the job, and the
+    /// lease this process holds on it.
+    pub fn rows(&self, job: &Job) -> [Write; 2] {
+        let lease = lease_bytes(&self.node, self.clock.now_ms() + LEASE_MS);
+        self.leases
+            .lock()
+            .expect("leases lock")
+            .insert(job.key(), lease.clone());
+        [job.row(), (Table::JobLeases, job.key(), lease)]
+    }
+
+    /// Renews the leases of this process's jobs in flight (guarded: a lease another process
+    /// found expired and took is not renewed).
+    pub fn renew_leases(&self) {
+        let held: Vec<(Vec<u8>, Vec<u8>)> = self
+            .leases
+            .lock()
+            .expect("leases lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (key, before) in held {
+            let after = lease_bytes(&self.node, self.clock.now_ms() + LEASE_MS);
+            let renewed = self.store.commit_guarded(
+                &[(Table::JobLeases, key.clone(), after.clone())],
+                &[],
+                &[(Table::JobLeases, key.clone(), Some(before))],
+            );
+            let mut leases = self.leases.lock().expect("leases lock");
+            match renewed {
+                Ok(()) => {
+                    if let Some(lease) = leases.get_mut(&key) {
+                        *lease = after;
+                    }
+                }
+                Err(StoreError::Conflict(_)) => {
+                    leases.remove(&key);
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing a job lease"),
+            }
+        }
+    }
+
+    /// Marks failed `interrupted` every job whose lease expired (its process died or lost the
+    /// store), once across processes; returns them to record.
+    pub fn sweep_expired(&self) -> Result<Vec<Job>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut interrupted = Vec::new();
+        for (key, bytes) in self.store.scan_raw(Table::JobLeases, b"")? {
+            let expired = serde_json::from_slice::<Lease>(&bytes)
+                .map_or(true, |l| l.until_ms < now && l.node != self.node);
+            if !expired {
+                continue;
+            }
+            let mut removes = vec![(Table::JobLeases, key.clone())];
+            let mut writes = Vec::new();
+            let job = self.store.get::<Job>(Table::Jobs, &key)?;
+            let job = job.filter(|j| matches!(j.status, JobStatus::Pending | JobStatus::Running));
+            if let Some(mut job) = job.clone() {
+                job.status = JobStatus::Failed;
+                job.error = Some("interrupted".into());
+                writes.push(job.row());
+                interrupted.push(job);
+            } else {
+                removes.truncate(1);
+            }
+            match self.store.commit_guarded(
+                &writes,
+                &removes,
+                &[(Table::JobLeases, key.clone(), Some(bytes))],
+            ) {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => {
+                    // Renewed, or swept by another process meanwhile.
+                    if job.is_some() {
+                        interrupted.pop();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(interrupted)
     }
 
     /// Marks a stored job that will never start failed (`not_started`): the write of the
@@ -170,7 +283,9 @@ impl Jobs {
     pub fn not_started(&self, mut job: Job) -> Result<(), StoreError> {
         job.status = JobStatus::Failed;
         job.error = Some("not_started".into());
-        self.store.put(Table::Jobs, &job.key(), &job)
+        self.leases.lock().expect("leases lock").remove(&job.key());
+        self.store
+            .commit_with_removes(&[job.row()], &[(Table::JobLeases, job.key())])
     }
 
     /// Whether the tenant has as many jobs waiting or running as it may.
@@ -225,7 +340,9 @@ impl Jobs {
                 job.error = Some(error);
             }
         }
-        self.store.put(Table::Jobs, &job.key(), &job)?;
+        self.leases.lock().expect("leases lock").remove(&job.key());
+        self.store
+            .commit_with_removes(&[job.row()], &[(Table::JobLeases, job.key())])?;
         Ok(job)
     }
 

@@ -16,7 +16,7 @@ pub mod degraded;
 pub mod egress;
 mod error;
 mod escalations;
-mod jobs;
+pub mod jobs;
 pub mod mcp_servers;
 pub mod mcp_sessions;
 pub mod metrics;

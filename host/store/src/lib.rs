@@ -116,6 +116,9 @@ pub enum Table {
     /// tenant id → the chain's head: next seq (big-endian u64) ‖ the last record's hash,
     /// written with every batch and guarded, so appends from several processes stay one chain.
     ChainHeads,
+    /// tenant ‖ job id → the lease of a job not finished: the process running it and until
+    /// when (JSON). A lease not renewed in time marks the job failed `interrupted`.
+    JobLeases,
 }
 
 impl Table {
@@ -226,6 +229,14 @@ impl Store {
     /// Whether the store is a database shared with other processes (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         matches!(self.0.as_ref(), Backend::Postgres(_))
+    }
+
+    /// This process's id among those sharing the store (`local` for sled).
+    pub fn node_id(&self) -> &str {
+        match self.0.as_ref() {
+            Backend::Sled(_) => "local",
+            Backend::Postgres(s) => s.node_id(),
+        }
     }
 
     /// The changes other processes sharing the store make to rows of cached tables, as they

@@ -184,6 +184,10 @@ impl PgStore {
         &self.dir
     }
 
+    pub(crate) fn node_id(&self) -> &str {
+        &self.node
+    }
+
     pub(crate) fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.changes.subscribe()
     }

@@ -284,7 +284,9 @@ impl EscalationService {
             guards: vec![(crate::store::Table::Escalations, esc.key(), Some(stored))],
             ..Effects::default()
         };
-        effects.rows.extend(job.as_ref().map(crate::jobs::Job::row));
+        if let Some(job) = &job {
+            effects.rows.extend(self.jobs.rows(job));
+        }
         if status == Status::Approved && !esc.charges.is_empty() {
             let charges: Vec<writ_runtime::decision::Charge> = esc
                 .charges

@@ -227,7 +227,7 @@ impl ExecuteService {
             let mut effects = effects;
             if let Some(job) = &job {
                 record.event_id = job.decision_event_id.clone();
-                effects.rows.push(job.row());
+                effects.rows.extend(self.jobs.rows(job));
             }
             match self
                 .record_call(

@@ -51,6 +51,25 @@ impl JobService {
         self.jobs.new_job(tenant_id, request, event_id)
     }
 
+    /// The rows of a new job (the job and this process's lease on it), to commit with the
+    /// record that creates it.
+    pub fn rows(&self, job: &Job) -> [crate::store::Write; 2] {
+        self.jobs.rows(job)
+    }
+
+    /// Renews this process's job leases and, on a store other processes share, marks failed
+    /// `interrupted` (and records) the jobs whose process let their lease expire. Blocking.
+    pub fn tend_leases(&self, shared: bool) {
+        self.jobs.renew_leases();
+        if !shared {
+            return;
+        }
+        match self.jobs.sweep_expired() {
+            Ok(interrupted) => self.record_interrupted(interrupted),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired job leases"),
+        }
+    }
+
     /// A stored job, started when the returned handle is started or dropped.
     pub fn start_later(&self, job: Job) -> JobStart {
         JobStart {
