@@ -446,3 +446,61 @@ async fn a_job_whose_node_died_is_marked_interrupted_by_another_and_never_run_ag
         "never run again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_sign_in_through_one_node_holds_on_the_others_until_signed_out_anywhere() {
+    let n = three_nodes().await;
+    let t = tenant(&n, artifacts::ALLOW_ALL).await;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = browser
+        .post(n.nodes[0].url("/console/signin"))
+        .header("origin", n.nodes[0].url(""))
+        .form(&[("key", t.reviewer.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = |node: usize| {
+        let (browser, cookie, url) = (
+            browser.clone(),
+            cookie.clone(),
+            n.nodes[node].url("/console/audit"),
+        );
+        async move {
+            let r = browser
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, html) = page(1).await;
+    assert_eq!(status, 200, "signed in on another node");
+    let at = html.find(r#"name="csrf" value=""#).expect("a CSRF field") + 19;
+    let csrf = html[at..at + 64].to_owned();
+    let signed_out = browser
+        .post(n.nodes[2].url("/console/signout"))
+        .header("origin", n.nodes[2].url(""))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_out.status(), 303);
+    for node in 0..3 {
+        let (status, _) = page(node).await;
+        assert_eq!(status, 303, "signed out everywhere (node {node})");
+    }
+}

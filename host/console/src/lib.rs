@@ -127,7 +127,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The console's routes (`/` redirects to `/console/`), with its hardening headers.
 pub fn router(app: App, config: ConsoleConfig, stopping: CancellationToken) -> Router {
     let state = Console {
-        sessions: Arc::new(Sessions::new(app.clock().clone(), &config)),
+        sessions: Arc::new(Sessions::new(app.clock().clone(), &config, app.store())),
         signins: Arc::new(signin::Attempts::new(app.clock().clone(), &config)),
         streams: Arc::default(),
         config: Arc::new(config),

@@ -4,6 +4,10 @@
 //! A session ends on sign-out, after [`crate::ConsoleConfig::idle_timeout`] unused, after
 //! [`crate::ConsoleConfig::absolute_timeout`], or as soon as its key is revoked: the key is
 //! looked up on every request.
+//!
+//! On a store several gateway processes share, each session is also a row
+//! (`Table::ConsoleSessions`, by the id's hash), so a browser signed in through one process is
+//! signed in on every one; the last use is written back at most once a minute.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,6 +19,7 @@ use writ_gateway::access::{Admin, Require, Reviewer, TenantScope};
 use writ_gateway::app::App;
 use writ_gateway::app::{Principal, Role};
 use writ_gateway::clock::SharedClock;
+use writ_gateway::store::{Store, Table};
 
 use crate::error::ConsoleError;
 use crate::{Console, ConsoleConfig};
@@ -24,22 +29,34 @@ const MAX_SESSIONS: usize = 10_000;
 /// Sessions one key may hold; past it, its least recently used goes.
 const MAX_SESSIONS_PER_KEY: usize = 16;
 
+/// How often a session's last use is written back to a shared store, and how often its
+/// expired rows are purged.
+const WRITE_BACK_MS: u64 = 60_000;
+
 /// One signed-in browser.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Session {
     key_id: String,
     csrf: String,
     created_ms: u64,
     last_ms: u64,
+    /// When this process last wrote it to the shared store.
+    #[serde(skip)]
+    written_ms: u64,
 }
 
-/// The console's sessions, in memory (a restart signs everyone out).
+/// The console's sessions, in memory (a restart signs everyone out), and in a store several
+/// processes share.
 pub struct Sessions {
     clock: SharedClock,
     idle_ms: u64,
     absolute_ms: u64,
     secure: bool,
     by_hash: Mutex<HashMap<[u8; 32], Session>>,
+    /// The shared store, when there is one.
+    shared: Option<Store>,
+    /// When expired rows were last purged from it.
+    purged_ms: Mutex<u64>,
 }
 
 /// A new session: the cookie to set.
@@ -48,8 +65,10 @@ pub(crate) struct Started {
 }
 
 impl Sessions {
-    pub(crate) fn new(clock: SharedClock, config: &ConsoleConfig) -> Self {
+    pub(crate) fn new(clock: SharedClock, config: &ConsoleConfig, store: &Store) -> Self {
         Self {
+            shared: store.is_shared().then(|| store.clone()),
+            purged_ms: Mutex::new(0),
             clock,
             idle_ms: config.idle_timeout.as_millis() as u64,
             absolute_ms: config.absolute_timeout.as_millis() as u64,
@@ -80,7 +99,10 @@ impl Sessions {
             csrf: hex::encode(rand::random::<[u8; 32]>()),
             created_ms: now,
             last_ms: now,
+            written_ms: now,
         };
+        self.write(&hash(&id), &session);
+        self.purge(now);
         let mut all = self.by_hash.lock().expect("sessions lock");
         all.retain(|_, s| !self.expired(s, now));
         let of_key: Vec<([u8; 32], u64)> = all
@@ -119,10 +141,59 @@ impl Sessions {
     /// Ends the session the request's cookie names, if any.
     pub(crate) fn end(&self, headers: &HeaderMap) {
         if let Some(id) = self.cookie_value(headers) {
-            self.by_hash
-                .lock()
-                .expect("sessions lock")
-                .remove(&hash(&id));
+            let h = hash(&id);
+            self.by_hash.lock().expect("sessions lock").remove(&h);
+            if let Some(store) = &self.shared
+                && let Err(e) = store.remove(Table::ConsoleSessions, &h)
+            {
+                tracing::warn!(error = %e, "removing a console session from the store");
+            }
+        }
+    }
+
+    /// Writes a session to the shared store, if there is one.
+    fn write(&self, h: &[u8; 32], session: &Session) {
+        if let Some(store) = &self.shared
+            && let Err(e) = store.put(Table::ConsoleSessions, h, session)
+        {
+            tracing::warn!(error = %e, "writing a console session to the store");
+        }
+    }
+
+    /// A session another process started, from the shared store.
+    fn stored(&self, h: &[u8; 32]) -> Option<Session> {
+        let store = self.shared.as_ref()?;
+        let mut session: Session = store.get(Table::ConsoleSessions, h).ok().flatten()?;
+        session.written_ms = session.last_ms;
+        Some(session)
+    }
+
+    /// Removes the shared store's expired sessions, at most once every [`WRITE_BACK_MS`].
+    fn purge(&self, now: u64) {
+        let Some(store) = &self.shared else {
+            return;
+        };
+        {
+            let mut purged = self.purged_ms.lock().expect("purge lock");
+            if now.saturating_sub(*purged) < WRITE_BACK_MS {
+                return;
+            }
+            *purged = now;
+        }
+        let rows = match store.scan::<Session>(Table::ConsoleSessions, b"") {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading console sessions to purge");
+                return;
+            }
+        };
+        let expired: Vec<_> = rows
+            .into_iter()
+            .filter(|(_, s)| self.expired(s, now))
+            .map(|(k, _)| (Table::ConsoleSessions, k))
+            .collect();
+        if let Err(e) = store.commit_with_removes(&[], &expired) {
+            tracing::warn!(error = %e, "purging console sessions");
         }
     }
 
@@ -149,14 +220,38 @@ impl Sessions {
         let id = self.cookie_value(headers)?;
         let h = hash(&id);
         let now = self.clock.now_ms();
+        // On a shared store the row decides: a sign-out through another process removed it.
+        let stored = self.shared.as_ref().map(|_| self.stored(&h));
         let mut all = self.by_hash.lock().expect("sessions lock");
+        match stored {
+            Some(None) => {
+                all.remove(&h);
+                return None;
+            }
+            Some(Some(stored)) => {
+                let known = all.entry(h).or_insert_with(|| stored.clone());
+                known.last_ms = known.last_ms.max(stored.last_ms);
+            }
+            None => {}
+        }
         let session = all.get_mut(&h)?;
         if self.expired(session, now) {
             all.remove(&h);
+            drop(all);
+            if let Some(store) = &self.shared {
+                let _ = store.remove(Table::ConsoleSessions, &h);
+            }
             return None;
         }
         session.last_ms = now;
-        Some((session.key_id.clone(), session.csrf.clone()))
+        let (key_id, csrf) = (session.key_id.clone(), session.csrf.clone());
+        if now.saturating_sub(session.written_ms) >= WRITE_BACK_MS {
+            session.written_ms = now;
+            let session = session.clone();
+            drop(all);
+            self.write(&h, &session);
+        }
+        Some((key_id, csrf))
     }
 
     /// Whether the request's session is still live and its key unrevoked, without touching
@@ -167,12 +262,15 @@ impl Sessions {
             return false;
         };
         let now = self.clock.now_ms();
-        let key_id = {
-            let all = self.by_hash.lock().expect("sessions lock");
-            match all.get(&hash(&id)) {
-                Some(s) if !self.expired(s, now) => s.key_id.clone(),
-                _ => return false,
-            }
+        let h = hash(&id);
+        let session = match &self.shared {
+            // The row decides: a sign-out through another process removed it.
+            Some(_) => self.stored(&h),
+            None => self.by_hash.lock().expect("sessions lock").get(&h).cloned(),
+        };
+        let key_id = match session {
+            Some(s) if !self.expired(&s, now) => s.key_id,
+            _ => return false,
         };
         app.tenants()
             .tenants()

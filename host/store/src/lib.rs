@@ -116,6 +116,9 @@ pub enum Table {
     /// tenant id → the chain's head: next seq (big-endian u64) ‖ the last record's hash,
     /// written with every batch and guarded, so appends from several processes stay one chain.
     ChainHeads,
+    /// blake3 hash of a console session id → the session (JSON), on a store several processes
+    /// share.
+    ConsoleSessions,
     /// tenant ‖ job id → the lease of a job not finished: the process running it and until
     /// when (JSON). A lease not renewed in time marks the job failed `interrupted`.
     JobLeases,
