@@ -1,6 +1,8 @@
 //! Signed checkpoints of every tenant's chain: signed as chains grow (every
 //! `every_records` records or `every` of time, whichever comes first, and for every grown chain
-//! at shutdown), stored per tenant, and served with the key that verifies them.
+//! at shutdown), stored per tenant, and served with the key that verifies them. Processes
+//! sharing a store sign each checkpoint once: a checkpoint is written only over the one it
+//! read (a guarded write), and never over a larger one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -106,6 +108,20 @@ impl CheckpointService {
             hash,
         } in due
         {
+            let stored = self
+                .store
+                .get_raw(Table::Checkpoints, tenant_id.as_bytes())?;
+            let signed_elsewhere = stored.as_deref().and_then(|note| {
+                checkpoint::verify(&String::from_utf8_lossy(note), &self.signer.public_key()).ok()
+            });
+            if let Some(cp) = signed_elsewhere.filter(|cp| cp.size >= size) {
+                // Another process signed this far already.
+                self.latest
+                    .lock()
+                    .expect("checkpoints lock")
+                    .insert(tenant_id, (cp.size, cp.time_ms));
+                continue;
+            }
             let cp = Checkpoint {
                 tenant_id: tenant_id.clone(),
                 size,
@@ -113,8 +129,17 @@ impl CheckpointService {
                 time_ms: self.clock.now_ms(),
             };
             let note = self.signer.sign(&cp);
-            self.store
-                .put_raw(Table::Checkpoints, tenant_id.as_bytes(), note.as_bytes())?;
+            let key = tenant_id.as_bytes().to_vec();
+            match self.store.commit_guarded(
+                &[(Table::Checkpoints, key.clone(), note.into_bytes())],
+                &[],
+                &[(Table::Checkpoints, key, stored)],
+            ) {
+                Ok(()) => {}
+                // Another process signed one meanwhile: this round leaves it be.
+                Err(crate::store::StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
             self.latest
                 .lock()
                 .expect("checkpoints lock")
