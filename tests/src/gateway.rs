@@ -100,7 +100,6 @@ impl TestGateway {
         let mut config = Self::config(dir);
         config.app.clock = clock;
         config.store_url = Some(url.to_owned());
-        config.store_shared = true;
         config.master_key = Some("11".repeat(32));
         config.checkpoint_key = Some("22".repeat(32));
         Self::start_with(config).await

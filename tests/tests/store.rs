@@ -2,7 +2,7 @@
 //! private cluster answer every read and write the same way.
 
 use rstest::rstest;
-use writ_store::{PgOptions, Store, StoreError, Table};
+use writ_store::{Hold, PgOptions, Store, StoreError, Table};
 use writ_tests::postgres::PgCluster;
 
 enum Backend {
@@ -22,7 +22,7 @@ fn open(backend: Backend) -> Opened {
         Backend::Postgres => {
             let options = PgOptions {
                 url: PgCluster::shared().database(),
-                exclusive: false,
+                hold: Hold::Nothing,
             };
             Store::open_postgres(&options, dir.path()).unwrap()
         }
@@ -164,7 +164,7 @@ fn a_database_migrated_by_a_newer_writ_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let options = PgOptions {
         url: url.clone(),
-        exclusive: false,
+        hold: Hold::Nothing,
     };
     drop(Store::open_postgres(&options, dir.path()).unwrap());
     writ_tests::postgres::execute(
@@ -179,26 +179,32 @@ fn a_database_migrated_by_a_newer_writ_is_refused() {
 }
 
 #[test]
-fn only_one_process_serves_a_postgres_store_while_several_nodes_are_not_supported() {
+fn nodes_serve_a_postgres_store_together_and_a_migration_only_into_one_none_serves() {
     let url = PgCluster::shared().database();
-    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let exclusive = PgOptions {
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let with = |hold| PgOptions {
         url: url.clone(),
-        exclusive: true,
+        hold,
     };
-    let serving = Store::open_postgres(&exclusive, a.path()).unwrap();
-    let refused = Store::open_postgres(&exclusive, b.path())
+    let node_a = Store::open_postgres(&with(Hold::Serving), a.path()).unwrap();
+    let node_b = Store::open_postgres(&with(Hold::Serving), b.path()).unwrap();
+    let refused = Store::open_postgres(&with(Hold::Alone), c.path())
         .err()
-        .expect("refused");
+        .expect("refused while nodes serve");
     assert!(matches!(refused, StoreError::Locked(_)), "{refused}");
-    // An offline reader does not need the lock.
-    let reader = PgOptions {
-        url,
-        exclusive: false,
-    };
-    assert!(Store::open_postgres(&reader, b.path()).is_ok());
-    drop(serving);
-    assert!(Store::open_postgres(&exclusive, b.path()).is_ok());
+    // An offline reader needs no lock.
+    assert!(Store::open_postgres(&with(Hold::Nothing), c.path()).is_ok());
+    drop((node_a, node_b));
+    let alone = Store::open_postgres(&with(Hold::Alone), c.path()).unwrap();
+    let refused = Store::open_postgres(&with(Hold::Serving), a.path())
+        .err()
+        .expect("refused while a migration holds it");
+    assert!(matches!(refused, StoreError::Locked(_)), "{refused}");
+    drop(alone);
 }
 
 #[rstest]

@@ -746,7 +746,7 @@ fn open_for_reading(
     let scratch = tempfile::tempdir()?;
     let options = writ_gateway::store::PgOptions {
         url: url.to_owned(),
-        exclusive: false,
+        hold: writ_gateway::store::Hold::Nothing,
     };
     let store = writ_gateway::store::Store::open_postgres(&options, scratch.path())
         .context("opening the PostgreSQL store")?;

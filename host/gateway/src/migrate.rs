@@ -44,7 +44,7 @@ pub fn sled_to_postgres(data_dir: &Path, url: &str) -> anyhow::Result<Migrated> 
     let scratch = tempfile::tempdir()?;
     let options = PgOptions {
         url: url.to_owned(),
-        exclusive: true,
+        hold: crate::store::Hold::Alone,
     };
     let to =
         Store::open_postgres(&options, scratch.path()).context("opening the PostgreSQL store")?;

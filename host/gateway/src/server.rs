@@ -37,12 +37,9 @@ pub struct ServeConfig {
     /// Where the store (sled's) and key files live; with `store_url`, the key files and this
     /// process's compiled policy artifacts.
     pub data_dir: PathBuf,
-    /// A PostgreSQL store (`postgres://…`, `--store`) instead of sled in `data_dir`.
+    /// A PostgreSQL store (`postgres://…`, `--store`) instead of sled in `data_dir`; any
+    /// number of processes may serve the same one.
     pub store_url: Option<String>,
-    /// Let other processes serve the same PostgreSQL store at once. The chains, usage caps,
-    /// escalations and cached configuration are shared; jobs, idempotency keys and console
-    /// sessions are not yet, so `writ serve` does not offer it: one process holds the store.
-    pub store_shared: bool,
     /// The operator key; when `None`, read from (or created in) `<data_dir>/operator.key`.
     pub operator_key: Option<String>,
     /// The vault's master key (64 hex digits); when `None`, read from (or created in)
@@ -106,7 +103,6 @@ impl ServeConfig {
             listen,
             data_dir,
             store_url: None,
-            store_shared: false,
             operator_key: None,
             master_key: None,
             checkpoint_key: None,
@@ -174,7 +170,7 @@ impl Gateway {
             Some(url) => {
                 let options = writ_store::PgOptions {
                     url: url.clone(),
-                    exclusive: !config.store_shared,
+                    hold: writ_store::Hold::Serving,
                 };
                 let dir = config.data_dir.clone();
                 // Connecting and migrating wait on the database: off the async workers.

@@ -18,7 +18,7 @@ use std::path::Path;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use postgres::PgOptions;
+pub use postgres::{Hold, PgOptions};
 
 /// Storage failures. All are server-side: the API answers them with a 500.
 #[derive(Debug, thiserror::Error)]

@@ -29,7 +29,7 @@ mod embedded {
 
 /// Serializes schema migrations across processes.
 const MIGRATION_LOCK: i64 = 0x5772_6974_0001;
-/// Held by the process that serves the store while several nodes are not supported.
+/// Held shared by every node serving the store, alone by a migration into it.
 const SERVING_LOCK: i64 = 0x5772_6974_0002;
 /// Rows read per round trip by the lazy iterators.
 const PAGE_ROWS: i64 = 256;
@@ -47,9 +47,20 @@ const CHANGES_BUFFERED: usize = 4096;
 pub struct PgOptions {
     /// `postgres://user@host:port/db` (libpq's URL or key-value form).
     pub url: String,
-    /// Hold the store for this process alone (the gateway serving it): a second process asking
-    /// the same is refused. Offline tools (verify, export) read without it.
-    pub exclusive: bool,
+    /// How this process holds the store against others.
+    pub hold: Hold,
+}
+
+/// How a process holds a PostgreSQL store against others, with a session advisory lock kept
+/// as long as the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// Not at all: an offline reader (verify, export).
+    Nothing,
+    /// Beside other nodes serving it: refused only while a process holds it alone.
+    Serving,
+    /// Alone (a migration into it): refused while any node serves it.
+    Alone,
 }
 
 pub(crate) struct PgStore {
@@ -108,7 +119,7 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(pg)?;
-        let exclusive = options.exclusive;
+        let hold = options.hold;
         let setup = config.clone();
         let lock = wait_on(runtime.handle(), async move {
             let (mut client, connection) = setup.connect(NoTls).await.map_err(pg)?;
@@ -118,14 +129,22 @@ impl PgStore {
                 }
             });
             migrate(&mut client).await?;
-            if !exclusive {
-                return Ok(None);
-            }
+            let (sql, refused) = match hold {
+                Hold::Nothing => return Ok(None),
+                Hold::Serving => (
+                    "SELECT pg_try_advisory_lock_shared($1)",
+                    "a process holds this PostgreSQL store alone (a migration into it): wait for it to end",
+                ),
+                Hold::Alone => (
+                    "SELECT pg_try_advisory_lock($1)",
+                    "gateway processes serve this PostgreSQL store: stop them first",
+                ),
+            };
             // A process that just stopped may still hold it until its connection is gone.
             let mut held = false;
             for _ in 0..50 {
                 held = client
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&SERVING_LOCK])
+                    .query_one(sql, &[&SERVING_LOCK])
                     .await
                     .map_err(pg)?
                     .get(0);
@@ -135,9 +154,7 @@ impl PgStore {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
             if !held {
-                return Err(StoreError::Locked(
-                    "another writ process serves this PostgreSQL store; several nodes on one store are not supported yet".into(),
-                ));
+                return Err(StoreError::Locked(refused.into()));
             }
             Ok(Some(client))
         })?;
