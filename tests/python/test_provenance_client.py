@@ -19,6 +19,8 @@ URL = os.environ["WRIT_URL"]
 AGENT_KEY = os.environ["WRIT_AGENT_KEY"]
 ADMIN_KEY = os.environ["WRIT_ADMIN_KEY"]
 REVIEWER_KEY = os.environ["WRIT_REVIEWER_KEY"]
+# Where the reviewer decides: another node of the same store, in the several-nodes test.
+REVIEWER_URL = os.environ.get("WRIT_REVIEWER_URL", URL)
 
 # Every event id the SDK handed back, checked against the audit log at the end.
 EVENT_IDS: list[str] = []
@@ -159,7 +161,7 @@ def test_fail_open_allows_with_a_warning_when_the_gateway_is_down():
 async def decide_first_pending(verb: str, note: str) -> str:
     """A reviewer: waits for the held call to appear, then decides it through the API."""
     headers = {"X-PROVENANCE-API-KEY": REVIEWER_KEY}
-    async with httpx.AsyncClient(base_url=URL, headers=headers) as client:
+    async with httpx.AsyncClient(base_url=REVIEWER_URL, headers=headers) as client:
         for _ in range(400):
             pending = (await client.get("/v1/escalations/pending")).json()["escalations"]
             if pending:

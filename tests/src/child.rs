@@ -52,6 +52,38 @@ impl ChildGateway {
         }
     }
 
+    /// Starts `writ` (at `bin`) as one node of the PostgreSQL store at `store_url`, its local
+    /// files in `dir`, with the keys every node of a store is given.
+    pub fn spawn_node(bin: &str, dir: &Path, store_url: &str, stderr: Stdio) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("WRIT_STORE_URL", store_url)
+            .env("WRIT_OPERATOR_KEY", OPERATOR)
+            .env("WRIT_MASTER_KEY", "33".repeat(32))
+            .env("WRIT_CHECKPOINT_KEY", "44".repeat(32))
+            .env("WRIT_EGRESS_ALLOW", "127.0.0.1/32")
+            .env("WRIT_TENANT_EVAL_MS_PER_S", "0")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap();
+        Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
     /// A handle on a gateway already running at `url`, for tasks that only send it requests
     /// (dropping it kills nothing).
     pub fn attach(url: String) -> Self {

@@ -504,3 +504,22 @@ async fn a_console_sign_in_through_one_node_holds_on_the_others_until_signed_out
         assert_eq!(status, 303, "signed out everywhere (node {node})");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_published_provenance_client_holds_a_call_on_one_node_and_a_reviewer_decides_on_another()
+ {
+    let n = three_nodes().await;
+    let t = tenant(&n, artifacts::PAYMENTS_LIMITS).await;
+    let stdout = writ_tests::run_pytest(
+        "test_provenance_client.py",
+        &[
+            ("WRIT_URL", n.nodes[0].url("")),
+            ("WRIT_REVIEWER_URL", n.nodes[2].url("")),
+            ("WRIT_AGENT_KEY", t.agent.clone()),
+            ("WRIT_ADMIN_KEY", t.admin.clone()),
+            ("WRIT_REVIEWER_KEY", t.reviewer.clone()),
+        ],
+    )
+    .await;
+    assert!(stdout.contains("11 passed"), "{stdout}");
+}
