@@ -32,14 +32,14 @@ use std::time::Duration;
 
 pub use audit_window::AuditWindow;
 pub use flood::{Flood, FloodReport};
-pub use load::{LoadConfig, Stop, run_load};
+pub use load::{LoadConfig, Stop, run_load, run_load_spread};
 pub use loopback::loopback_addr;
 pub use mix::{CallKind, Mix};
 pub use procfs::{CpuTicks, cpu_seconds, machine_cpu_ticks, rss_bytes};
 pub use report::{Latency, Report, median, ratios, table};
 pub use setup::{
     BENCH_HOLD_S, BENCH_MAX_PENDING, BenchTenant, HeldReport, distinct_component, hold_escalations,
-    setup_tenants,
+    setup_tenants, wait_until_serving,
 };
 pub use spawn::Spawned;
 

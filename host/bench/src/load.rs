@@ -80,8 +80,8 @@ impl LoadConfig {
 }
 
 struct Shared {
-    addr: SocketAddr,
-    host: HeaderValue,
+    /// The gateways loaded, with their `Host` headers: connection `i` goes to the `i % n`th.
+    targets: Vec<(SocketAddr, HeaderValue)>,
     keys: Vec<HeaderValue>,
     measure_from: Instant,
     stop: Stop,
@@ -107,9 +107,24 @@ pub async fn run_load(
     pid: Option<u32>,
     config: &LoadConfig,
 ) -> Result<Report> {
+    run_load_spread(target, &[addr], keys, pid, config).await
+}
+
+/// [`run_load`] spread over several gateways (nodes of one store): connection `i` goes to
+/// `addrs[i % n]`. CPU and `/metrics` are read from the first (`pid` is its process).
+pub async fn run_load_spread(
+    target: &str,
+    addrs: &[SocketAddr],
+    keys: &[String],
+    pid: Option<u32>,
+    config: &LoadConfig,
+) -> Result<Report> {
     config.validate()?;
-    if !is_loopback(addr.ip()) {
-        return Err(BenchError::NotLoopback(addr.to_string()));
+    let Some(&addr) = addrs.first() else {
+        return Err(BenchError::Invalid("no gateway to load".into()));
+    };
+    if let Some(far) = addrs.iter().find(|a| !is_loopback(a.ip())) {
+        return Err(BenchError::NotLoopback(far.to_string()));
     }
     if keys.is_empty() {
         return Err(BenchError::Invalid("no agent keys to load with".into()));
@@ -119,8 +134,14 @@ pub async fn run_load(
         .map(|k| HeaderValue::from_str(k).map_err(|_| BenchError::Invalid("bad key".into())))
         .collect::<Result<Vec<_>>>()?;
     let shared = Arc::new(Shared {
-        addr,
-        host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid header"),
+        targets: addrs
+            .iter()
+            .map(|a| {
+                let host =
+                    HeaderValue::from_str(&a.to_string()).expect("an address is a valid header");
+                (*a, host)
+            })
+            .collect(),
         keys,
         measure_from: Instant::now() + Duration::from_secs_f64(config.warmup_s),
         stop: config.stop,
@@ -288,7 +309,8 @@ async fn connection(
         errors: 0,
         last: None,
     };
-    let mut sender = connect(shared.addr).await?;
+    let (addr, host) = &shared.targets[conn % shared.targets.len()];
+    let mut sender = connect(*addr).await?;
     let mut consecutive_failures = 0;
     for j in 0.. {
         let started = Instant::now();
@@ -304,11 +326,7 @@ async fn connection(
         }
         let (kind, path, body) = &requests[j % requests.len()];
         let key = &shared.keys[(conn + j) % shared.keys.len()];
-        let answer = send(
-            &mut sender,
-            execute_request(path, &shared.host, key, body.clone()),
-        )
-        .await;
+        let answer = send(&mut sender, execute_request(path, host, key, body.clone())).await;
         let finished = Instant::now();
         if measured {
             let micros = finished.duration_since(started).as_micros() as u64;
@@ -337,7 +355,7 @@ async fn connection(
                     return Err(e);
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
-                sender = connect(shared.addr).await?;
+                sender = connect(*addr).await?;
             }
             Ok(_) => consecutive_failures = 0,
         }

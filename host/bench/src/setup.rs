@@ -106,6 +106,37 @@ pub struct HeldReport {
 /// Holds `count` escalations of `tenant` open at once (each an over-limit payment on its own
 /// connection, waiting for a human), reads the gateway's memory (`pid`), then rejects them all
 /// as the tenant's reviewer and checks every held call was answered BLOCK.
+/// Waits (at most two minutes) until the gateway at `addr` takes `agent_key` and has its
+/// tenant's policy loaded: another node of a store hears of both, and compiles the policy,
+/// after the set-up made them through the first. Each probe is one recorded decision.
+pub async fn wait_until_serving(addr: std::net::SocketAddr, agent_key: &str) -> Result<()> {
+    let client = reqwest::Client::new();
+    let probe = serde_json::json!({
+        "session_id": "bench-probe", "agent_id": "bench-probe", "action": "bench.probe",
+        "parameters": {},
+    });
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(120) {
+        let answer = client
+            .post(format!("http://{addr}/v1/gateway/execute?wait=0"))
+            .header("X-PROVENANCE-API-KEY", agent_key)
+            .json(&probe)
+            .send()
+            .await;
+        if let Ok(r) = answer
+            && r.status() == 200
+            && let Ok(body) = r.json::<serde_json::Value>().await
+            && body["codes"] != serde_json::json!(["no_active_policy"])
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Err(BenchError::Invalid(format!(
+        "the gateway on {addr} did not take the bench's keys and policy within two minutes"
+    )))
+}
+
 pub async fn hold_escalations(
     base: &str,
     addr: SocketAddr,

@@ -31,8 +31,17 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let exe = std::env::current_exe().context("finding the writ binary")?;
     let say = |line: &str| eprintln!("writ bench: {line}");
 
-    // The gateway: the one given, or a fresh one on a temporary data directory.
+    anyhow::ensure!(
+        (1..=8).contains(&args.nodes) && (args.nodes == 1 || args.store_url.is_some()),
+        "nodes must be 1..=8, and more than one needs --store"
+    );
+    anyhow::ensure!(
+        args.gateway.is_none() || (args.store_url.is_none() && args.nodes == 1),
+        "--gateway loads a running gateway: --store and --nodes start gateways"
+    );
+    // The gateway: the one given, or fresh ones on a temporary data directory.
     let data_dir = tempfile::Builder::new().prefix("writ-bench-").tempdir()?;
+    let mut others = Vec::new();
     let (_started, addr, operator_key, pid) = match &args.gateway {
         Some(url) => {
             let addr = bench::loopback_addr(url)?;
@@ -44,21 +53,49 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let key = format!("wk_op_bench_{}", hex::encode(rand::random::<[u8; 24]>()));
-            let log = std::fs::File::create(data_dir.path().join("gateway.log"))?;
-            let mut command = tokio::process::Command::new(&exe);
-            command
-                .arg("serve")
-                .arg("--listen=127.0.0.1:0")
-                .arg("--data-dir")
-                .arg(data_dir.path().join("data"))
-                .env("WRIT_OPERATOR_KEY", &key)
-                .stderr(log);
-            let gateway = Spawned::start(command).await?;
-            let (addr, pid) = (gateway.addr, gateway.pid());
-            say(&format!("started a gateway on {addr} (pid {pid:?})"));
-            (Some(gateway), addr, key, pid)
+            // Nodes of one store sign and seal with the same keys.
+            let (master, checkpoint) = (
+                hex::encode(rand::random::<[u8; 32]>()),
+                hex::encode(rand::random::<[u8; 32]>()),
+            );
+            let mut started = Vec::new();
+            for node in 0..args.nodes {
+                let log =
+                    std::fs::File::create(data_dir.path().join(format!("gateway-{node}.log")))?;
+                let mut command = tokio::process::Command::new(&exe);
+                command
+                    .arg("serve")
+                    .arg("--listen=127.0.0.1:0")
+                    .arg("--data-dir")
+                    .arg(data_dir.path().join(format!("data-{node}")))
+                    .env("WRIT_OPERATOR_KEY", &key)
+                    .env("WRIT_MASTER_KEY", &master)
+                    .env("WRIT_CHECKPOINT_KEY", &checkpoint)
+                    .stderr(log);
+                if let Some(url) = &args.store_url {
+                    command.arg("--store").arg(url);
+                }
+                let gateway = Spawned::start(command).await?;
+                say(&format!(
+                    "started a gateway on {} (pid {:?}){}",
+                    gateway.addr,
+                    gateway.pid(),
+                    if args.store_url.is_some() {
+                        ", PostgreSQL store"
+                    } else {
+                        ""
+                    }
+                ));
+                started.push(gateway);
+            }
+            let first = started.remove(0);
+            others = started;
+            let (addr, pid) = (first.addr, first.pid());
+            (Some(first), addr, key, pid)
         }
     };
+    let mut addrs = vec![addr];
+    addrs.extend(others.iter().map(|g| g.addr));
     let base = format!("http://{addr}");
     say(&format!(
         "setting up {} tenant(s), each with its own copy of {}",
@@ -68,6 +105,11 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     config.metrics_key = Some(operator_key.clone());
     let tenants =
         bench::setup_tenants(&base, &operator_key, &policy, "bench", args.tenants).await?;
+    for node in &addrs[1..] {
+        for tenant in &tenants {
+            bench::wait_until_serving(*node, &tenant.agent_key).await?;
+        }
+    }
     let rss_after_setup = pid.and_then(bench::rss_bytes);
 
     let held = if args.held > 0 {
@@ -115,7 +157,7 @@ pub(crate) async fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             reports.push(report);
         }
         say(&format!("loading the gateway on {addr}{of}"));
-        let mut report = bench::run_load("writ", addr, &keys, pid, &config).await?;
+        let mut report = bench::run_load_spread("writ", &addrs, &keys, pid, &config).await?;
         report.round = round;
         reports.push(report);
     }

@@ -167,6 +167,14 @@ struct BenchArgs {
     /// A running gateway on loopback; default: start one on a temporary data directory.
     #[arg(long)]
     gateway: Option<String>,
+    /// The started gateways' PostgreSQL store (`postgres://…`) instead of sled; an empty
+    /// database is best (the bench adds its tenants).
+    #[arg(long = "store", env = "WRIT_BENCH_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
+    /// Gateways started on that store, the load spread over them (connection `i` to node
+    /// `i % nodes`).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
     /// The operator key of `--gateway`.
     #[arg(long, env = "WRIT_OPERATOR_KEY", hide_env_values = true)]
     operator_key: Option<String>,
