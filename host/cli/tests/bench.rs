@@ -235,3 +235,48 @@ fn the_noisy_neighbour_mode_loads_the_neighbour_alone_then_beside_a_flood_and_co
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_starts_two_nodes_on_a_postgres_store_and_spreads_the_load_over_them() {
+    let url = writ_tests::postgres::PgCluster::shared().database();
+    let out = writ_bench(&[
+        "--policy",
+        artifacts::PAYMENTS_LIMITS,
+        "--store",
+        &url,
+        "--nodes",
+        "2",
+        "--no-floor",
+        "--connections",
+        "4",
+        "--requests",
+        "200",
+        "--warmup",
+        "0",
+        "--json",
+        "-",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("PostgreSQL store").count(),
+        2,
+        "two gateways on the store: {stderr}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let run = &report["runs"][0];
+    assert_eq!(run["target"], "writ", "{report}");
+    let decided: u64 = run["decisions"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(decided, 200, "{report}");
+    // Both nodes' decisions are in the one store: checked offline.
+    let verify = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["audit", "verify", "--store", &url])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+}

@@ -63,6 +63,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
     Copy,
     PartialEq,
     Eq,
+    PartialOrd,
+    Ord,
     Hash,
     strum::IntoStaticStr,
     strum::VariantArray,
@@ -408,6 +410,34 @@ impl Store {
         self.commit_guarded(writes, removes, &[])
     }
 
+    /// Begins a transaction holding `rows` locked against every other locked or guarded commit
+    /// of any process sharing the store, until it commits or is dropped, with their current
+    /// values: what is computed from them can be committed without a conflict. On sled, whose
+    /// only writer of such rows is the audit writer, it only reads them.
+    pub fn begin_locked(&self, rows: &[(Table, Vec<u8>)]) -> Result<Locked> {
+        match self.0.as_ref() {
+            Backend::Sled(s) => {
+                let mut values = std::collections::HashMap::new();
+                for (table, key) in rows {
+                    if let Some(value) = s.get_raw(*table, key)? {
+                        values.insert((*table, key.clone()), value);
+                    }
+                }
+                Ok(Locked {
+                    values,
+                    tx: LockedTx::Sled(self.clone()),
+                })
+            }
+            Backend::Postgres(s) => {
+                let (values, tx) = s.begin_locked(rows)?;
+                Ok(Locked {
+                    values,
+                    tx: LockedTx::Postgres(Box::new(tx)),
+                })
+            }
+        }
+    }
+
     /// [`Store::commit_with_removes`] only if every guarded row holds what it expects, checked
     /// in the same transaction against every other guarded commit (of this process or another
     /// on the same database); otherwise nothing is written and the answer is
@@ -420,6 +450,33 @@ impl Store {
         guards: &[Guard],
     ) -> Result<()> {
         each!(self, s => s.commit_guarded(writes, removes, guards))
+    }
+}
+
+/// A transaction holding rows locked (see [`Store::begin_locked`]): their values as they were
+/// when locked, and [`Locked::commit`]. Dropped without committing, it writes nothing.
+pub struct Locked {
+    values: std::collections::HashMap<(Table, Vec<u8>), Vec<u8>>,
+    tx: LockedTx,
+}
+
+enum LockedTx {
+    Sled(Store),
+    Postgres(Box<postgres::PgTx>),
+}
+
+impl Locked {
+    /// A locked row's value when it was locked (`None`: absent).
+    pub fn value(&self, table: Table, key: &[u8]) -> Option<&[u8]> {
+        self.values.get(&(table, key.to_vec())).map(Vec::as_slice)
+    }
+
+    /// Writes `writes` and removes `removes` in the transaction and commits it.
+    pub fn commit(self, writes: &[Write], removes: &[Remove]) -> Result<()> {
+        match self.tx {
+            LockedTx::Sled(store) => store.commit_with_removes(writes, removes),
+            LockedTx::Postgres(tx) => tx.commit(writes, removes),
+        }
     }
 }
 

@@ -390,107 +390,75 @@ impl PgStore {
         removes: &[Remove],
         guards: &[Guard],
     ) -> Result<()> {
-        #[cfg(any(test, feature = "fault-injection"))]
-        if self.fail_commits.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(StoreError::Inconsistent(
-                "commit failure injected by a test",
-            ));
-        }
-        // The last write of a key wins, as in sled; one row per key in the statement.
-        let mut latest: std::collections::HashMap<(Table, &[u8]), &[u8]> =
-            std::collections::HashMap::with_capacity(writes.len());
-        for (table, key, value) in writes {
-            latest.insert((*table, key), value);
-        }
-        let (mut tables, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
-        for ((table, key), value) in latest {
-            tables.push(table.name());
-            keys.push(key.to_vec());
-            values.push(value.to_vec());
-        }
-        let notices = notices(
-            &self.node,
-            writes
-                .iter()
-                .map(|(t, k, _)| (*t, k.as_slice()))
-                .chain(removes.iter().map(|(t, k)| (*t, k.as_slice()))),
-        );
-        let removed_tables: Vec<&'static str> = removes.iter().map(|(t, _)| t.name()).collect();
-        let removed_keys: Vec<Vec<u8>> = removes.iter().map(|(_, k)| k.clone()).collect();
-        let mut locks: Vec<i64> = guards.iter().map(|(t, k, _)| guard_lock(*t, k)).collect();
-        locks.sort_unstable();
-        locks.dedup();
-        let guarded_tables: Vec<&'static str> = guards.iter().map(|(t, _, _)| t.name()).collect();
-        let guarded_keys: Vec<Vec<u8>> = guards.iter().map(|(_, k, _)| k.clone()).collect();
+        self.fail_if_told()?;
+        let statements = Statements::new(&self.node, writes, removes);
+        let rows: Vec<(Table, Vec<u8>)> = guards.iter().map(|(t, k, _)| (*t, k.clone())).collect();
         let expected: Vec<Guard> = guards.to_vec();
-        self.run(move |mut c| async move {
-            let tx = c.transaction().await.map_err(pg)?;
-            if !locks.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "SELECT pg_advisory_xact_lock(x) FROM unnest($1::bigint[]) AS x",
-                    )
-                    .await
-                    .map_err(pg)?;
-                tx.execute(&statement, &[&locks]).await.map_err(pg)?;
-                let statement = tx
-                    .prepare_cached(
-                        "SELECT tbl, k, v FROM writ_kv WHERE (tbl, k) IN \
-                         (SELECT * FROM UNNEST($1::text[], $2::bytea[]))",
-                    )
-                    .await
-                    .map_err(pg)?;
-                let rows = tx
-                    .query(&statement, &[&guarded_tables, &guarded_keys])
-                    .await
-                    .map_err(pg)?;
-                let current: std::collections::HashMap<(String, Vec<u8>), Vec<u8>> = rows
-                    .into_iter()
-                    .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-                    .collect();
+        self.run(move |c| async move {
+            c.batch_execute("BEGIN").await.map_err(pg)?;
+            let done = async {
+                let current = lock_and_read(&c, &rows).await?;
                 let changed: Vec<(Table, Vec<u8>)> = expected
                     .into_iter()
                     .filter(|(table, key, want)| {
-                        current.get(&(table.name().to_owned(), key.clone())) != want.as_ref()
+                        current.get(&(*table, key.clone())) != want.as_ref()
                     })
                     .map(|(table, key, _)| (table, key))
                     .collect();
                 if !changed.is_empty() {
                     return Err(StoreError::Conflict(changed));
                 }
+                statements.apply(&c).await?;
+                c.batch_execute("COMMIT").await.map_err(pg)
             }
-            if !keys.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "INSERT INTO writ_kv (tbl, k, v) \
-                         SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[]) \
-                         ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
-                    )
-                    .await
-                    .map_err(pg)?;
-                tx.execute(&statement, &[&tables, &keys, &values])
-                    .await
-                    .map_err(pg)?;
+            .await;
+            if done.is_err() {
+                let _ = c.batch_execute("ROLLBACK").await;
             }
-            if !removed_keys.is_empty() {
-                let statement = tx
-                    .prepare_cached(
-                        "DELETE FROM writ_kv WHERE (tbl, k) IN \
-                         (SELECT * FROM UNNEST($1::text[], $2::bytea[]))",
-                    )
-                    .await
-                    .map_err(pg)?;
-                tx.execute(&statement, &[&removed_tables, &removed_keys])
-                    .await
-                    .map_err(pg)?;
-            }
-            for notice in &notices {
-                tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, notice])
-                    .await
-                    .map_err(pg)?;
-            }
-            tx.commit().await.map_err(pg)
+            done
         })
+    }
+
+    /// Begins a transaction holding `rows` locked against every other locked or guarded
+    /// commit of any process, with their current values; see [`crate::Store::begin_locked`].
+    pub(crate) fn begin_locked(&self, rows: &[(Table, Vec<u8>)]) -> Result<(RowValues, PgTx)> {
+        self.fail_if_told()?;
+        let (pool, rows) = (self.pool.clone(), rows.to_vec());
+        let runtime = self
+            .runtime
+            .as_ref()
+            .expect("running until dropped")
+            .handle()
+            .clone();
+        let (client, values) = wait_on(&runtime, async move {
+            let c = pool.get().await.map_err(pg)?;
+            c.batch_execute("BEGIN").await.map_err(pg)?;
+            match lock_and_read(&c, &rows).await {
+                Ok(values) => Ok((c, values)),
+                Err(e) => {
+                    let _ = c.batch_execute("ROLLBACK").await;
+                    Err(e)
+                }
+            }
+        })?;
+        Ok((
+            values,
+            PgTx {
+                client: Some(client),
+                runtime,
+                node: self.node.clone(),
+            },
+        ))
+    }
+
+    fn fail_if_told(&self) -> Result<()> {
+        #[cfg(any(test, feature = "fault-injection"))]
+        if self.fail_commits.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::Inconsistent(
+                "commit failure injected by a test",
+            ));
+        }
+        Ok(())
     }
 
     /// What the lazy iterators hold: the pool and the runtime's handle.
@@ -505,6 +473,157 @@ impl PgStore {
                 .clone(),
         }
     }
+}
+
+/// Current values of locked rows, by table and key (absent rows are missing).
+pub(crate) type RowValues = std::collections::HashMap<(Table, Vec<u8>), Vec<u8>>;
+
+/// A transaction begun by [`PgStore::begin_locked`]: committed by [`PgTx::commit`], rolled
+/// back when dropped otherwise.
+pub(crate) struct PgTx {
+    client: Option<deadpool_postgres::Object>,
+    runtime: tokio::runtime::Handle,
+    node: String,
+}
+
+impl PgTx {
+    pub(crate) fn commit(mut self, writes: &[Write], removes: &[Remove]) -> Result<()> {
+        let c = self.client.take().expect("committed once");
+        let statements = Statements::new(&self.node, writes, removes);
+        wait_on(&self.runtime, async move {
+            let done = async {
+                statements.apply(&c).await?;
+                c.batch_execute("COMMIT").await.map_err(pg)
+            }
+            .await;
+            if done.is_err() {
+                let _ = c.batch_execute("ROLLBACK").await;
+            }
+            done
+        })
+    }
+}
+
+impl Drop for PgTx {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            let _ = wait_on(&self.runtime, async move {
+                c.batch_execute("ROLLBACK").await.map_err(pg)
+            });
+        }
+    }
+}
+
+/// A commit's statements' parameters: upserts (the last write of a key wins, as in sled),
+/// deletions, and the notifications of cached tables' rows.
+struct Statements {
+    tables: Vec<&'static str>,
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    removed_tables: Vec<&'static str>,
+    removed_keys: Vec<Vec<u8>>,
+    notices: Vec<String>,
+}
+
+impl Statements {
+    fn new(node: &str, writes: &[Write], removes: &[Remove]) -> Self {
+        let mut latest: std::collections::HashMap<(Table, &[u8]), &[u8]> =
+            std::collections::HashMap::with_capacity(writes.len());
+        for (table, key, value) in writes {
+            latest.insert((*table, key), value);
+        }
+        let (mut tables, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for ((table, key), value) in latest {
+            tables.push(table.name());
+            keys.push(key.to_vec());
+            values.push(value.to_vec());
+        }
+        Self {
+            tables,
+            keys,
+            values,
+            removed_tables: removes.iter().map(|(t, _)| t.name()).collect(),
+            removed_keys: removes.iter().map(|(_, k)| k.clone()).collect(),
+            notices: notices(
+                node,
+                writes
+                    .iter()
+                    .map(|(t, k, _)| (*t, k.as_slice()))
+                    .chain(removes.iter().map(|(t, k)| (*t, k.as_slice()))),
+            ),
+        }
+    }
+
+    /// Runs them on `c`, inside its open transaction.
+    async fn apply(&self, c: &deadpool_postgres::Object) -> Result<()> {
+        if !self.keys.is_empty() {
+            let statement = c
+                .prepare_cached(
+                    "INSERT INTO writ_kv (tbl, k, v) \
+                     SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bytea[]) \
+                     ON CONFLICT (tbl, k) DO UPDATE SET v = EXCLUDED.v",
+                )
+                .await
+                .map_err(pg)?;
+            c.execute(&statement, &[&self.tables, &self.keys, &self.values])
+                .await
+                .map_err(pg)?;
+        }
+        if !self.removed_keys.is_empty() {
+            let statement = c
+                .prepare_cached(
+                    "DELETE FROM writ_kv WHERE (tbl, k) IN \
+                     (SELECT * FROM UNNEST($1::text[], $2::bytea[]))",
+                )
+                .await
+                .map_err(pg)?;
+            c.execute(&statement, &[&self.removed_tables, &self.removed_keys])
+                .await
+                .map_err(pg)?;
+        }
+        for notice in &self.notices {
+            c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, notice])
+                .await
+                .map_err(pg)?;
+        }
+        Ok(())
+    }
+}
+
+/// Locks `rows` for the open transaction on `c` (advisory locks on their hashes, in one
+/// order) and reads their current values.
+async fn lock_and_read(
+    c: &deadpool_postgres::Object,
+    rows: &[(Table, Vec<u8>)],
+) -> Result<RowValues> {
+    if rows.is_empty() {
+        return Ok(RowValues::new());
+    }
+    let mut locks: Vec<i64> = rows.iter().map(|(t, k)| guard_lock(*t, k)).collect();
+    locks.sort_unstable();
+    locks.dedup();
+    let statement = c
+        .prepare_cached("SELECT pg_advisory_xact_lock(x) FROM unnest($1::bigint[]) AS x")
+        .await
+        .map_err(pg)?;
+    c.execute(&statement, &[&locks]).await.map_err(pg)?;
+    let tables: Vec<&'static str> = rows.iter().map(|(t, _)| t.name()).collect();
+    let keys: Vec<Vec<u8>> = rows.iter().map(|(_, k)| k.clone()).collect();
+    let statement = c
+        .prepare_cached(
+            "SELECT tbl, k, v FROM writ_kv WHERE (tbl, k) IN \
+             (SELECT * FROM UNNEST($1::text[], $2::bytea[]))",
+        )
+        .await
+        .map_err(pg)?;
+    let found = c.query(&statement, &[&tables, &keys]).await.map_err(pg)?;
+    Ok(found
+        .into_iter()
+        .filter_map(|r| {
+            let table = Table::from_name(r.get::<_, &str>(0))?;
+            Some(((table, r.get(1)), r.get(2)))
+        })
+        .collect())
 }
 
 /// The notifications of a commit's changed rows of cached tables: payloads of at most

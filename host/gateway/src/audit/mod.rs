@@ -25,7 +25,7 @@
 //!   (see `SessionTail`), and rebuilt from the chain after a crash.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::SharedClock;
 use crate::metrics::AuditWriterMetrics;
-use crate::store::{Guard, Remove, Store, StoreError, Table, Write};
+use crate::store::{Guard, Locked, Remove, Store, StoreError, Table, Write};
 use crate::tenants::{tenant_key, tenant_prefix};
 
 mod blocks;
@@ -137,10 +137,6 @@ impl Head {
         })
     }
 }
-
-/// Times a batch is prepared again when another process appended to one of its chains or
-/// changed a counter it read, before its appends fail.
-const MAX_ATTEMPTS: usize = 16;
 
 /// Most records the writer commits in one transaction and flush.
 const MAX_BATCH: usize = 256;

@@ -17,10 +17,6 @@ pub(crate) struct Pending {
 pub(crate) struct Batch {
     pub(crate) heads: HashMap<String, Head>,
     pub(crate) usage: HashMap<Vec<u8>, f64>,
-    /// Each usage counter's stored value as the batch first read it, guarded at commit.
-    pub(crate) usage_read: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// The records' own guards, with the index of the append each belongs to.
-    pub(crate) item_guards: Vec<(usize, Guard)>,
     /// Each tenant's new records (seq, stored bytes), in order.
     pub(crate) records: HashMap<String, Vec<(u64, Vec<u8>)>>,
     /// Index rows and the records' own rows.
@@ -124,92 +120,60 @@ impl Chains {
         }
     }
 
-    /// See [`AuditLog::write_batch`]. The batch's chain heads and usage counters are guarded
-    /// at commit: when another process sharing the store appended to one of its chains or
-    /// changed a counter it read, the batch is prepared again on what the store now holds
-    /// (up to [`MAX_ATTEMPTS`] times); an append whose own guarded rows changed fails alone
-    /// with [`AuditError::RowChanged`].
+    /// See [`AuditLog::write_batch`]. The rows every append of the batch reads (its chains'
+    /// heads, the usage counters it reads or charges, its own guarded rows) are locked first,
+    /// for the batch's transaction, against every other process sharing the store: the batch
+    /// is chained on their values as they are, and commits without a conflict. An append
+    /// whose own guarded row no longer holds what it expected fails alone with
+    /// [`AuditError::RowChanged`].
     pub(crate) fn write_batch(
         &self,
         items: Vec<(String, RecordBody, Effects)>,
     ) -> Vec<Result<Record>> {
         let mut heads = self.heads.lock().expect("heads lock");
-        let mut changed: HashSet<usize> = HashSet::new();
-        for _ in 0..MAX_ATTEMPTS {
-            let mut batch = Batch::default();
-            let results: Vec<Result<Record>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, (tenant_id, body, effects))| {
-                    if changed.contains(&i) {
-                        return Err(AuditError::RowChanged);
-                    }
-                    self.prepare(
-                        &mut heads,
-                        &mut batch,
-                        i,
-                        tenant_id.clone(),
-                        body.clone(),
-                        effects.clone(),
-                    )
-                })
-                .collect();
-            if batch.records.is_empty() {
-                return results;
-            }
-            match self.commit(&mut heads, batch, results) {
-                Ok(results) => return results,
-                Err((rows, item_guards)) => {
-                    for (i, (table, key, _)) in &item_guards {
-                        if rows.iter().any(|(t, k)| t == table && k == key) {
-                            changed.insert(*i);
-                        }
-                    }
-                    for (table, key) in &rows {
-                        if *table == Table::ChainHeads {
-                            // Another process appended: read the head again.
-                            heads.remove(String::from_utf8_lossy(key).as_ref());
-                        }
-                    }
-                }
-            }
+        let mut lock: Vec<(Table, Vec<u8>)> = Vec::new();
+        for (tenant_id, _, effects) in &items {
+            lock.push((Table::ChainHeads, tenant_id.as_bytes().to_vec()));
+            lock.extend(
+                effects
+                    .expect
+                    .iter()
+                    .chain(&effects.add)
+                    .map(|(key, _)| (Table::Usage, key.clone())),
+            );
+            lock.extend(effects.guards.iter().map(|(t, k, _)| (*t, k.clone())));
         }
-        tracing::warn!("the audit writer kept meeting other processes' appends; the batch fails");
-        items
-            .iter()
-            .map(|_| {
-                Err(AuditError::WriteFailed(
-                    "other processes kept appending to the same chains; retry".into(),
-                ))
+        lock.sort();
+        lock.dedup();
+        let locked = match self.store.begin_locked(&lock) {
+            Ok(locked) => locked,
+            Err(e) => {
+                tracing::error!(error = %e, "audit write failed");
+                let failed = e.to_string();
+                return items
+                    .iter()
+                    .map(|_| Err(AuditError::WriteFailed(failed.clone())))
+                    .collect();
+            }
+        };
+        let mut batch = Batch::default();
+        let results: Vec<Result<Record>> = items
+            .into_iter()
+            .map(|(tenant_id, body, effects)| {
+                self.prepare(&mut heads, &mut batch, &locked, tenant_id, body, effects)
             })
-            .collect()
-    }
-
-    /// Commits a prepared batch with its guards. On a conflict, nothing is written and the
-    /// changed rows are returned with the batch's own guards.
-    #[allow(clippy::type_complexity)]
-    fn commit(
-        &self,
-        heads: &mut HashMap<String, Head>,
-        mut batch: Batch,
-        results: Vec<Result<Record>>,
-    ) -> std::result::Result<Vec<Result<Record>>, (Vec<(Table, Vec<u8>)>, Vec<(usize, Guard)>)>
-    {
-        let mut writes = batch.writes();
-        let mut guards: Vec<Guard> = Vec::new();
-        for (tenant_id, head) in &batch.heads {
-            let key = tenant_id.as_bytes().to_vec();
-            let before = heads.get(tenant_id).filter(|h| h.row).map(Head::row_value);
-            guards.push((Table::ChainHeads, key.clone(), before));
-            writes.push((Table::ChainHeads, key, head.row_value()));
+            .collect();
+        if batch.records.is_empty() {
+            return results;
         }
-        guards.extend(
-            batch
-                .usage_read
-                .iter()
-                .map(|(key, value)| (Table::Usage, key.clone(), value.clone())),
-        );
-        guards.extend(batch.item_guards.iter().map(|(_, g)| g.clone()));
+        let mut writes = batch.writes();
+        for (tenant_id, head) in &batch.heads {
+            writes.push((
+                Table::ChainHeads,
+                tenant_id.as_bytes().to_vec(),
+                head.row_value(),
+            ));
+        }
         // Sessions due to be written out go in the same transaction (each costs sled log
         // writes): the entries waiting are all of records already committed.
         let out = {
@@ -220,18 +184,14 @@ impl Chains {
                 out
             })
         };
-        match self.store.commit_guarded(&writes, &batch.removes, &guards) {
-            Ok(()) => {}
-            Err(StoreError::Conflict(rows)) => return Err((rows, batch.item_guards)),
-            Err(e) => {
-                tracing::error!(error = %e, "audit write failed");
-                // Nothing was written: the chains stay as they were.
-                let failed = e.to_string();
-                return Ok(results
-                    .into_iter()
-                    .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
-                    .collect());
-            }
+        if let Err(e) = locked.commit(&writes, &batch.removes) {
+            tracing::error!(error = %e, "audit write failed");
+            // Nothing was written: the chains stay as they were.
+            let failed = e.to_string();
+            return results
+                .into_iter()
+                .map(|r| r.and_then(|_| Err(AuditError::WriteFailed(failed.clone()))))
+                .collect();
         }
         {
             let mut tail = self.sessions.lock().expect("sessions lock");
@@ -246,36 +206,48 @@ impl Chains {
             }
         }
         heads.extend(batch.heads);
-        Ok(results)
+        results
     }
 
     /// Chains one record onto its tenant's head as the batch leaves it, after checking its
     /// usage expectations against the values the batch leaves, and adds it to the batch.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn prepare(
         &self,
         heads: &mut HashMap<String, Head>,
         batch: &mut Batch,
-        item: usize,
+        locked: &Locked,
         tenant_id: String,
         mut body: RecordBody,
         effects: Effects,
     ) -> Result<Record> {
+        for (table, key, expected) in &effects.guards {
+            if locked.value(*table, key) != expected.as_deref() {
+                return Err(AuditError::RowChanged);
+            }
+        }
         for (key, expected) in &effects.expect {
-            if self.usage_value(batch, key)? != *expected {
+            if usage_value(batch, locked, key) != *expected {
                 return Err(AuditError::UsageConflict);
             }
         }
-        let usage = effects
+        let usage: Vec<(Vec<u8>, f64)> = effects
             .add
             .iter()
-            .map(|(key, amount)| Ok((key.clone(), self.usage_value(batch, key)? + amount)))
-            .collect::<Result<Vec<_>>>()?;
+            .map(|(key, amount)| (key.clone(), usage_value(batch, locked, key) + amount))
+            .collect();
         if !batch.heads.contains_key(&tenant_id) {
-            // Loaded once: loading also re-indexes the sessions above the tenant's mark.
-            let head = match heads.entry(tenant_id.clone()) {
-                Entry::Occupied(head) => *head.get(),
-                Entry::Vacant(slot) => *slot.insert(self.load_stored_head(&tenant_id)?),
+            // The head row, as locked, is the head: another process may have appended.
+            let head = match locked
+                .value(Table::ChainHeads, tenant_id.as_bytes())
+                .and_then(Head::from_row)
+            {
+                Some(head) => head,
+                // A chain written before head rows: its last block, once (loading also
+                // re-indexes the sessions above the tenant's mark).
+                None => match heads.entry(tenant_id.clone()) {
+                    Entry::Occupied(head) => *head.get(),
+                    Entry::Vacant(slot) => *slot.insert(self.load_stored_head(&tenant_id)?),
+                },
             };
             batch.heads.insert(tenant_id.clone(), head);
         }
@@ -317,9 +289,6 @@ impl Chains {
         }
         batch.rows.extend(effects.rows);
         batch.removes.extend(effects.removes);
-        batch
-            .item_guards
-            .extend(effects.guards.into_iter().map(|g| (item, g)));
         if let Some(session_id) = &record.body.session_id {
             if self.store.is_shared() {
                 // Several processes append: each record's entry is written with it.
@@ -339,28 +308,6 @@ impl Chains {
             .or_default()
             .push((seq, stored_bytes(canonical, &record.hash)));
         Ok(record)
-    }
-
-    /// A usage counter's value as the batch leaves it, reading (and remembering, to guard)
-    /// the stored value the first time.
-    fn usage_value(&self, batch: &mut Batch, key: &[u8]) -> Result<f64> {
-        if let Some(v) = batch.usage.get(key) {
-            return Ok(*v);
-        }
-        let stored = match batch.usage_read.get(key) {
-            Some(stored) => stored.clone(),
-            None => {
-                let stored = self.store.get_raw(Table::Usage, key)?;
-                batch.usage_read.insert(key.to_vec(), stored.clone());
-                stored
-            }
-        };
-        Ok(stored.map_or(0.0, |v| {
-            v.as_slice()
-                .try_into()
-                .map(|b| f64::from_bits(u64::from_be_bytes(b)))
-                .unwrap_or(0.0)
-        }))
     }
 
     /// A tenant's head as stored, after putting the records above its session mark back into
@@ -424,4 +371,17 @@ impl Chains {
         }
         Ok(())
     }
+}
+
+/// A usage counter's value as the batch leaves it: its last charge in the batch, else its
+/// value when locked.
+fn usage_value(batch: &Batch, locked: &Locked, key: &[u8]) -> f64 {
+    if let Some(v) = batch.usage.get(key) {
+        return *v;
+    }
+    locked.value(Table::Usage, key).map_or(0.0, |v| {
+        v.try_into()
+            .map(|b| f64::from_bits(u64::from_be_bytes(b)))
+            .unwrap_or(0.0)
+    })
 }
