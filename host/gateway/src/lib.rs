@@ -28,6 +28,7 @@ pub mod policy_log;
 pub mod server;
 pub mod service;
 pub mod shares;
+pub mod sse;
 pub use writ_store as store;
 mod tenants;
 pub mod usage;

@@ -11,6 +11,7 @@
 //! a prefix scan for one tenant never sees another's rows.
 
 mod embedded;
+mod feed;
 mod postgres;
 
 use std::path::Path;

@@ -14,7 +14,8 @@ use crate::access::Require as _;
 use crate::api::ApiState;
 use crate::api::error::ApiError;
 use crate::api::extract::{Auth, RawJson};
-use crate::service::mcp::{McpHeaders, McpReply, SseEvent};
+use crate::service::mcp::{McpHeaders, McpReply};
+use crate::sse::SseEvent;
 
 /// Longest `Mcp-Session-Id` or `Last-Event-ID` taken.
 const MAX_ID_BYTES: usize = 256;

@@ -13,36 +13,33 @@
 //! - The upstream request is made through the egress guard, with only the headers the
 //!   transport needs and the tenant's credential for that origin; the agent's key and the
 //!   upstream's session id never cross. Answers are bounded: a JSON body or an event's data at
-//!   most [`MAX_MESSAGE_BYTES`].
+//!   most [`MAX_MESSAGE_BYTES`] (`crate::sse`).
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use rmcp::model::ErrorCode;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_stream::{Stream, StreamExt as _};
-use tokio_util::codec::{FramedRead, LinesCodec};
-use tokio_util::io::StreamReader;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
-use writ_mcp::message::{self, FromClient, FromServer, ToolCall};
+use writ_mcp::message::{self, FromClient, ToolCall};
 use writ_runtime::decision::Outcome;
 
-use super::completion::Completion;
 use super::escalations::EscalationService;
 use super::execute::{ExecuteOutcome, ExecuteRequest, ExecuteService};
 use crate::access::{Agent, Member, Require as _, TenantScope};
-use crate::egress::{Egress, Outbound};
+use crate::egress::Egress;
 use crate::error::{AppError, Result};
 use crate::escalations::Status;
 use crate::mcp_servers::{McpServers, McpUpstream};
 use crate::mcp_sessions::{McpSession, McpSessions, RelaySlot, SessionError};
+use crate::sse::{MAX_MESSAGE_BYTES, SseEvent, header, is_event_stream, is_json, read_capped};
 use crate::vault::Vault;
 
-/// Largest JSON body, or data of one event, read from an upstream server.
-pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
+mod upstream;
+
 /// Largest error body of an upstream server relayed to the client.
 const MAX_ERROR_BYTES: usize = 64 << 10;
 /// Time to connect to an upstream server.
@@ -53,28 +50,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const STREAM_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 /// Events waiting for a client that reads slowly.
 const QUEUED: usize = 16;
-
-/// One server-sent event, as read from an upstream server or written by the gateway.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SseEvent {
-    /// `id:`, for the client to resume from.
-    pub id: Option<String>,
-    /// `event:`.
-    pub event: Option<String>,
-    /// `data:` (a JSON-RPC message for the MCP events).
-    pub data: String,
-    /// `retry:`, in ms.
-    pub retry: Option<u64>,
-}
-
-impl SseEvent {
-    fn message(data: String) -> Self {
-        Self {
-            data,
-            ..Self::default()
-        }
-    }
-}
 
 /// A stream of events for the client.
 pub type Events = Pin<Box<dyn Stream<Item = SseEvent> + Send>>;
@@ -573,225 +548,6 @@ impl McpService {
             events: Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)),
         }
     }
-
-    /// Relays the server's answer (JSON or events) into `tx`, watching for `watch`'s message,
-    /// until it ends, the client goes, or the gateway stops. A request left unanswered by a
-    /// broken stream is answered with an error.
-    async fn pump(
-        &self,
-        relay: &Relay,
-        response: reqwest::Response,
-        watch: &Watch,
-        tx: &mpsc::Sender<SseEvent>,
-    ) {
-        let status = response.status().as_u16();
-        let answered = if !(200..300).contains(&status) {
-            Err(format!("it answered HTTP {status}"))
-        } else if is_event_stream(&response) {
-            let mut events = sse_events(response);
-            let mut answered = Ok(false);
-            loop {
-                let next = tokio::select! {
-                    () = tx.closed() => break,
-                    () = self.stopping.cancelled() => break,
-                    next = events.next() => next,
-                };
-                match next {
-                    None => break,
-                    Some(Err(why)) => {
-                        answered = Err(why);
-                        break;
-                    }
-                    Some(Ok(event)) => {
-                        if self.observe(relay, watch, &event.data) {
-                            answered = Ok(true);
-                        }
-                        if tx.send(event).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-            }
-            answered
-        } else {
-            match read_capped(response, MAX_MESSAGE_BYTES).await {
-                Ok(body) => {
-                    let text = String::from_utf8_lossy(&body).into_owned();
-                    let seen = self.observe(relay, watch, &text);
-                    let _ = tx.send(SseEvent::message(text)).await;
-                    Ok(seen)
-                }
-                Err(why) => Err(why),
-            }
-        };
-        let id = match watch {
-            Watch::Call { id, .. } | Watch::ToolList(id) => Some(id),
-            _ => None,
-        };
-        if let (Err(why), Some(id)) = (answered, id) {
-            let line = message::jsonrpc_error(
-                message::request_id(id),
-                ErrorCode::INTERNAL_ERROR,
-                format!("the MCP server's answer broke off: {why}"),
-            );
-            let _ = tx.send(SseEvent::message(line)).await;
-        }
-    }
-
-    /// Reads a message from the server for what the relay watches: whether it was the answer.
-    fn observe(&self, relay: &Relay, watch: &Watch, text: &str) -> bool {
-        let (id, value) = match message::from_server(text) {
-            FromServer::Response(id, value) => (id, value),
-            _ => return false,
-        };
-        match watch {
-            Watch::ToolList(want) if *want == id => {
-                self.sessions.learn_tools(
-                    relay.tenant_id(),
-                    &relay.server,
-                    message::annotations(&value),
-                );
-                true
-            }
-            Watch::Call {
-                id: want,
-                event_id,
-                started,
-            } if *want == id => {
-                let completion = Completion {
-                    is_error: message::is_error(&value),
-                    result_bytes: text.len() as u64,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                };
-                let (execute, scope, event_id) =
-                    (self.execute.clone(), relay.scope.clone(), event_id.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = execute.complete(&scope, &event_id, completion).await {
-                        tracing::warn!(event_id, error = %e, "recording an MCP completion");
-                    }
-                });
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Relays an answer that is neither a JSON message nor events: an upstream's 4xx as it
-    /// is (bounded), its 5xx as 502.
-    async fn relay_other(
-        &self,
-        relay: &Relay,
-        response: reqwest::Response,
-        session: Option<String>,
-    ) -> Result<McpReply> {
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            let kind = header(response.headers(), "content-type").unwrap_or_default();
-            return Err(bad_upstream(format!(
-                "it answered with content type `{kind}`, not JSON or events"
-            )));
-        }
-        let json = is_json(&response);
-        let body = read_capped(response, MAX_ERROR_BYTES)
-            .await
-            .unwrap_or_default();
-        tracing::info!(
-            server = relay.server,
-            status,
-            "an MCP server refused a request"
-        );
-        if !json || status >= 500 {
-            return Err(bad_upstream(format!("it answered HTTP {status}")));
-        }
-        Ok(McpReply::Json {
-            status,
-            session,
-            body,
-        })
-    }
-
-    /// Sends a request to the relay's upstream through the egress guard, with the transport's
-    /// headers and the tenant's credential for that origin, nothing of the client's else.
-    async fn send(
-        &self,
-        relay: &Relay,
-        method: reqwest::Method,
-        body: Option<Bytes>,
-        timeout: Duration,
-    ) -> std::result::Result<reqwest::Response, String> {
-        let url = relay.upstream.parsed_url().map_err(|e| e.to_string())?;
-        let mut headers = HeaderMap::new();
-        let accept = if method == reqwest::Method::GET {
-            "text/event-stream"
-        } else {
-            "application/json, text/event-stream"
-        };
-        headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static(accept));
-        if body.is_some() {
-            headers.insert(
-                reqwest::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-        }
-        let mut set = |name: &'static str, value: Option<&str>| {
-            if let Some(value) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
-                headers.insert(HeaderName::from_static(name), value);
-            }
-        };
-        set(
-            "mcp-session-id",
-            relay.session.as_ref().and_then(|s| s.upstream.as_deref()),
-        );
-        set(
-            "mcp-protocol-version",
-            relay.headers.protocol_version.as_deref(),
-        );
-        if method == reqwest::Method::GET {
-            set("last-event-id", relay.headers.last_event_id.as_deref());
-        }
-        if let Some(credential) = &relay.upstream.credential {
-            let origin = url.origin().ascii_serialization();
-            let tenant_id = relay.tenant_id();
-            let bound = self
-                .vault
-                .origins(tenant_id, &credential.name)
-                .map_err(|e| e.to_string())?
-                .is_some_and(|origins| origins.contains(&origin));
-            let secret = self
-                .vault
-                .open(tenant_id, &credential.name)
-                .map_err(|e| e.to_string())?;
-            let (true, Some(secret)) = (bound, secret) else {
-                return Err(format!(
-                    "credential `{}` is missing or no longer bound to {origin}",
-                    credential.name
-                ));
-            };
-            let mut value = HeaderValue::from_str(&credential.format.replace("{secret}", &secret))
-                .map_err(|_| {
-                    format!(
-                        "credential `{}` is not a valid header value",
-                        credential.name
-                    )
-                })?;
-            value.set_sensitive(true);
-            let name = HeaderName::from_bytes(credential.header.as_bytes())
-                .map_err(|_| format!("`{}` is not a header name", credential.header))?;
-            headers.insert(name, value);
-        }
-        self.egress
-            .send(Outbound {
-                method,
-                url,
-                headers,
-                body: body.map(|b| b.to_vec()),
-                connect_timeout: CONNECT_TIMEOUT,
-                timeout,
-                redirects: 0,
-            })
-            .await
-            .map_err(|e| e.to_string())
-    }
 }
 
 /// The request id of a JSON-RPC request, if the body is one.
@@ -804,29 +560,6 @@ fn request_id_of(body: &[u8]) -> Option<rmcp::model::RequestId> {
 /// A call's id as JSON.
 fn id_value(call: &ToolCall) -> Value {
     serde_json::to_value(&call.id).unwrap_or(Value::Null)
-}
-
-fn header(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
-fn content_type_is(response: &reqwest::Response, kind: &str) -> bool {
-    header(response.headers(), "content-type").is_some_and(|c| {
-        c.split(';')
-            .next()
-            .is_some_and(|t| t.trim().eq_ignore_ascii_case(kind))
-    })
-}
-
-fn is_event_stream(response: &reqwest::Response) -> bool {
-    content_type_is(response, "text/event-stream")
-}
-
-fn is_json(response: &reqwest::Response) -> bool {
-    content_type_is(response, "application/json")
 }
 
 fn json_reply(status: u16, line: String) -> McpReply {
@@ -860,118 +593,9 @@ fn bad_upstream(why: String) -> AppError {
     }
 }
 
-/// A body of at most `cap` bytes.
-async fn read_capped(
-    mut response: reqwest::Response,
-    cap: usize,
-) -> std::result::Result<Bytes, String> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > cap {
-            return Err(format!("over {cap} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.into())
-}
-
-/// The events of an upstream's event stream, each at most [`MAX_MESSAGE_BYTES`] of data.
-/// (The SSE parsers on crates.io read events of any size; an upstream is untrusted.)
-fn sse_events(
-    response: reqwest::Response,
-) -> impl Stream<Item = std::result::Result<SseEvent, String>> + Send + Unpin {
-    let bytes = response
-        .bytes_stream()
-        .map(|chunk| chunk.map_err(std::io::Error::other));
-    let lines = FramedRead::new(
-        StreamReader::new(bytes),
-        LinesCodec::new_with_max_length(MAX_MESSAGE_BYTES),
-    );
-    let mut event = SseEvent::default();
-    let mut has_data = false;
-    // A block with only an `id` (a resumption point) or a `retry` is passed on too.
-    let mut has_fields = false;
-    Box::pin(lines.filter_map(move |line| {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => return Some(Err(e.to_string())),
-        };
-        if line.is_empty() {
-            let done = std::mem::take(&mut event);
-            has_data = false;
-            return std::mem::take(&mut has_fields).then_some(Ok(done));
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "data" => {
-                if has_data {
-                    event.data.push('\n');
-                }
-                if event.data.len() + value.len() > MAX_MESSAGE_BYTES {
-                    return Some(Err(format!("an event over {MAX_MESSAGE_BYTES} bytes")));
-                }
-                event.data.push_str(value);
-                has_data = true;
-            }
-            "id" if !value.contains('\0') => event.id = Some(value.to_owned()),
-            "event" => event.event = Some(value.to_owned()),
-            "retry" => event.retry = value.parse().ok(),
-            _ => return None,
-        }
-        has_fields = true;
-        None
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn response(body: String) -> reqwest::Response {
-        reqwest::Response::from(
-            axum::http::Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(body)
-                .unwrap(),
-        )
-    }
-
-    async fn events(body: String) -> Vec<std::result::Result<SseEvent, String>> {
-        sse_events(response(body)).collect().await
-    }
-
-    #[tokio::test]
-    async fn an_event_stream_is_read_event_by_event_with_its_fields() {
-        let body = "retry: 500\n\n: a comment\nid: 7\nevent: message\ndata: {\"a\":\ndata: 1}\n\ndata:x\r\n\r\n";
-        let read = events(body.into()).await;
-        assert_eq!(
-            read,
-            vec![
-                Ok(SseEvent {
-                    retry: Some(500),
-                    ..SseEvent::default()
-                }),
-                Ok(SseEvent {
-                    id: Some("7".into()),
-                    event: Some("message".into()),
-                    data: "{\"a\":\n1}".into(),
-                    retry: None,
-                }),
-                Ok(SseEvent::message("x".into())),
-            ]
-        );
-    }
-
-    #[tokio::test]
-    async fn an_upstream_event_over_the_bound_ends_the_stream_with_an_error() {
-        let line = "x".repeat(MAX_MESSAGE_BYTES / 2);
-        let body = format!("data: {line}\ndata: {line}\ndata: {line}\n\n");
-        let read = events(body).await;
-        assert!(read[0].as_ref().unwrap_err().contains("over"), "{read:?}");
-        let one_line = format!("data: {}\n\n", "y".repeat(MAX_MESSAGE_BYTES + 1));
-        assert!(events(one_line).await[0].is_err());
-    }
 
     #[test]
     fn the_request_id_of_a_notification_or_response_is_none() {
