@@ -2,17 +2,21 @@
 //! made it, once, and recorded in the chain.
 
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::{Value, json};
 use writ_tests::artifacts;
-use writ_tests::gateway::{TestGateway, assert_chain_valid};
+use writ_tests::gateway::{Backend, TestGateway, assert_chain_valid};
 
 fn report() -> Value {
     json!({"is_error": false, "result_bytes": 120, "duration_ms": 7})
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn the_key_that_made_an_allowed_call_reports_its_completion_once() {
-    let gw = TestGateway::start().await;
+async fn the_key_that_made_an_allowed_call_reports_its_completion_once(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let (_, allowed) = gw
         .execute(&t.agent, "s", "email.send", json!({"to": "a@b"}))

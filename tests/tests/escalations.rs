@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::{Value, json};
 use writ_gateway::clock::ManualClock;
 use writ_tests::artifacts;
-use writ_tests::gateway::{TestGateway, TestTenant, assert_chain_valid};
+use writ_tests::gateway::{Backend, TestGateway, TestTenant, assert_chain_valid};
 
 const OVER_LIMIT: fn() -> Value =
     || json!({"amount": 800, "currency": "GBP", "recipient_id": "rec_xyz789"});
@@ -61,9 +62,12 @@ async fn held(
     })
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn approved_call_is_allowed_with_the_reviewer_as_actor() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn approved_call_is_allowed_with_the_reviewer_as_actor(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let call = held(&gw, &t, OVER_LIMIT()).await;
     let id = pending(&gw, &t.reviewer, 1).await.remove(0);
@@ -111,9 +115,12 @@ async fn approved_call_is_allowed_with_the_reviewer_as_actor() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn rejected_call_is_blocked_with_the_note() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn rejected_call_is_blocked_with_the_note(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let call = held(
         &gw,
@@ -139,9 +146,12 @@ async fn rejected_call_is_blocked_with_the_note() {
     assert_eq!(list["escalations"].as_array().unwrap().len(), 1);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn the_key_that_made_a_held_call_withdraws_it_and_no_one_else_can() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn the_key_that_made_a_held_call_withdraws_it_and_no_one_else_can(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let call = held(
         &gw,
@@ -287,9 +297,14 @@ async fn a_decision_that_arrives_at_the_deadline_expires_the_escalation() {
     until_status(&gw, &t.reviewer, id, "expired").await;
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn wait_zero_answers_at_once_and_the_wait_endpoint_fetches_the_outcome() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn wait_zero_answers_at_once_and_the_wait_endpoint_fetches_the_outcome(
+    #[case] backend: Backend,
+) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let started = Instant::now();
     let (_, body) = gw
@@ -337,9 +352,14 @@ async fn wait_zero_answers_at_once_and_the_wait_endpoint_fetches_the_outcome() {
     assert_eq!(answer["result"]["decision"], "ESCALATE");
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn only_reviewers_of_the_tenant_who_do_not_hold_the_calling_key_decide() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn only_reviewers_of_the_tenant_who_do_not_hold_the_calling_key_decide(
+    #[case] backend: Backend,
+) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let other = gw.tenant("other", Some(artifacts::PAYMENTS_LIMITS)).await;
     let (_, body) = gw
@@ -400,9 +420,12 @@ async fn only_reviewers_of_the_tenant_who_do_not_hold_the_calling_key_decide() {
     assert_eq!(status, 400);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn concurrent_decisions_resolve_exactly_once() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn concurrent_decisions_resolve_exactly_once(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let mut calls = Vec::new();
     for _ in 0..20 {
@@ -447,9 +470,12 @@ async fn concurrent_decisions_resolve_exactly_once() {
     assert_chain_valid(&records);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn approval_records_the_charges_then_and_not_before() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn approval_records_the_charges_then_and_not_before(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::SPEND_CAP)).await;
     // 900 + 4200 today is over the 5000 day cap: escalated, charge pending.
     let (_, first) = gw
@@ -500,9 +526,12 @@ async fn approval_records_the_charges_then_and_not_before() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn pending_cap_blocks_new_escalations() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn pending_cap_blocks_new_escalations(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let op = gw.operator_key.clone();
     let (status, patched) = gw
@@ -544,9 +573,12 @@ async fn pending_cap_blocks_new_escalations() {
     assert_eq!(b["decision"], "ESCALATE");
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn disconnected_client_does_not_cancel_the_escalation() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn disconnected_client_does_not_cancel_the_escalation(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(300))
@@ -643,9 +675,12 @@ async fn pending_escalations_survive_a_restart_and_overdue_ones_expire() {
 }
 
 /// 1,000 calls held at once, resolved by a reviewer loop.
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_held_calls_each_get_their_outcome() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn a_thousand_held_calls_each_get_their_outcome(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let n = 1000;
     let mut calls = Vec::new();

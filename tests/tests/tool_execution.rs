@@ -6,9 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::{Value, json};
 use writ_tests::artifacts;
-use writ_tests::gateway::{TestGateway, TestTenant};
+use writ_tests::gateway::{Backend, TestGateway, TestTenant};
 
 const SECRET: &str = "ghp_DOWNSTREAMsecret0987654321";
 
@@ -116,9 +117,12 @@ async fn finished_job(gw: &TestGateway, key: &str, id: &str) -> Value {
     }
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn allowed_call_runs_downstream_with_the_injected_credential() {
-    let gw = TestGateway::start().await;
+async fn allowed_call_runs_downstream_with_the_injected_credential(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let (base, seen) = downstream().await;
     let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
     let (status, answer) = tenet(
@@ -154,9 +158,12 @@ async fn allowed_call_runs_downstream_with_the_injected_credential() {
     assert!(!job.to_string().contains(SECRET));
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn delete_is_escalated_by_the_gate_and_never_reaches_downstream() {
-    let gw = TestGateway::start().await;
+async fn delete_is_escalated_by_the_gate_and_never_reaches_downstream(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let (base, seen) = downstream().await;
     let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
     let (status, answer) = tenet(
@@ -179,9 +186,12 @@ async fn delete_is_escalated_by_the_gate_and_never_reaches_downstream() {
     assert!(seen.lock().unwrap().is_empty());
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn blocked_unknown_and_uncatalogued_calls() {
-    let gw = TestGateway::start().await;
+async fn blocked_unknown_and_uncatalogued_calls(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let (base, seen) = downstream().await;
     let t = setup(&gw, artifacts::PAYMENTS_LIMITS, &base).await;
     let (status, answer) = tenet(
@@ -212,9 +222,12 @@ async fn blocked_unknown_and_uncatalogued_calls() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn approved_escalation_runs_what_the_reviewer_saw_exactly_once() {
-    let gw = TestGateway::start().await;
+async fn approved_escalation_runs_what_the_reviewer_saw_exactly_once(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let (base, seen) = downstream().await;
     let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
     let (_, answer) = tenet(
@@ -295,9 +308,12 @@ async fn approved_escalation_runs_what_the_reviewer_saw_exactly_once() {
     assert_eq!(seen.len(), 1);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn an_idempotency_key_runs_once_however_often_it_is_sent() {
-    let gw = Arc::new(TestGateway::start().await);
+async fn an_idempotency_key_runs_once_however_often_it_is_sent(#[case] backend: Backend) {
+    let gw = Arc::new(TestGateway::start_on(&backend).await);
     let (base, seen) = downstream().await;
     let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
     let body = json!({"requestId": "req-42", "service": "github",
@@ -405,9 +421,12 @@ async fn an_idempotency_key_runs_once_however_often_it_is_sent() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn a_custom_named_destructive_tool_cannot_slip_past_the_gate() {
-    let gw = TestGateway::start().await;
+async fn a_custom_named_destructive_tool_cannot_slip_past_the_gate(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let (base, seen) = downstream().await;
     let t = setup(&gw, artifacts::ALLOW_ALL, &base).await;
     gw.call(
@@ -449,9 +468,12 @@ async fn a_custom_named_destructive_tool_cannot_slip_past_the_gate() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn downstream_responses_are_capped_and_redirects_stay_on_the_host() {
-    let gw = TestGateway::start().await;
+async fn downstream_responses_are_capped_and_redirects_stay_on_the_host(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
     let elsewhere = downstream().await.0.replace("127.0.0.1", "localhost");
     let app = axum::Router::new()
@@ -498,9 +520,12 @@ async fn downstream_responses_are_capped_and_redirects_stay_on_the_host() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn the_policy_sees_the_catalog_target() {
-    let gw = TestGateway::start().await;
+async fn the_policy_sees_the_catalog_target(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let (base, _) = downstream().await;
     let t = gw.tenant("acme", Some(artifacts::HOSTILE)).await;
     gw.call(
@@ -539,9 +564,14 @@ async fn hanging_downstream() -> (String, Arc<Mutex<usize>>) {
 
 /// With eight of one tenant's jobs stuck on a downstream that hangs (as many as the gateway
 /// sends at once), only four of them hold workers, and another tenant's job runs at once.
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_whose_downstream_hangs_does_not_hold_the_workers_others_need() {
-    let gw = TestGateway::start().await;
+async fn a_tenant_whose_downstream_hangs_does_not_hold_the_workers_others_need(
+    #[case] backend: Backend,
+) {
+    let gw = TestGateway::start_on(&backend).await;
     let (hanging, hits) = hanging_downstream().await;
     let (base, seen) = downstream().await;
     let slow = setup(&gw, artifacts::ALLOW_ALL, &hanging).await;

@@ -237,12 +237,12 @@ async fn a_tenant_that_cannot_be_loaded_is_degraded_and_the_others_serve() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["decision"], "BLOCK");
     assert_eq!(answer["codes"], json!(["tenant_unavailable"]), "{answer}");
+    // Its head is known from its head row (the broken record is not needed to chain on): the
+    // refusal is recorded after it, blocked like the other degraded tenant's.
     let (status, answer) = execute(&client, &gw, &bad_chain_agent, payment.clone()).await;
-    assert_eq!(
-        (status, &answer["error"]["code"]),
-        (503, &json!("tenant_unavailable")),
-        "{answer}"
-    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "BLOCK");
+    assert_eq!(answer["codes"], json!(["tenant_unavailable"]), "{answer}");
     let (status, answer) = execute(&client, &gw, &healthy_agent, payment.clone()).await;
     assert_eq!(
         (status, answer["decision"].as_str()),
