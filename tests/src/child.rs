@@ -23,6 +23,23 @@ pub struct ChildGateway {
 impl ChildGateway {
     /// Starts `writ` (at `bin`) serving `dir`, its log (at debug level) going to `stderr`.
     pub fn spawn(bin: &str, dir: &Path, stderr: Stdio) -> Self {
+        Self::start(bin, dir, stderr, &[("RUST_LOG", "debug")])
+    }
+
+    /// Starts `writ` (at `bin`) as one node of the PostgreSQL store at `store_url`, its local
+    /// files in `dir`, with the keys every node of a store is given.
+    pub fn spawn_node(bin: &str, dir: &Path, store_url: &str, stderr: Stdio) -> Self {
+        let (master, checkpoint) = ("33".repeat(32), "44".repeat(32));
+        let env = [
+            ("WRIT_STORE_URL", store_url),
+            ("WRIT_MASTER_KEY", master.as_str()),
+            ("WRIT_CHECKPOINT_KEY", checkpoint.as_str()),
+        ];
+        Self::start(bin, dir, stderr, &env)
+    }
+
+    /// `writ serve` on a free loopback port with the tests' settings and `env` besides.
+    fn start(bin: &str, dir: &Path, stderr: Stdio, env: &[(&str, &str)]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -41,39 +58,7 @@ impl ChildGateway {
             .env("WRIT_EGRESS_ALLOW", "127.0.0.1/32")
             // A debug build evaluates tens of times slower than a release one.
             .env("WRIT_TENANT_EVAL_MS_PER_S", "0")
-            .env("RUST_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
-        Self {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    /// Starts `writ` (at `bin`) as one node of the PostgreSQL store at `store_url`, its local
-    /// files in `dir`, with the keys every node of a store is given.
-    pub fn spawn_node(bin: &str, dir: &Path, store_url: &str, stderr: Stdio) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(dir)
-            .env("WRIT_STORE_URL", store_url)
-            .env("WRIT_OPERATOR_KEY", OPERATOR)
-            .env("WRIT_MASTER_KEY", "33".repeat(32))
-            .env("WRIT_CHECKPOINT_KEY", "44".repeat(32))
-            .env("WRIT_EGRESS_ALLOW", "127.0.0.1/32")
-            .env("WRIT_TENANT_EVAL_MS_PER_S", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
