@@ -6,18 +6,17 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use writ_client::Client;
-use writ_client::wire::CreateKeyBody;
+use crate::http::Api;
 
 /// The operator key every child gateway is started with.
 pub const OPERATOR: &str = "wk_op_child_test_operator";
 
-/// A `writ serve` child process.
+/// A `writ serve` child process, driven over HTTP through [`Api`].
 pub struct ChildGateway {
     child: Option<Child>,
     /// `http://127.0.0.1:<port>`.
     pub url: String,
+    api: Api,
 }
 
 impl ChildGateway {
@@ -63,16 +62,21 @@ impl ChildGateway {
             .stderr(stderr)
             .spawn()
             .unwrap();
+        Self::with(Some(child), format!("http://127.0.0.1:{port}"))
+    }
+
+    fn with(child: Option<Child>, url: String) -> Self {
         Self {
-            child: Some(child),
-            url: format!("http://127.0.0.1:{port}"),
+            child,
+            api: Api::new(url.clone(), OPERATOR.to_owned()),
+            url,
         }
     }
 
     /// A handle on a gateway already running at `url`, for tasks that only send it requests
     /// (dropping it kills nothing).
     pub fn attach(url: String) -> Self {
-        Self { child: None, url }
+        Self::with(None, url)
     }
 
     /// Waits until `/readyz` answers 200 (at most a minute).
@@ -99,39 +103,13 @@ impl ChildGateway {
             child.wait().unwrap();
         }
     }
+}
 
-    /// Creates a tenant with an admin and an agent key and `policy` active; returns (tenant
-    /// id, admin key, agent key).
-    pub async fn tenant(&self, client: &reqwest::Client, policy: &str) -> (String, String, String) {
-        let operator = Client::with_http(client.clone(), &self.url, OPERATOR);
-        let tenant_id = operator.create_tenant("t").await.unwrap().tenant_id;
-        let mut keys = Vec::new();
-        for role in ["admin", "agent"] {
-            let key = CreateKeyBody {
-                role: role.into(),
-                subject: role.into(),
-                agent_id: None,
-            };
-            keys.push(operator.create_key(&tenant_id, &key).await.unwrap().api_key);
-        }
-        operator
-            .with_key(&keys[0])
-            .upload_policy("p", true, crate::component(policy))
-            .await
-            .unwrap();
-        let agent = keys.pop().unwrap();
-        (tenant_id, keys.pop().unwrap(), agent)
-    }
+impl std::ops::Deref for ChildGateway {
+    type Target = Api;
 
-    /// Every record of the key's tenant, from the export.
-    pub async fn all_records(&self, client: &reqwest::Client, key: &str) -> Vec<Value> {
-        let text = Client::with_http(client.clone(), &self.url, key)
-            .export(None)
-            .await
-            .unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 

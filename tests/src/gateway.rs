@@ -3,15 +3,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use reqwest::{Client, Method, Response};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use writ_client::wire::CreateKeyBody;
 use writ_gateway::clock::SharedClock;
 use writ_gateway::server::{Gateway, ServeConfig};
 
-use crate::component;
+use crate::http::Api;
 
 /// Where a test gateway keeps its store.
 #[derive(Debug, Clone)]
@@ -28,7 +26,23 @@ impl Backend {
         Self::Postgres(crate::postgres::PgCluster::shared().database())
     }
 
-    fn apply(&self, config: &mut ServeConfig) {
+    /// The store a stopped gateway on this backend kept (its local files in `dir`), opened
+    /// as an offline reader would, to read it or tamper with it.
+    pub fn open_store(&self, dir: &Path) -> writ_gateway::store::Store {
+        match self {
+            Self::Sled => writ_gateway::store::Store::open(dir).expect("sled store"),
+            Self::Postgres(url) => {
+                let options = writ_store::PgOptions {
+                    url: url.clone(),
+                    hold: writ_store::Hold::Nothing,
+                };
+                writ_gateway::store::Store::open_postgres(&options, dir).expect("store")
+            }
+        }
+    }
+
+    /// Points `config` at this backend.
+    pub fn apply(&self, config: &mut ServeConfig) {
         config.store_url = match self {
             Self::Sled => None,
             Self::Postgres(url) => Some(url.clone()),
@@ -36,18 +50,16 @@ impl Backend {
     }
 }
 
-/// A running gateway.
+/// A running gateway in the test's process, driven over HTTP through [`Api`].
 pub struct TestGateway {
     /// Its address.
     pub addr: SocketAddr,
-    /// The operator key.
-    pub operator_key: String,
     /// The data directory (kept when the gateway was started in a caller's directory).
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
-    client: Client,
+    api: Api,
     store: writ_gateway::store::Store,
 }
 
@@ -126,8 +138,23 @@ impl TestGateway {
 
     /// Starts a gateway on the store in `dir`, taking its time from `clock`.
     pub async fn start_in_with_clock(dir: &Path, clock: SharedClock) -> Self {
+        Self::start_in_on_with_clock(dir, &Backend::Sled, clock).await
+    }
+
+    /// Starts a gateway with a fresh store on `backend`, taking its time from `clock`.
+    pub async fn start_on_with_clock(backend: &Backend, clock: SharedClock) -> Self {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let mut gw = Self::start_in_on_with_clock(temp.path(), backend, clock).await;
+        gw._temp = Some(temp);
+        gw
+    }
+
+    /// Starts a gateway on the store on `backend` (its files in `dir`), taking its time from
+    /// `clock`.
+    pub async fn start_in_on_with_clock(dir: &Path, backend: &Backend, clock: SharedClock) -> Self {
         let mut config = Self::config(dir);
         config.app.clock = clock;
+        backend.apply(&mut config);
         Self::start_with(config).await
     }
 
@@ -179,16 +206,12 @@ impl TestGateway {
         ));
         Self {
             addr,
-            operator_key,
+            api: Api::new(format!("http://{addr}"), operator_key),
             data_dir,
             _temp: None,
             shutdown: Some(tx),
             task: Some(task),
             store,
-            client: Client::builder()
-                .no_proxy()
-                .build()
-                .expect("an HTTP client"),
         }
     }
 
@@ -206,214 +229,17 @@ impl TestGateway {
         }
     }
 
-    /// Sets `t`'s limits with the operator key (`PATCH /v1/admin/tenants/{id}`); asserts 200.
-    pub async fn set_limits(&self, t: &TestTenant, limits: Value) {
-        let (status, body) = self
-            .call(
-                Method::PATCH,
-                &format!("/v1/admin/tenants/{}", t.id),
-                Some(&self.operator_key),
-                Some(limits),
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-    }
-
     /// The gateway's store (to make its flushes fail, as a failing disk would).
     pub fn store(&self) -> &writ_gateway::store::Store {
         &self.store
     }
+}
 
-    /// The base URL.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
+impl std::ops::Deref for TestGateway {
+    type Target = Api;
 
-    /// Sends a request with `key` in `X-PROVENANCE-API-KEY` and an optional JSON body.
-    pub async fn request(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> Response {
-        let mut r = self.client.request(method, self.url(path));
-        if let Some(key) = key {
-            r = r.header("X-PROVENANCE-API-KEY", key);
-        }
-        if let Some(body) = body {
-            r = r.json(&body);
-        }
-        r.send().await.expect("request sent")
-    }
-
-    /// Like [`Self::request`] but returns the status and the JSON body.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let response = self.request(method, path, key, body).await;
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, value)
-    }
-
-    /// `POST /v1/gateway/execute?wait=0` with the Provenance body: an escalated call is
-    /// answered ESCALATE at once.
-    pub async fn execute(
-        &self,
-        key: &str,
-        session: &str,
-        action: &str,
-        parameters: Value,
-    ) -> (u16, Value) {
-        self.execute_waiting(key, session, action, parameters, Some(0))
-            .await
-    }
-
-    /// `POST /v1/gateway/execute` (`query` after the path, e.g. `?wait=0`) with `body` sent
-    /// as it is, for bodies a `Value` cannot express (malformed, or spaced as an agent spaced it).
-    pub async fn execute_raw(&self, key: &str, query: &str, body: String) -> (u16, Value) {
-        let r = reqwest::Client::new()
-            .post(self.url(&format!("/v1/gateway/execute{query}")))
-            .header("X-PROVENANCE-API-KEY", key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json::<Value>().await.unwrap())
-    }
-
-    /// `POST /v1/gateway/execute`, holding an escalated call up to `wait` seconds (the tenant's
-    /// hold when `None`).
-    pub async fn execute_waiting(
-        &self,
-        key: &str,
-        session: &str,
-        action: &str,
-        parameters: Value,
-        wait: Option<u64>,
-    ) -> (u16, Value) {
-        let path = match wait {
-            Some(w) => format!("/v1/gateway/execute?wait={w}"),
-            None => "/v1/gateway/execute".to_owned(),
-        };
-        self.call(
-            Method::POST,
-            &path,
-            Some(key),
-            Some(json!({
-                "session_id": session,
-                "agent_id": "agent-1",
-                "action": action,
-                "decision": "ALLOW",
-                "parameters": parameters,
-            })),
-        )
-        .await
-    }
-
-    /// Uploads a component as the tenant admin.
-    pub async fn upload(
-        &self,
-        admin: &str,
-        name: &str,
-        bytes: Vec<u8>,
-        activate: bool,
-    ) -> (u16, Value) {
-        let response = self
-            .client
-            .post(self.url(&format!("/v1/policies?name={name}&activate={activate}")))
-            .header("X-PROVENANCE-API-KEY", admin)
-            .header("content-type", "application/wasm")
-            .body(bytes)
-            .send()
-            .await
-            .expect("upload sent");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// A typed API client acting with `key`.
-    pub fn client(&self, key: &str) -> writ_client::Client {
-        writ_client::Client::with_http(self.client.clone(), &self.url(""), key)
-    }
-
-    /// Creates a tenant with an agent, reviewer and admin key, and `policy` (a guest path)
-    /// active if given.
-    pub async fn tenant(&self, name: &str, policy: Option<&str>) -> TestTenant {
-        let operator = self.client(&self.operator_key);
-        let id = operator
-            .create_tenant(name)
-            .await
-            .expect("tenant created")
-            .tenant_id;
-        let key = async |role: &str, subject: &str| {
-            let key = CreateKeyBody {
-                role: role.into(),
-                subject: subject.into(),
-                agent_id: None,
-            };
-            operator
-                .create_key(&id, &key)
-                .await
-                .expect("key created")
-                .api_key
-        };
-        let agent = key("agent", "agent-owner").await;
-        let reviewer = key("reviewer", "reviewer@example.com").await;
-        let admin = key("admin", "admin@example.com").await;
-        if let Some(path) = policy {
-            self.client(&admin)
-                .upload_policy("policy", true, component(path))
-                .await
-                .expect("policy uploaded");
-        }
-        TestTenant {
-            id,
-            agent,
-            reviewer,
-            admin,
-        }
-    }
-
-    /// The oldest pending escalation of the reviewer's tenant, once there is one (polled
-    /// every 100 ms for at most 30 s: a call held by another process appears when it does).
-    pub async fn pending_escalation(&self, reviewer: &str) -> Value {
-        for _ in 0..300 {
-            let (_, page) = self
-                .call(Method::GET, "/v1/escalations/pending", Some(reviewer), None)
-                .await;
-            if let Some(e) = page["escalations"].get(0) {
-                return e.clone();
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        panic!("no escalation appeared");
-    }
-
-    /// Every audit record of the key's tenant.
-    pub async fn audit(&self, key: &str) -> Vec<Value> {
-        let client = self.client(key);
-        let mut out = Vec::new();
-        let mut after: Option<u64> = None;
-        loop {
-            let page = client
-                .audit(None, after, Some(1000))
-                .await
-                .expect("audit page");
-            out.extend(page.records);
-            match page.next_after_seq {
-                Some(a) => after = Some(a),
-                None => return out,
-            }
-        }
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 

@@ -77,6 +77,7 @@ pub fn call(action: &str, arguments: serde_json::Value) -> ToolCall {
 pub mod browser;
 pub mod child;
 pub mod gateway;
+pub mod http;
 pub mod postgres;
 pub mod tls;
 

@@ -3,6 +3,8 @@
 //! record, swapped records, a truncated tail, a rewrite with valid hashes).
 
 use std::path::Path;
+
+use rstest::rstest;
 use std::time::Duration;
 
 use reqwest::Method;
@@ -12,12 +14,12 @@ use writ_gateway::checkpoint::{self, Checkpoint, CheckpointSigner};
 use writ_gateway::store::{Store, Table};
 use writ_gateway::verify::{Problem, verify_chain};
 use writ_tests::artifacts;
-use writ_tests::gateway::{TestGateway, assert_chain_valid};
+use writ_tests::gateway::{Backend, TestGateway, assert_chain_valid};
 
-/// Runs a gateway on `dir`, makes `n` decisions for a new tenant, stops it (which signs a
-/// checkpoint); returns the tenant id.
-async fn chain_of(dir: &Path, n: usize) -> String {
-    let gw = TestGateway::start_in(dir).await;
+/// Runs a gateway on `backend` (its files in `dir`), makes `n` decisions for a new tenant,
+/// stops it (which signs a checkpoint); returns the tenant id.
+async fn chain_of(dir: &Path, backend: &Backend, n: usize) -> String {
+    let gw = TestGateway::start_in_on(dir, backend).await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     for i in 0..n {
         gw.execute(
@@ -32,8 +34,8 @@ async fn chain_of(dir: &Path, n: usize) -> String {
     t.id
 }
 
-fn open(dir: &Path) -> (Store, Checkpoint) {
-    let store = Store::open(dir).unwrap();
+fn open(dir: &Path, backend: &Backend) -> (Store, Checkpoint) {
+    let store = backend.open_store(dir);
     let signer = CheckpointSigner::load_or_create(dir).unwrap();
     let (tenant, _) = store.scan::<Value>(Table::Tenants, b"").unwrap()[0].clone();
     let note = store
@@ -52,11 +54,14 @@ fn put(store: &Store, tenant: &str, seq: u64, r: &Record) {
     replace_stored_record(store, tenant, seq, Some(&serde_json::to_vec(r).unwrap())).unwrap();
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn untouched_chain_verifies_with_its_checkpoint() {
+async fn untouched_chain_verifies_with_its_checkpoint(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = chain_of(dir.path(), 10).await;
-    let (store, cp) = open(dir.path());
+    let tenant = chain_of(dir.path(), &backend, 10).await;
+    let (store, cp) = open(dir.path(), &backend);
     assert_eq!(cp.tenant_id, tenant);
     // 3 key_created + 1 policy_activated + 10 decisions.
     assert_eq!(cp.size, 14);
@@ -66,11 +71,14 @@ async fn untouched_chain_verifies_with_its_checkpoint() {
     assert_eq!(v.head.unwrap().1, cp.head_hash);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn one_changed_byte_is_a_hash_mismatch_at_its_seq() {
+async fn one_changed_byte_is_a_hash_mismatch_at_its_seq(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = chain_of(dir.path(), 10).await;
-    let (store, cp) = open(dir.path());
+    let tenant = chain_of(dir.path(), &backend, 10).await;
+    let (store, cp) = open(dir.path(), &backend);
     let mut bytes = stored_record(&store, &tenant, 7).unwrap().unwrap();
     let at = bytes.windows(5).position(|w| w == b"email").unwrap();
     bytes[at] = b'E';
@@ -86,11 +94,14 @@ async fn one_changed_byte_is_a_hash_mismatch_at_its_seq() {
     assert_eq!(v.records, 7);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn deleted_record_is_a_missing_seq() {
+async fn deleted_record_is_a_missing_seq(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = chain_of(dir.path(), 10).await;
-    let (store, cp) = open(dir.path());
+    let tenant = chain_of(dir.path(), &backend, 10).await;
+    let (store, cp) = open(dir.path(), &backend);
     replace_stored_record(&store, &tenant, 5, None).unwrap();
     let broken = verify_chain(&store, &tenant, Some(&cp))
         .unwrap()
@@ -99,11 +110,14 @@ async fn deleted_record_is_a_missing_seq() {
     assert_eq!((broken.seq, broken.problem), (5, Problem::MissingSeq));
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn swapped_records_are_out_of_order() {
+async fn swapped_records_are_out_of_order(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = chain_of(dir.path(), 10).await;
-    let (store, cp) = open(dir.path());
+    let tenant = chain_of(dir.path(), &backend, 10).await;
+    let (store, cp) = open(dir.path(), &backend);
     let (a, b) = (record(&store, &tenant, 8), record(&store, &tenant, 9));
     put(&store, &tenant, 8, &b);
     put(&store, &tenant, 9, &a);
@@ -114,11 +128,14 @@ async fn swapped_records_are_out_of_order() {
     assert_eq!((broken.seq, broken.problem), (8, Problem::SeqOutOfOrder));
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn truncated_tail_is_caught_only_by_the_checkpoint() {
+async fn truncated_tail_is_caught_only_by_the_checkpoint(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = chain_of(dir.path(), 10).await;
-    let (store, cp) = open(dir.path());
+    let tenant = chain_of(dir.path(), &backend, 10).await;
+    let (store, cp) = open(dir.path(), &backend);
     for seq in (11..14).rev() {
         replace_stored_record(&store, &tenant, seq, None).unwrap();
     }
@@ -138,11 +155,16 @@ async fn truncated_tail_is_caught_only_by_the_checkpoint() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn rewrite_with_valid_hashes_fails_the_checkpoint_and_cannot_be_re_signed() {
+async fn rewrite_with_valid_hashes_fails_the_checkpoint_and_cannot_be_re_signed(
+    #[case] backend: Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let tenant = chain_of(dir.path(), 10).await;
-    let (store, cp) = open(dir.path());
+    let tenant = chain_of(dir.path(), &backend, 10).await;
+    let (store, cp) = open(dir.path(), &backend);
     // Rewrite from seq 6: change a decision, then re-hash everything after it.
     let mut prev = hex_bytes(&record(&store, &tenant, 5).hash);
     for seq in 6..14 {
@@ -187,9 +209,12 @@ fn hex_bytes(h: &str) -> [u8; 32] {
     out
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn export_is_verified_by_the_independent_python_verifier() {
-    let gw = TestGateway::start().await;
+async fn export_is_verified_by_the_independent_python_verifier(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::SPEND_CAP)).await;
     for i in 0..30 {
         let args = json!({"amount": 12.5 + i as f64, "currency": "GBP", "memo": "naïve ☃ \u{1}"});
@@ -240,10 +265,16 @@ async fn export_is_verified_by_the_independent_python_verifier() {
     assert_eq!(status, 403);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn verify_endpoint_reports_the_chain_and_checkpoints_are_signed_as_it_grows() {
+async fn verify_endpoint_reports_the_chain_and_checkpoints_are_signed_as_it_grows(
+    #[case] backend: Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = TestGateway::config(dir.path());
+    backend.apply(&mut config);
     config.app.checkpoint_every_records = 5;
     config.app.checkpoint_every = Duration::from_secs(3600);
     let gw = TestGateway::start_with(config).await;

@@ -2,9 +2,11 @@
 //! isolation, and secrets never returned nor stored in clear.
 
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::json;
+use writ_gateway::store::Table;
 use writ_tests::artifacts;
-use writ_tests::gateway::TestGateway;
+use writ_tests::gateway::{Backend, TestGateway};
 
 const SECRET: &str = "ghp_VERYSECRETtoken1234567890";
 
@@ -17,9 +19,12 @@ fn tool() -> serde_json::Value {
     })
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn admins_manage_the_catalog_and_reviewers_read_it() {
-    let gw = TestGateway::start().await;
+async fn admins_manage_the_catalog_and_reviewers_read_it(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
     let other = gw.tenant("other", None).await;
     let path = "/v1/catalog/github/github.repos.delete";
@@ -65,10 +70,13 @@ async fn admins_manage_the_catalog_and_reviewers_read_it() {
     assert_eq!(theirs["tools"], json!([]), "catalogs are per tenant");
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn credentials_are_write_only_and_encrypted_at_rest() {
+async fn credentials_are_write_only_and_encrypted_at_rest(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start_in(dir.path()).await;
+    let gw = TestGateway::start_in_on(dir.path(), &backend).await;
     let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
     let other = gw.tenant("other", None).await;
     let (status, _) = gw
@@ -136,6 +144,17 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
     }
     assert!(!seen.contains(SECRET));
     gw.stop().await;
+    let store = backend.open_store(dir.path());
+    for &table in Table::all() {
+        for (_, value) in store.scan_raw(table, b"").unwrap() {
+            assert!(
+                !value.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                "the secret is in clear in {}",
+                table.name()
+            );
+        }
+    }
+    drop(store);
     for file in writ_tests::files_under(dir.path()) {
         let bytes = std::fs::read(&file).unwrap();
         assert!(
@@ -144,7 +163,7 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
             file.display()
         );
     }
-    let gw = TestGateway::start_in(dir.path()).await;
+    let gw = TestGateway::start_in_on(dir.path(), &backend).await;
     let (status, _) = gw
         .call(
             Method::DELETE,
@@ -165,10 +184,15 @@ async fn credentials_are_write_only_and_encrypted_at_rest() {
     assert_eq!(status, 404);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn an_mcp_tool_the_tenant_marks_destructive_is_held_whatever_the_policy_allowed() {
+async fn an_mcp_tool_the_tenant_marks_destructive_is_held_whatever_the_policy_allowed(
+    #[case] backend: Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let gw = TestGateway::start_in(dir.path()).await;
+    let gw = TestGateway::start_in_on(dir.path(), &backend).await;
     let t = gw.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
     let put = async |key: &str, name: &str, body: serde_json::Value| {
         let path = format!("/v1/mcp/servers/{name}");
@@ -198,7 +222,7 @@ async fn an_mcp_tool_the_tenant_marks_destructive_is_held_whatever_the_policy_al
 
     // The marks are in force again after a restart, and their change is in the chain.
     gw.stop().await;
-    let gw = TestGateway::start_in(dir.path()).await;
+    let gw = TestGateway::start_in_on(dir.path(), &backend).await;
     let (_, answer) = gw
         .execute(&t.agent, "s", "notes.write_note", json!({}))
         .await;

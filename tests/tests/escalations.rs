@@ -230,10 +230,13 @@ async fn until_status(gw: &TestGateway, reviewer: &str, id: &str, status: &str) 
     }
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn unanswered_escalation_expires_and_later_decisions_conflict() {
+async fn unanswered_escalation_expires_and_later_decisions_conflict(#[case] backend: Backend) {
     let clock = ManualClock::starting_now();
-    let gw = Arc::new(TestGateway::start_with_clock(clock.clone()).await);
+    let gw = Arc::new(TestGateway::start_on_with_clock(&backend, clock.clone()).await);
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     // A held call is answered BLOCK once its deadline passes (the tenant's hold, 60 s).
     let call = held(&gw, &t, OVER_LIMIT()).await;
@@ -276,10 +279,13 @@ async fn unanswered_escalation_expires_and_later_decisions_conflict() {
     assert_eq!(expired, 2);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn a_decision_that_arrives_at_the_deadline_expires_the_escalation() {
+async fn a_decision_that_arrives_at_the_deadline_expires_the_escalation(#[case] backend: Backend) {
     let clock = ManualClock::starting_now();
-    let gw = TestGateway::start_with_clock(clock.clone()).await;
+    let gw = TestGateway::start_on_with_clock(&backend, clock.clone()).await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let (_, early) = gw
         .execute(&t.agent, "s", "payments.initiate", OVER_LIMIT())
@@ -606,11 +612,14 @@ async fn disconnected_client_does_not_cancel_the_escalation(#[case] backend: Bac
     assert_eq!(answer["result"]["actor_human_id"], "reviewer@example.com");
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn pending_escalations_survive_a_restart_and_overdue_ones_expire() {
+async fn pending_escalations_survive_a_restart_and_overdue_ones_expire(#[case] backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::starting_now();
-    let gw = TestGateway::start_in_with_clock(dir.path(), clock.clone()).await;
+    let gw = TestGateway::start_in_on_with_clock(dir.path(), &backend, clock.clone()).await;
     let short = gw.tenant("short", Some(artifacts::PAYMENTS_LIMITS)).await;
     let long = gw.tenant("long", Some(artifacts::PAYMENTS_LIMITS)).await;
     let op = gw.operator_key.clone();
@@ -630,7 +639,7 @@ async fn pending_escalations_survive_a_restart_and_overdue_ones_expire() {
     gw.stop().await;
     clock.advance(1_500);
 
-    let gw = TestGateway::start_in_with_clock(dir.path(), clock.clone()).await;
+    let gw = TestGateway::start_in_on_with_clock(dir.path(), &backend, clock.clone()).await;
     let a_id = a["escalation_id"].as_str().unwrap();
     let b_id = b["escalation_id"].as_str().unwrap();
     let (_, answer) = gw

@@ -3,11 +3,12 @@
 //! by renaming the agent or the session.
 
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::{Value, json};
 use writ_gateway::audit::{AuditLog, Kind, RecordBody, stored_records};
 use writ_gateway::store::Store;
 use writ_tests::artifacts;
-use writ_tests::gateway::{TestGateway, TestTenant};
+use writ_tests::gateway::{Backend, TestGateway, TestTenant};
 
 /// Creates a key of `role` held by `subject` in the tenant; returns (secret, key id).
 async fn key(gw: &TestGateway, t: &TestTenant, role: &str, subject: &str) -> (String, String) {
@@ -46,9 +47,12 @@ async fn execute(
     answer
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn every_record_names_the_key_that_acted_and_who_holds_it() {
-    let gw = TestGateway::start().await;
+async fn every_record_names_the_key_that_acted_and_who_holds_it(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let (agent, agent_key) = key(&gw, &t, "agent", "alice").await;
     let (reviewer, reviewer_key) = key(&gw, &t, "reviewer", "bob").await;
@@ -123,9 +127,14 @@ async fn every_record_names_the_key_that_acted_and_who_holds_it() {
     );
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn one_person_holding_an_agent_key_and_a_reviewer_key_cannot_approve_their_own_call() {
-    let gw = TestGateway::start().await;
+async fn one_person_holding_an_agent_key_and_a_reviewer_key_cannot_approve_their_own_call(
+    #[case] backend: Backend,
+) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
     let (agent, _) = key(&gw, &t, "agent", "mallory").await;
     let (own_reviewer, _) = key(&gw, &t, "reviewer", "mallory").await;
@@ -162,9 +171,14 @@ async fn one_person_holding_an_agent_key_and_a_reviewer_key_cannot_approve_their
     assert_eq!(approved["decided_by"], "finance-bot");
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn renaming_the_agent_or_session_does_not_reset_a_limit_keyed_by_the_calling_key() {
-    let gw = TestGateway::start().await;
+async fn renaming_the_agent_or_session_does_not_reset_a_limit_keyed_by_the_calling_key(
+    #[case] backend: Backend,
+) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("acme", Some(artifacts::RATE_LIMIT)).await;
     let (second, _) = key(&gw, &t, "agent", "other").await;
     for i in 0..10 {

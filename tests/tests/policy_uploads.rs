@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::Method;
+use rstest::rstest;
 use serde_json::{Value, json};
 use writ_bench::distinct_component;
 use writ_gateway::server::ServeConfig;
-use writ_tests::gateway::{TestGateway, TestTenant, assert_chain_valid};
+use writ_gateway::store::Table;
+use writ_tests::gateway::{Backend, TestGateway, TestTenant, assert_chain_valid};
 use writ_tests::{artifacts, component};
 
 /// A copy of `path`'s component that hashes differently (a custom section named by `tag`).
@@ -31,11 +33,16 @@ async fn listed(gw: &TestGateway, t: &TestTenant) -> Vec<String> {
         .collect()
 }
 
+/// The gateway's compiled-policy files, and the components its store holds (a shared store
+/// keeps them in a table; sled beside the files).
 fn policy_files(gw: &TestGateway) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(gw.data_dir.join("policies"))
-        .unwrap()
+        .into_iter()
+        .flatten()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
+    let rows = gw.store().scan_keys(Table::Components, b"").unwrap();
+    names.extend(rows.iter().map(|k| format!("row:{}", hex::encode(k))));
     names.sort();
     names
 }
@@ -65,9 +72,14 @@ async fn start_with(change: impl FnOnce(&mut ServeConfig)) -> (TestGateway, temp
     (TestGateway::start_with(config).await, dir)
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn an_upload_past_the_policy_count_quota_gets_409_and_nothing_is_stored() {
-    let gw = TestGateway::start().await;
+async fn an_upload_past_the_policy_count_quota_gets_409_and_nothing_is_stored(
+    #[case] backend: Backend,
+) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("quota-count", None).await;
     gw.set_limits(&t, json!({"max_policies": 2})).await;
     for tag in ["a", "b"] {
@@ -115,9 +127,14 @@ async fn an_upload_past_the_policy_count_quota_gets_409_and_nothing_is_stored() 
     assert_eq!(tenant["limits"]["max_policy_bytes"], 64 << 20);
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn an_upload_past_the_policy_bytes_quota_gets_413_and_nothing_is_stored() {
-    let gw = TestGateway::start().await;
+async fn an_upload_past_the_policy_bytes_quota_gets_413_and_nothing_is_stored(
+    #[case] backend: Backend,
+) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("quota-bytes", None).await;
     let first = variant(artifacts::ALLOW_ALL, "first");
     gw.set_limits(&t, json!({"max_policy_bytes": first.len() + 100}))
@@ -227,9 +244,12 @@ async fn deleting_a_policy_removes_its_files_only_when_no_tenant_uses_the_compon
     assert!(files.iter().all(|f| f.exists()));
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn the_active_policy_cannot_be_deleted() {
-    let gw = TestGateway::start().await;
+async fn the_active_policy_cannot_be_deleted(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("active", Some(artifacts::PAYMENTS_LIMITS)).await;
     let (_, list) = gw
         .call(Method::GET, "/v1/policies", Some(&t.admin), None)
@@ -254,9 +274,12 @@ async fn the_active_policy_cannot_be_deleted() {
     assert!(files_of(&gw, &id).iter().all(|f| !f.exists()));
 }
 
+#[rstest]
+#[case::sled(Backend::Sled)]
+#[case::postgres(Backend::postgres())]
 #[tokio::test]
-async fn a_deletion_is_recorded_in_the_tenant_audit_chain() {
-    let gw = TestGateway::start().await;
+async fn a_deletion_is_recorded_in_the_tenant_audit_chain(#[case] backend: Backend) {
+    let gw = TestGateway::start_on(&backend).await;
     let t = gw.tenant("recorded", Some(artifacts::ALLOW_ALL)).await;
     let (status, body) = gw
         .upload(

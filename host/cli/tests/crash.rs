@@ -36,17 +36,6 @@ async fn post(client: &reqwest::Client, url: &str, key: &str, body: Value) -> Va
     r.json().await.unwrap()
 }
 
-/// Creates a tenant on the child gateway with an admin and an agent key and `policy` active;
-/// returns (admin key, agent key).
-async fn tenant(client: &reqwest::Client, gw: &ChildGateway, policy: &str) -> (String, String) {
-    let (_, admin, agent) = gw.tenant(client, policy).await;
-    (admin, agent)
-}
-
-async fn all_records(client: &reqwest::Client, gw: &ChildGateway, key: &str) -> Vec<Value> {
-    gw.all_records(client, key).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_decision_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,7 +43,8 @@ async fn every_acknowledged_decision_survives_sigkill() {
     let mut gw = spawn(dir.path());
     wait_ready(&client, &gw).await;
 
-    let (admin, agent) = tenant(&client, &gw, artifacts::PAYMENTS_LIMITS).await;
+    let t = gw.tenant("t", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (admin, agent) = (t.admin, t.agent);
 
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
     for (round, kill_after_ms) in [300u64, 900, 1700].into_iter().enumerate() {
@@ -103,7 +93,7 @@ async fn every_acknowledged_decision_survives_sigkill() {
 
         gw = spawn(dir.path());
         wait_ready(&client, &gw).await;
-        let records = all_records(&client, &gw, &admin).await;
+        let records = gw.audit(&admin).await;
         assert_chain_valid(&records);
         let in_chain: std::collections::HashSet<&str> = records
             .iter()
@@ -182,7 +172,8 @@ async fn interrupted_job_is_failed_not_re_run() {
     let client = reqwest::Client::new();
     let mut gw = spawn(dir.path());
     wait_ready(&client, &gw).await;
-    let (admin, agent) = tenant(&client, &gw, artifacts::ALLOW_ALL).await;
+    let t = gw.tenant("t", Some(artifacts::ALLOW_ALL)).await;
+    let (admin, agent) = (t.admin, t.agent);
     let put = client
         .put(format!("{}/v1/catalog/pay/pay.send", gw.url))
         .header("X-PROVENANCE-API-KEY", &admin)
@@ -227,7 +218,7 @@ async fn interrupted_job_is_failed_not_re_run() {
     assert_eq!(state["executionError"], "interrupted");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(*hits.lock().unwrap(), 1, "the payment was not sent twice");
-    let records = all_records(&client, &gw, &admin).await;
+    let records = gw.audit(&admin).await;
     assert!(
         records.iter().any(|r| r["kind"] == "job_finished"
             && r["detail"].as_str().unwrap().contains("interrupted")),
@@ -252,7 +243,8 @@ async fn credentials_never_reach_logs_responses_or_the_audit() {
     let client = reqwest::Client::new();
     let mut gw = spawn_logging(&dir.path().join("data"), Stdio::from(log));
     wait_ready(&client, &gw).await;
-    let (admin, agent) = tenant(&client, &gw, artifacts::ALLOW_ALL).await;
+    let t = gw.tenant("t", Some(artifacts::ALLOW_ALL)).await;
+    let (admin, agent) = (t.admin, t.agent);
     let mut responses = String::new();
     let mut send = async |r: reqwest::RequestBuilder| {
         let text = r

@@ -54,8 +54,10 @@ async fn an_agent_flooding_oversized_records_cannot_stop_the_gateway_restarting(
     let client = reqwest::Client::new();
     let mut gw = spawn(dir.path());
     gw.wait_ready(&client).await;
-    let (_, victim_admin, victim) = gw.tenant(&client, artifacts::PAYMENTS_LIMITS).await;
-    let (attacker_id, attacker_admin, attacker) = gw.tenant(&client, artifacts::ALLOW_ALL).await;
+    let victim = gw.tenant("victim", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (victim_admin, victim) = (victim.admin, victim.agent);
+    let attacker = gw.tenant("attacker", Some(artifacts::ALLOW_ALL)).await;
+    let (attacker_id, attacker_admin, attacker) = (attacker.id, attacker.admin, attacker.agent);
     // This test is about what the records hold, not the tenant's share of evaluation time
     // (large arguments take a while to evaluate in a debug build).
     let unlimited = writ_client::wire::PatchTenantBody {
@@ -114,7 +116,7 @@ async fn an_agent_flooding_oversized_records_cannot_stop_the_gateway_restarting(
         assert_eq!(verified["ok"], true, "{verified}");
     }
     let decisions = gw
-        .all_records(&client, &attacker_admin)
+        .audit(&attacker_admin)
         .await
         .into_iter()
         .filter(|r| r["kind"] == "decision")
@@ -149,10 +151,12 @@ async fn a_tenant_that_cannot_be_loaded_is_degraded_and_the_others_serve() {
     let client = reqwest::Client::new();
     let mut gw = spawn(dir.path());
     gw.wait_ready(&client).await;
-    let (no_policy, no_policy_admin, no_policy_agent) =
-        gw.tenant(&client, artifacts::ALLOW_ALL).await;
-    let (bad_chain, _, bad_chain_agent) = gw.tenant(&client, artifacts::PAYMENTS_LIMITS).await;
-    let (_, _, healthy_agent) = gw.tenant(&client, artifacts::PAYMENTS_LIMITS).await;
+    let t = gw.tenant("t", Some(artifacts::ALLOW_ALL)).await;
+    let (no_policy, no_policy_admin, no_policy_agent) = (t.id, t.admin, t.agent);
+    let t = gw.tenant("t", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (bad_chain, _, bad_chain_agent) = (t.id, t.admin, t.agent);
+    let t = gw.tenant("t", Some(artifacts::PAYMENTS_LIMITS)).await;
+    let (_, _, healthy_agent) = (t.id, t.admin, t.agent);
     let payment = json!({"amount": 10, "currency": "GBP"});
     for agent in [&no_policy_agent, &bad_chain_agent, &healthy_agent] {
         assert_eq!(execute(&client, &gw, agent, payment.clone()).await.0, 200);

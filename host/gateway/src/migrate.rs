@@ -48,7 +48,7 @@ pub fn sled_to_postgres(data_dir: &Path, url: &str) -> anyhow::Result<Migrated> 
     };
     let to =
         Store::open_postgres(&options, scratch.path()).context("opening the PostgreSQL store")?;
-    for table in <Table as strum::VariantArray>::VARIANTS {
+    for table in Table::all() {
         let any = to.iter_prefix_from(*table, b"", b"").next().transpose()?;
         anyhow::ensure!(
             any.is_none(),
@@ -58,7 +58,7 @@ pub fn sled_to_postgres(data_dir: &Path, url: &str) -> anyhow::Result<Migrated> 
     }
 
     let mut migrated = Migrated::default();
-    for table in <Table as strum::VariantArray>::VARIANTS {
+    for table in Table::all() {
         let copied = copy_table(&from, &to, *table)?;
         migrated.rows.push((table.name(), copied));
     }

@@ -43,7 +43,7 @@ impl SledStore {
             // keep a leaf of audit blocks (up to 16 blocks of 16 records) in the log.
             .segment_size(2 << 20)
             .open()?;
-        let trees = <Table as strum::VariantArray>::VARIANTS
+        let trees = Table::all()
             .iter()
             .map(|t| db.open_tree(t.name()))
             .collect::<std::result::Result<Vec<_>, _>>()?

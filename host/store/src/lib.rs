@@ -133,12 +133,14 @@ impl Table {
         self.into()
     }
 
+    /// Every table.
+    pub fn all() -> &'static [Self] {
+        <Self as strum::VariantArray>::VARIANTS
+    }
+
     /// The table named `name`.
     pub fn from_name(name: &str) -> Option<Self> {
-        <Self as strum::VariantArray>::VARIANTS
-            .iter()
-            .copied()
-            .find(|t| t.name() == name)
+        Self::all().iter().copied().find(|t| t.name() == name)
     }
 
     /// Whether processes sharing the store keep this table's rows in memory, and so must hear
