@@ -251,6 +251,15 @@ impl Drop for TestGateway {
     }
 }
 
+/// The sum of every charge `records` hold.
+pub fn recorded_spend(records: &[Value]) -> f64 {
+    records
+        .iter()
+        .flat_map(|r| r["charges"].as_array().unwrap().clone())
+        .map(|c| c["amount"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// Checks that `records` form a valid chain from seq 0: gapless, linked, and every hash
 /// recomputed from the canonical encoding (keys sorted, no whitespace, `hash` left out).
 pub fn assert_chain_valid(records: &[Value]) {

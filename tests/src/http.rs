@@ -1,6 +1,8 @@
 //! A gateway driven over HTTP, wherever it runs: in the test's process ([`crate::gateway`]) or
 //! as a `writ serve` child ([`crate::child`]). Both dereference to [`Api`].
 
+use std::time::{Duration, Instant};
+
 use reqwest::{Client, Method, Response};
 use serde_json::{Value, json};
 use writ_client::wire::CreateKeyBody;
@@ -232,5 +234,35 @@ impl Api {
                 None => return out,
             }
         }
+    }
+
+    /// Waits until `key` authenticates here (its creation reached this gateway, when another
+    /// made it): how long it took.
+    pub async fn until_key_known(&self, key: &str) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            let (status, _) = self
+                .call(Method::GET, "/v1/escalations/pending", Some(key), None)
+                .await;
+            if status != 401 {
+                return started.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the key never reached {}", self.base);
+    }
+
+    /// Waits until this gateway has compiled the tenant of `agent`'s active policy (until
+    /// then its calls are blocked `no_active_policy`; the probes are in session `probe`).
+    pub async fn until_policy_loaded(&self, agent: &str) {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let (_, body) = self.execute(agent, "probe", "probe", json!({})).await;
+            if body["decision"].is_string() && body["codes"] != json!(["no_active_policy"]) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the policy never loaded on {}", self.base);
     }
 }

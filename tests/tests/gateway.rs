@@ -6,7 +6,7 @@ use reqwest::Method;
 use rstest::rstest;
 use serde_json::{Value, json};
 use writ_tests::artifacts;
-use writ_tests::gateway::{Backend, TestGateway, assert_chain_valid};
+use writ_tests::gateway::{Backend, TestGateway, assert_chain_valid, recorded_spend};
 
 fn decisions(records: &[Value]) -> usize {
     records.iter().filter(|r| r["kind"] == "decision").count()
@@ -955,11 +955,7 @@ async fn concurrent_payments_never_exceed_the_spend_cap(#[case] backend: Backend
         }
     }
     let records = gw.audit(&t.admin).await;
-    let charged: f64 = records
-        .iter()
-        .flat_map(|r| r["charges"].as_array().unwrap().clone())
-        .map(|c| c["amount"].as_str().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let charged = recorded_spend(&records);
     assert!(
         charged <= 1000.0,
         "recorded spend {charged} exceeds the cap"

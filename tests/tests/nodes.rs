@@ -13,21 +13,6 @@ use writ_tests::artifacts;
 use writ_tests::gateway::{TestGateway, assert_chain_valid};
 use writ_tests::postgres::PgCluster;
 
-/// Waits until `key` authenticates on `node` (its creation reached it): how long it took.
-async fn known_on(node: &TestGateway, key: &str) -> Duration {
-    let started = Instant::now();
-    for _ in 0..1500 {
-        let (status, _) = node
-            .call(Method::GET, "/v1/escalations/pending", Some(key), None)
-            .await;
-        if status != 401 {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the key never reached the node");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_node_died_is_marked_interrupted_by_another_and_never_run_again() {
     let clock = ManualClock::starting_now();
@@ -36,7 +21,7 @@ async fn a_job_whose_node_died_is_marked_interrupted_by_another_and_never_run_ag
     let a = TestGateway::start_node_with_clock(a_dir.path(), &url, clock.clone()).await;
     let b = TestGateway::start_node_with_clock(b_dir.path(), &url, clock.clone()).await;
     let t = a.tenant("acme", Some(artifacts::ALLOW_ALL)).await;
-    known_on(&b, &t.reviewer).await;
+    b.until_key_known(&t.reviewer).await;
     // A downstream that takes the request and never answers.
     let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let app = axum::Router::new().fallback({
@@ -130,7 +115,7 @@ async fn a_call_held_on_one_node_expires_once_across_nodes_at_its_deadline_and_n
     let a = Arc::new(TestGateway::start_node_with_clock(a_dir.path(), &url, clock.clone()).await);
     let b = TestGateway::start_node_with_clock(b_dir.path(), &url, clock.clone()).await;
     let t = a.tenant("acme", Some(artifacts::PAYMENTS_LIMITS)).await;
-    known_on(&b, &t.reviewer).await;
+    b.until_key_known(&t.reviewer).await;
     let (held_on, key) = (a.clone(), t.agent.clone());
     let waiting = tokio::spawn(async move {
         held_on

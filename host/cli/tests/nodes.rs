@@ -15,8 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use writ_tests::artifacts;
 use writ_tests::child::ChildGateway;
-use writ_tests::gateway::{TestTenant, assert_chain_valid};
-use writ_tests::http::Api;
+use writ_tests::gateway::{TestTenant, assert_chain_valid, recorded_spend};
 use writ_tests::postgres::PgCluster;
 
 const WRIT: &str = env!("CARGO_BIN_EXE_writ");
@@ -48,43 +47,14 @@ async fn three_nodes() -> Nodes {
     Nodes { nodes, _dirs: dirs }
 }
 
-/// Waits until `key` authenticates on `node` (its creation reached it): how long it took.
-async fn known_on(node: &Api, key: &str) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(30) {
-        let (status, _) = node
-            .call(Method::GET, "/v1/escalations/pending", Some(key), None)
-            .await;
-        if status != 401 {
-            return started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the key never reached the node");
-}
-
-/// Waits until `node` has compiled the tenant's active policy (until then its calls are
-/// blocked `no_active_policy`; the probes are in session `probe`).
-async fn policy_loaded_on(node: &Api, agent: &str) {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(60) {
-        let (_, body) = node.execute(agent, "probe", "probe", json!({})).await;
-        if body["decision"].is_string() && body["codes"] != json!(["no_active_policy"]) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("the policy never loaded on the node");
-}
-
 /// A tenant made through node 0 with `policy` active, known on every node with its policy
 /// loaded there.
 async fn tenant(n: &Nodes, policy: &str) -> TestTenant {
     let t = n.nodes[0].tenant("acme", Some(policy)).await;
     for node in &n.nodes[1..] {
-        known_on(node, &t.reviewer).await;
-        known_on(node, &t.agent).await;
-        policy_loaded_on(node, &t.agent).await;
+        node.until_key_known(&t.reviewer).await;
+        node.until_key_known(&t.agent).await;
+        node.until_policy_loaded(&t.agent).await;
     }
     t
 }
@@ -202,11 +172,7 @@ async fn the_spend_cap_holds_across_three_processes() {
         }
     }
     let records = n.nodes[1].audit(&t.reviewer).await;
-    let charged: f64 = records
-        .iter()
-        .flat_map(|r| r["charges"].as_array().unwrap().clone())
-        .map(|c| c["amount"].as_str().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let charged = recorded_spend(&records);
     assert!(
         charged <= 1000.0,
         "recorded spend {charged} exceeds the cap"
@@ -607,8 +573,8 @@ async fn three_writ_serve_processes_share_one_chain_and_a_killed_one_loses_no_ac
         .tenant("acme", Some(artifacts::PAYMENTS_LIMITS))
         .await;
     for node in &nodes[1..] {
-        known_on(node, &t.agent).await;
-        policy_loaded_on(node, &t.agent).await;
+        node.until_key_known(&t.agent).await;
+        node.until_policy_loaded(&t.agent).await;
     }
 
     let acked = Arc::new(Mutex::new(Vec::new()));
