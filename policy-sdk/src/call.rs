@@ -198,7 +198,9 @@ impl ToolCall {
         }
     }
 
-    /// The session the call belongs to.
+    /// The session the call belongs to, as the agent names it: an agent starts a new session
+    /// at will, so a cap counted per session can be dodged that way. Count caps a caller must
+    /// not escape per [`ToolCall::key_id`] (or a bound agent id).
     pub fn session_id(&self) -> &str {
         &self.session_id
     }

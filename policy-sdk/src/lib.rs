@@ -53,17 +53,26 @@
 //! rustflags = ["-C", "link-arg=-zstack-size=65536"]
 //! ```
 //!
-//! Do not print from a policy: `println!` and every other WASI call trap, and the call is
-//! blocked. Use [`log`] instead; a panic's message reaches the gateway's log on its own.
+//! What `std` reaches through WASI is answered from the call alone, so a replayed call decides
+//! the same: `println!` and `eprintln!` go to the policy's log (as [`log`] lines, capped),
+//! `SystemTime::now()` is the call's timestamp, `Instant` stands still (a sleep returns at once),
+//! `HashMap`'s random keys come from a stream seeded by the call, the environment is empty, no
+//! file can be opened, and `std::process::exit` blocks the call. Prefer [`log`], which has
+//! levels; a panic's message reaches the gateway's log on its own.
+//!
+//! # Sessions are the agent's word
+//!
+//! The session id, and the agent id unless the key is bound to one, are chosen by the agent: a
+//! cap kept per session is dodged by starting a new session. Key per-caller limits on
+//! [`ToolCall::key_id`] (the authenticated key) or on a bound agent id.
 //!
 //! # Lean policies
 //!
 //! Rust's standard library links about twenty WASI functions into every component (for
-//! printing, the environment, exiting), and the gateway links a trapping stub for each of them
-//! at every call's fresh instance. A policy that needs nothing of `std` beyond `alloc` can leave
-//! them out: turn this crate's default `std` feature off and make the crate `no_std` on wasm32.
-//! The component then imports only `writ:policy`, and each evaluation costs less (no stubs to
-//! link; BENCHMARKS.md has the figures). The SDK gives such a policy what `std` would: a
+//! printing, the environment, exiting), which the gateway links at every call's fresh instance.
+//! A policy that needs nothing of `std` beyond `alloc` can leave them out: turn this crate's
+//! default `std` feature off and make the crate `no_std` on wasm32. The component then imports
+//! only `writ:policy`, and each evaluation costs less (BENCHMARKS.md has the figures). The SDK gives such a policy what `std` would: a
 //! heap (wasi-libc's `malloc`), a panic handler that logs the message and traps (the call is
 //! blocked), and the canonical ABI's `cabi_realloc`. Natively, for unit tests, the crate is
 //! ordinary `std` Rust either way.

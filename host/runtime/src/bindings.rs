@@ -24,9 +24,9 @@ pub use self::writ::policy::types::{
     ToolCall as WitToolCall, Window as WitWindow,
 };
 
-/// A policy called a WASI function: every one traps, since policies are granted nothing.
+/// A policy called a WASI function the sandbox does not answer (a socket's): it traps.
 #[derive(Debug, thiserror::Error)]
-#[error("called `{function}`, but policies have no WASI access (use writ_policy::log to log)")]
+#[error("called `{function}`, but policies have no network")]
 pub struct WasiDenied {
     /// `interface#function`.
     pub function: String,

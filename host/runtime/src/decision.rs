@@ -13,7 +13,7 @@ pub mod codes {
     pub const FUEL_EXHAUSTED: &str = "policy_fuel_exhausted";
     /// The policy ran past its wall-clock deadline.
     pub const TIMEOUT: &str = "policy_timeout";
-    /// The policy trapped or panicked, or called a WASI function.
+    /// The policy trapped, panicked or exited, or called a socket function.
     pub const TRAP: &str = "policy_trap";
     /// The policy asked for more memory than its limit.
     pub const MEMORY_LIMIT: &str = "policy_memory_limit";

@@ -20,9 +20,8 @@ use crate::evaluation::CallState;
 const HOST_INTERFACE: &str = "writ:policy/host@0.1.0";
 const TYPES_INTERFACE: &str = "writ:policy/types@0.1.0";
 
-/// The WASI interfaces that Rust's standard library links on `wasm32-wasip2`. A policy may
-/// import these (any 0.2.x version) so that ordinary Rust compiles, but every function in them
-/// traps when called: they grant nothing.
+/// The WASI interfaces a policy may import (any 0.2.x version), as Rust's std, CPython and
+/// SpiderMonkey link them: answered deterministically, reaching nothing (see `crate::wasi`).
 const STD_WASI_INTERFACES: &[&str] = &[
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -46,6 +45,18 @@ const STD_WASI_INTERFACES: &[&str] = &[
     "wasi:random/insecure-seed",
 ];
 
+/// The socket interfaces CPython's libc imports whether or not a policy uses them: linked so
+/// that such components load, every function trapping ([`WasiDenied`]).
+const SOCKET_INTERFACES: &[&str] = &[
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/ip-name-lookup",
+];
+
 /// Why a policy component was refused at load time.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -55,9 +66,10 @@ pub enum LoadError {
     /// The component failed to validate or compile.
     #[error("invalid component: {0}")]
     Invalid(String),
-    /// The component imports something outside `writ:policy/host` and the std WASI subset.
+    /// The component imports something outside `writ:policy/host` and the WASI the sandbox
+    /// answers (cli, clocks, io, random, filesystem; sockets, trapping).
     #[error(
-        "forbidden import `{0}`: policies may import only `writ:policy/host` and the WASI interfaces Rust's std links"
+        "forbidden import `{0}`: policies may import only `writ:policy/host` and WASI 0.2's cli, clocks, io, random, filesystem and sockets interfaces"
     )]
     ForbiddenImport(String),
     /// The component does not implement the `writ:policy/policy` world.
@@ -207,7 +219,8 @@ pub struct Engine {
 
 struct EngineInner {
     engine: wasmtime::Engine,
-    /// `writ:policy/host`, shared by every policy; WASI stubs are added per policy.
+    /// `writ:policy/host` and the sandbox's WASI, shared by every policy; the socket stubs are
+    /// added per policy.
     linker: Linker<CallState>,
     /// Bounds of [`Engine::compile_bounded`].
     compile: CompileLimits,
@@ -231,12 +244,13 @@ impl Engine {
     pub fn new(config: &EngineConfig) -> wasmtime::Result<Self> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances * 4)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances * 2)
-            .max_memories_per_component(1)
-            .max_tables_per_component(4)
-            .max_core_instances_per_component(8)
+            .total_core_instances(config.max_instances * 16)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * 4)
+            // CPython under componentize-py is 14 core instances (libc, libpython, adapters).
+            .max_memories_per_component(2)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(32)
             .max_memory_size(config.max_memory_bytes as usize)
             .linear_memory_keep_resident(config.memory_keep_resident)
             .table_keep_resident(64 << 10)
@@ -251,6 +265,7 @@ impl Engine {
 
         let mut linker = Linker::new(&engine);
         crate::bindings::add_host_to_linker(&mut linker)?;
+        crate::wasi::add_to_linker(&mut linker)?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -396,10 +411,13 @@ impl Engine {
         let engine = &self.inner.engine;
         let mut linker = self.inner.linker.clone();
         for (name, item) in component.component_type().imports(engine) {
-            if name == HOST_INTERFACE || name == TYPES_INTERFACE {
+            if name == HOST_INTERFACE
+                || name == TYPES_INTERFACE
+                || is_wasi(name, STD_WASI_INTERFACES)
+            {
                 continue;
             }
-            if !is_std_wasi(name) {
+            if !is_wasi(name, SOCKET_INTERFACES) {
                 return Err(LoadError::ForbiddenImport(name.to_owned()));
             }
             stub_wasi(&mut linker, engine, name, &item)
@@ -674,16 +692,17 @@ mod compiler_process {
     }
 }
 
-/// Whether `name` is one of [`STD_WASI_INTERFACES`] at a 0.2.x version.
-fn is_std_wasi(name: &str) -> bool {
+/// Whether `name` is one of `interfaces` at a 0.2.x version.
+fn is_wasi(name: &str, interfaces: &[&str]) -> bool {
     let Some((interface, version)) = name.split_once('@') else {
         return false;
     };
-    version.starts_with("0.2.") && STD_WASI_INTERFACES.contains(&interface)
+    version.starts_with("0.2.") && interfaces.contains(&interface)
 }
 
 /// Defines every function of a WASI interface the component imports as one that traps with
-/// [`WasiDenied`], and every resource as an empty host resource.
+/// [`WasiDenied`], and every resource it defines as an empty host resource (those it takes
+/// from `wasi:io` as the real ones).
 fn stub_wasi(
     linker: &mut Linker<CallState>,
     engine: &wasmtime::Engine,
@@ -707,7 +726,9 @@ fn stub_wasi(
                 })?;
             }
             ComponentItem::Resource(_) => {
-                scope.resource(name, ResourceType::host::<WasiDenied>(), |_, _| Ok(()))?;
+                let ty = crate::wasi::io_resource_type(name)
+                    .unwrap_or_else(ResourceType::host::<WasiDenied>);
+                scope.resource(name, ty, |_, _| Ok(()))?;
             }
             _ => {}
         }

@@ -19,6 +19,7 @@ use crate::bindings::{
 };
 use crate::decision::{Charge, Decision, Outcome, ToolCall, Window, codes};
 use crate::engine::{CompiledPolicy, Engine};
+use crate::wasi::CallWasi;
 
 /// Lines of a policy's log kept per evaluation.
 pub const MAX_LOG_LINES: usize = 64;
@@ -146,6 +147,22 @@ pub struct CallState {
     logs: Vec<LogLine>,
     logs_dropped: usize,
     key_id: String,
+    pub(crate) wasi: CallWasi,
+}
+
+impl CallState {
+    /// Adds what the policy wrote to stdout and stderr to its log, within the same bounds.
+    fn take_output(&mut self) {
+        let (lines, dropped) = self.wasi.take_output();
+        for line in lines {
+            if self.logs.len() >= MAX_LOG_LINES {
+                self.logs_dropped += 1;
+            } else {
+                self.logs.push(line);
+            }
+        }
+        self.logs_dropped += dropped;
+    }
 }
 
 impl ResourceLimiter for CallState {
@@ -267,6 +284,7 @@ impl Engine {
                 logs: Vec::new(),
                 logs_dropped: 0,
                 key_id: call.key_id.clone(),
+                wasi: CallWasi::new(call),
             },
         );
         store.limiter(|state| state);
@@ -301,7 +319,8 @@ impl Engine {
         .await;
         let fuel_consumed = limits.fuel - store.get_fuel().unwrap_or(0);
         let elapsed = started.elapsed();
-        let state = store.into_data();
+        let mut state = store.into_data();
+        state.take_output();
         let decision = match result {
             Ok(decision) => {
                 from_wit(decision).unwrap_or_else(|why| Decision::block(codes::INVALID_RESULT, why))
@@ -474,6 +493,9 @@ fn failure(error: &wasmtime::Error, state: &CallState, limits: &Limits) -> Decis
             codes::USAGE_UNAVAILABLE,
             "usage counters could not be read; the call is blocked",
         );
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return Decision::block(codes::TRAP, format!("policy exited with status {}", exit.0));
     }
     if let Some(denied) = error.downcast_ref::<WasiDenied>() {
         return Decision::block(codes::TRAP, format!("policy {denied}"));

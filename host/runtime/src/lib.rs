@@ -13,6 +13,7 @@ pub mod cases;
 pub mod decision;
 pub mod engine;
 pub mod evaluation;
+mod wasi;
 
 pub use decision::{Charge, Decision, Outcome, Target, ToolCall, Window};
 pub use engine::{CompiledPolicy, Engine, EngineConfig, LoadError};

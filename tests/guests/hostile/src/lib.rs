@@ -12,10 +12,13 @@
 //! | `many-codes` | allows with 1,000 codes |
 //! | `bad-code` | allows with a code holding a space |
 //! | `nan-charge`, `negative-charge`, `infinite-charge` | allows with such a charge |
-//! | `print` | writes to standard output (WASI) |
-//! | `env` | reads an environment variable (WASI) |
-//! | `clock` | reads the system clock (WASI) |
-//! | `random` | asks for random bytes through `HashMap`'s seed (WASI) |
+//! | `print` | writes a line to standard output and one to standard error (WASI) |
+//! | `env` | allows with the environment variables and arguments it sees (WASI) |
+//! | `clock` | allows with the system clock's time (WASI) |
+//! | `random` | allows with a hash seeded by `HashMap`'s random keys (WASI) |
+//! | `sleep` | sleeps a minute, then allows with how long the monotonic clock says it took |
+//! | `file` | reads `/etc/passwd`: allows if it could, blocks `no_files` if not |
+//! | `exit` | exits the process (WASI) |
 //! | `count` | increments a static counter and allows, with the count as reason |
 //! | `echo-target` | allows, with the call's target (`service method url destructive`) as reason |
 //! | `usage-flood` | reads 10,000 distinct usage counters |
@@ -74,14 +77,35 @@ impl Policy for Hostile {
             "infinite-charge" => Decision::allow("infinite").charge("spend", f64::INFINITY),
             "print" => {
                 println!("hello from a policy");
+                eprintln!("and from its stderr");
                 Decision::allow("printed")
             }
-            "env" => Decision::allow(std::env::var("HOME").unwrap_or_default()),
-            "clock" => Decision::allow(format!("{:?}", std::time::SystemTime::now())),
+            "env" => Decision::allow(format!(
+                "{:?} {:?}",
+                std::env::vars().collect::<Vec<_>>(),
+                std::env::args().collect::<Vec<_>>()
+            )),
+            "clock" => Decision::allow(format!(
+                "{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            )),
             "random" => {
-                let map: std::collections::HashMap<u8, u8> = std::collections::HashMap::new();
-                Decision::allow(format!("{}", map.len()))
+                use std::hash::BuildHasher;
+                let hash = std::collections::hash_map::RandomState::new().hash_one(1u8);
+                Decision::allow(format!("{hash}"))
             }
+            "sleep" => {
+                let started = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                Decision::allow(format!("{:?}", started.elapsed()))
+            }
+            "file" => match std::fs::read("/etc/passwd") {
+                Ok(_) => Decision::allow("opened"),
+                Err(e) => Decision::block(format!("{e}")).code("no_files"),
+            },
+            "exit" => std::process::exit(3),
             "echo-target" => Decision::allow(match call.target() {
                 Some(t) => format!("{} {} {} {}", t.service, t.method, t.url, t.destructive),
                 None => "no target".into(),
