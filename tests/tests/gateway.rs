@@ -626,7 +626,7 @@ async fn policy_upload_validates_and_names_the_problem() {
         .await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = gw
-        .upload(&t.admin, "huge", vec![0u8; (16 << 20) + 1], false)
+        .upload(&t.admin, "huge", vec![0u8; (32 << 20) + 1], false)
         .await;
     assert_eq!(status, 413, "{body}");
     let (_, list) = gw

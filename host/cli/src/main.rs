@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use writ_client::{Client, ClientError, wire};
 use writ_console::ConsoleConfig;
 use writ_gateway::server::{ConnectionLimits, Gateway, ServeConfig, demo_setup, shutdown_signal};
-use writ_runtime::{Engine, EngineConfig, Limits, cases};
+use writ_runtime::{Engine, EngineConfig, FixedUsage, Limits, Window, cases};
 
 /// jemalloc rather than glibc's allocator, which was a large share of the workers' time under
 /// load (docs/bench-log.md).
@@ -357,19 +357,55 @@ enum PolicyCommand {
         component: PathBuf,
         /// The cases file (see `writ_runtime::cases` for the format).
         cases: PathBuf,
-        /// Fuel per evaluation.
-        #[arg(long, default_value_t = Limits::default().fuel)]
-        fuel: u64,
-        /// Deadline per evaluation, in milliseconds.
-        #[arg(long, default_value_t = Limits::default().deadline.as_millis() as u64)]
-        deadline_ms: u64,
-        /// Memory per evaluation, in MiB.
-        #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
-        memory_mib: usize,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Also print what the policy logged.
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Evaluate one call against a policy component and print the decision, the fuel it burned,
+    /// the time it took and what the policy logged.
+    Eval {
+        /// The policy component (`.wasm`).
+        component: PathBuf,
+        /// The call, as a cases file writes one, e.g.
+        /// `{"action": "payments.initiate", "arguments": {"amount": 50, "currency": "GBP"}}`.
+        #[arg(long)]
+        call: String,
+        /// A usage counter's value the policy reads, `COUNTER:WINDOW=VALUE` (windows: session,
+        /// minute, hour, day, all-time); repeatable.
+        #[arg(long = "usage", value_name = "COUNTER:WINDOW=VALUE")]
+        usage: Vec<String>,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Print the evaluation as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The sandbox's limits for one evaluation, as the gateway's defaults set them.
+#[derive(Args)]
+struct LimitArgs {
+    /// Fuel per evaluation.
+    #[arg(long, default_value_t = Limits::default().fuel)]
+    fuel: u64,
+    /// Deadline per evaluation, in milliseconds.
+    #[arg(long, default_value_t = Limits::default().deadline.as_millis() as u64)]
+    deadline_ms: u64,
+    /// Memory per evaluation, in MiB.
+    #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
+    memory_mib: usize,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            fuel: self.fuel,
+            deadline: Duration::from_millis(self.deadline_ms),
+            memory_bytes: self.memory_mib << 20,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -390,21 +426,20 @@ fn main() -> ExitCode {
                 PolicyCommand::Test {
                     component,
                     cases,
-                    fuel,
-                    deadline_ms,
-                    memory_mib,
+                    limits,
                     verbose,
                 },
-        } => policy_test(
-            component,
-            cases,
-            Limits {
-                fuel,
-                deadline: Duration::from_millis(deadline_ms),
-                memory_bytes: memory_mib << 20,
-            },
-            verbose,
-        ),
+        } => policy_test(component, cases, limits.limits(), verbose),
+        Command::Policy {
+            command:
+                PolicyCommand::Eval {
+                    component,
+                    call,
+                    usage,
+                    limits,
+                    json,
+                },
+        } => policy_eval(component, &call, &usage, limits.limits(), json),
         Command::Audit { command } => audit(command),
         Command::Store { command } => store(command),
         command => tokio::runtime::Runtime::new()
@@ -508,7 +543,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {
-            command: PolicyCommand::Test { .. },
+            command: PolicyCommand::Test { .. } | PolicyCommand::Eval { .. },
         }
         | Command::Audit { .. }
         | Command::Store { .. } => unreachable!("handled without a runtime"),
@@ -613,22 +648,94 @@ fn print_answer<T: serde::Serialize>(answer: Result<T, ClientError>) -> anyhow::
     }
 }
 
+/// Compiles the component at `path` in an engine of the gateway's settings.
+fn load_component(path: &PathBuf) -> anyhow::Result<(Engine, writ_runtime::CompiledPolicy)> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let engine = Engine::new(&EngineConfig::default())
+        .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
+    let policy = engine
+        .compile(&bytes)
+        .with_context(|| format!("loading {}", path.display()))?;
+    Ok((engine, policy))
+}
+
+fn policy_eval(
+    component: PathBuf,
+    call: &str,
+    usage: &[String],
+    limits: Limits,
+    json_out: bool,
+) -> anyhow::Result<ExitCode> {
+    let call = cases::parse_call(call)?;
+    let mut values = std::collections::HashMap::new();
+    for entry in usage {
+        let parsed = entry.rsplit_once('=').and_then(|(key, value)| {
+            let (counter, window) = key.rsplit_once(':')?;
+            Some((counter, Window::parse(window)?, value.parse::<f64>().ok()?))
+        });
+        let Some((counter, window, value)) = parsed else {
+            anyhow::bail!(
+                "--usage {entry:?}: expected COUNTER:WINDOW=VALUE, e.g. spend:session=120"
+            );
+        };
+        values.insert((counter.to_owned(), window), value);
+    }
+    let (engine, policy) = load_component(&component)?;
+    let e = engine.evaluate_blocking(&policy, &call, &limits, Box::new(FixedUsage(values)));
+    let d = &e.decision;
+    if json_out {
+        let charges: Vec<_> = d
+            .charges
+            .iter()
+            .map(|c| json!({"counter": c.counter, "amount": c.amount}))
+            .collect();
+        let logs: Vec<_> = e
+            .logs
+            .iter()
+            .map(
+                |l| json!({"level": format!("{:?}", l.level).to_lowercase(), "message": l.message}),
+            )
+            .collect();
+        let out = json!({
+            "decision": d.outcome.as_str(), "reason": d.reason, "codes": d.codes,
+            "charges": charges, "fuel": e.fuel_consumed, "time_us": e.elapsed.as_micros() as u64,
+            "logs": logs, "logs_dropped": e.logs_dropped,
+        });
+        println!("{out}");
+    } else {
+        println!("{}  {}", d.outcome, d.reason);
+        if !d.codes.is_empty() {
+            println!("codes    {}", d.codes.join(", "));
+        }
+        for c in &d.charges {
+            println!("charge   {} += {}", c.counter, c.amount);
+        }
+        println!(
+            "fuel     {} of {}\ntime     {} µs (a fresh instance and the evaluation)",
+            e.fuel_consumed,
+            limits.fuel,
+            e.elapsed.as_micros()
+        );
+        for line in &e.logs {
+            println!("log      [{:?}] {}", line.level, line.message);
+        }
+        if e.logs_dropped > 0 {
+            println!("log      ({} more lines dropped)", e.logs_dropped);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn policy_test(
     component: PathBuf,
     cases_path: PathBuf,
     limits: Limits,
     verbose: bool,
 ) -> anyhow::Result<ExitCode> {
-    let bytes =
-        std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
     let text = std::fs::read_to_string(&cases_path)
         .with_context(|| format!("reading {}", cases_path.display()))?;
     let cases = cases::parse(&text)?;
-    let engine = Engine::new(&EngineConfig::default())
-        .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
-    let policy = engine
-        .compile(&bytes)
-        .with_context(|| format!("loading {}", component.display()))?;
+    let (engine, policy) = load_component(&component)?;
     let results = cases::run(&engine, &policy, &cases, &limits);
     print!("{}", cases::table(&results));
     if verbose {

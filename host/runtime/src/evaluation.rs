@@ -509,9 +509,17 @@ fn failure(error: &wasmtime::Error, state: &CallState, limits: &Limits) -> Decis
     if let Some(panic) = panic {
         return Decision::block(codes::TRAP, panic.message.clone());
     }
+    // A language runtime (componentize-js) writes an uncaught exception's message to stderr
+    // (then its stack and its own abort notice), then traps.
+    let said = state
+        .logs
+        .iter()
+        .find(|l| l.level == LogLevel::Warn && !l.message.trim().is_empty())
+        .map(|l| format!("; its stderr said: {}", truncated(l.message.trim(), 1024)))
+        .unwrap_or_default();
     match error.downcast_ref::<Trap>() {
         Some(Trap::StackOverflow) => Decision::block(codes::TRAP, "policy overflowed its stack"),
-        Some(trap) => Decision::block(codes::TRAP, format!("policy trapped: {trap}")),
+        Some(trap) => Decision::block(codes::TRAP, format!("policy trapped: {trap}{said}")),
         None => {
             tracing::warn!(error = format!("{error:#}"), "policy evaluation failed");
             Decision::block(codes::TRAP, "policy could not be run")

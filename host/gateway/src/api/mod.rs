@@ -29,7 +29,8 @@ pub struct BodyLimits {
     pub json_bytes: usize,
     /// JSON nesting depth.
     pub json_depth: usize,
-    /// Policy components, bytes.
+    /// Policy components, bytes: room for a Python policy (componentize-py's CPython makes
+    /// components of about 19 MB); the tenant's `max_policy_bytes` bounds what it keeps.
     pub policy_bytes: usize,
 }
 
@@ -38,7 +39,7 @@ impl Default for BodyLimits {
         Self {
             json_bytes: 1 << 20,
             json_depth: 64,
-            policy_bytes: 16 << 20,
+            policy_bytes: 32 << 20,
         }
     }
 }

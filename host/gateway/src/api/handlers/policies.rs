@@ -19,7 +19,7 @@ use crate::api::wire::*;
         (status = 400, description = "Not a component, wrong world, or a forbidden import (named); `policy_too_costly`: its compilation went past the time or memory budget (named)"),
         (status = 403),
         (status = 409, description = "`policy_quota`: the tenant keeps `max_policies` policies already"),
-        (status = 413, description = "Over 16 MiB; `policy_quota`: the tenant's components would take more than `max_policy_bytes`"),
+        (status = 413, description = "Over 32 MiB; `policy_quota`: the tenant's components would take more than `max_policy_bytes`"),
         (status = 503, description = "`compiler_busy`: no compilation slot came free in time"),
     ),
     security(("api_key" = [])))]
