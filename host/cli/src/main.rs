@@ -3,6 +3,7 @@
 
 mod bench;
 mod mcp;
+mod scaffold;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -351,6 +352,22 @@ enum PolicyCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Create a policy project (one rule, native tests, a cases file) and print how to test,
+    /// build and push it.
+    New {
+        /// The policy's name (a-z, 0-9, -), also the project directory's unless `--dir`.
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: scaffold::Lang,
+        /// Where to create it (default: ./NAME); must not exist, or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The Writ checkout whose SDKs and WIT the project builds with (default: the one this
+        /// `writ` was built from).
+        #[arg(long)]
+        writ_checkout: Option<PathBuf>,
+    },
     /// Run a JSON file of test cases against a policy component; exits 1 if any fails.
     Test {
         /// The policy component (`.wasm`, built for wasm32-wasip2).
@@ -430,6 +447,24 @@ fn main() -> ExitCode {
                     verbose,
                 },
         } => policy_test(component, cases, limits.limits(), verbose),
+        Command::Policy {
+            command:
+                PolicyCommand::New {
+                    name,
+                    lang,
+                    dir,
+                    writ_checkout,
+                },
+        } => scaffold::create(
+            &dir.unwrap_or_else(|| PathBuf::from(&name)),
+            &name,
+            lang,
+            &writ_checkout.unwrap_or_else(scaffold::default_checkout),
+        )
+        .map(|steps| {
+            print!("{steps}");
+            ExitCode::SUCCESS
+        }),
         Command::Policy {
             command:
                 PolicyCommand::Eval {
@@ -543,7 +578,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Policy {
-            command: PolicyCommand::Test { .. } | PolicyCommand::Eval { .. },
+            command:
+                PolicyCommand::Test { .. } | PolicyCommand::Eval { .. } | PolicyCommand::New { .. },
         }
         | Command::Audit { .. }
         | Command::Store { .. } => unreachable!("handled without a runtime"),
