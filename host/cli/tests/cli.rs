@@ -1,4 +1,5 @@
-//! The `writ` binary's `policy test` subcommand, run as a user would.
+//! The `writ` binary's `policy test` and `policy eval` subcommands, and its management
+//! commands, run as a user would.
 
 use std::process::Command;
 
@@ -72,7 +73,8 @@ fn policy_test_refuses_a_component_with_a_forbidden_import() {
     let component = dir.path().join("evil.wasm");
     std::fs::write(
         &component,
-        wat::parse_str(r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#).unwrap(),
+        wat::parse_str(r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)))"#)
+            .unwrap(),
     )
     .unwrap();
     let out = writ()
@@ -83,7 +85,125 @@ fn policy_test_refuses_a_component_with_a_forbidden_import() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("wasi:sockets/tcp@0.2.0"), "{stderr}");
+    assert!(
+        stderr.contains("wasi:http/outgoing-handler@0.2.0"),
+        "{stderr}"
+    );
+}
+
+/// Writes `cases` to a file and runs `writ policy test` of `component` on it.
+fn policy_test(component: &str, cases: serde_json::Value) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cases.json");
+    std::fs::write(&file, cases.to_string()).unwrap();
+    writ()
+        .args(["policy", "test", component])
+        .arg(&file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_failed_charges_expectation_prints_what_came_and_what_was_expected() {
+    let out = policy_test(
+        artifacts::SPEND_CAP,
+        serde_json::json!([{"name": "charges", "call": {"action": "payments.initiate",
+            "arguments": {"amount": 50, "currency": "GBP"}},
+            "expect": {"outcome": "allow", "charges": [{"counter": "spend:GBP", "amount": 60}]}}]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("charges [spend:GBP=50] (expected [spend:GBP=60])"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_malformed_cases_file_is_reported_once_naming_the_case_and_the_field() {
+    let out = policy_test(
+        artifacts::PAYMENTS_LIMITS,
+        serde_json::json!([
+            {"name": "fine", "call": {"action": "email.send"}, "expect": {"outcome": "allow"}},
+            {"name": "typo", "call": {"action": "email.send"},
+             "expect": {"outcome": "allow", "charges": [{"counter": "c", "amount": "ten"}]}}
+        ]),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("case 2 (typo), at `expect.charges[0].amount`"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("invalid type").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_sequence_carries_each_allowed_call_s_charges_to_the_next_so_a_rate_limit_is_tested() {
+    let send = serde_json::json!({"action": "email.send", "arguments": {"to": "a@example.com"}});
+    let out = policy_test(
+        artifacts::RATE_LIMIT,
+        serde_json::json!([{"name": "ten a minute", "steps": [
+            {"call": send, "repeat": 10, "expect": {"outcome": "allow"}},
+            {"call": send, "expect": {"outcome": "block", "codes": ["rate_limited"]}},
+            {"call": {"action": "email.send", "timestamp_ms": 60_000}, "expect": {"outcome": "allow"}},
+            {"call": {"action": "email.send", "key_id": "key_other"}, "expect": {"outcome": "allow"}}
+        ]}]),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ten a minute › 1 (×10)"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "4 passed, 0 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn policy_eval_prints_one_decision_with_its_fuel_and_time() {
+    let call =
+        r#"{"action": "payments.initiate", "arguments": {"amount": 800, "currency": "GBP"}}"#;
+    let out = writ()
+        .args(["policy", "eval", artifacts::SPEND_CAP, "--call", call])
+        .args(["--usage", "spend:GBP:session=950"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.starts_with("BLOCK") || stdout.starts_with("ESCALATE"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nfuel "), "{stdout}");
+    assert!(stdout.contains("\ntime "), "{stdout}");
+
+    let out = writ()
+        .args([
+            "policy",
+            "eval",
+            artifacts::PAYMENTS_LIMITS,
+            "--json",
+            "--call",
+            call,
+        ])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["decision"], "ESCALATE", "{answer}");
+    assert_eq!(answer["codes"], serde_json::json!(["amount_over_limit"]));
+    assert!(answer["fuel"].as_u64().unwrap() > 0);
+
+    let out = writ()
+        .args(["policy", "eval", artifacts::PAYMENTS_LIMITS, "--call", call])
+        .args(["--usage", "spend=3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("COUNTER:WINDOW=VALUE"));
 }
 
 /// `writ tenant create`, `writ key create` and `writ policy push` against a running gateway.
