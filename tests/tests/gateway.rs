@@ -600,12 +600,13 @@ async fn policy_upload_validates_and_names_the_problem() {
     let gw = TestGateway::start().await;
     let t = gw.tenant("acme", None).await;
     let forbidden =
-        wat::parse_str(r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#).unwrap();
+        wat::parse_str(r#"(component (import "wasi:http/outgoing-handler@0.2.0" (instance)))"#)
+            .unwrap();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (wat::parse_str("(module)").unwrap(), "core module"),
         (b"hello".to_vec(), "not a WebAssembly component"),
         (wat::parse_str("(component)").unwrap(), "evaluate"),
-        (forbidden, "wasi:sockets/tcp@0.2.0"),
+        (forbidden, "wasi:http/outgoing-handler@0.2.0"),
     ];
     for (bytes, needle) in cases {
         let (status, body) = gw.upload(&t.admin, "bad", bytes, true).await;
