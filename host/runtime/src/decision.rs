@@ -53,7 +53,7 @@ pub struct Target {
 }
 
 /// A tool call to be evaluated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ToolCall {
     /// Logical action, e.g. `payments.initiate`.
     pub action: String,

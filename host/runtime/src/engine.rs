@@ -171,6 +171,8 @@ struct CompiledInner {
     size: usize,
     component: Component,
     pre: PolicyPre<CallState>,
+    /// Whether the component imports any WASI interface (else no call can reach its context).
+    wasi: bool,
 }
 
 impl CompiledPolicy {
@@ -191,6 +193,10 @@ impl CompiledPolicy {
 
     pub(crate) fn pre(&self) -> &PolicyPre<CallState> {
         &self.inner.pre
+    }
+
+    pub(crate) fn imports_wasi(&self) -> bool {
+        self.inner.wasi
     }
 
     /// The compiled artifact, for [`Engine::load_precompiled`] after a restart.
@@ -410,11 +416,13 @@ impl Engine {
     ) -> Result<CompiledPolicy, LoadError> {
         let engine = &self.inner.engine;
         let mut linker = self.inner.linker.clone();
+        let mut wasi = false;
         for (name, item) in component.component_type().imports(engine) {
-            if name == HOST_INTERFACE
-                || name == TYPES_INTERFACE
-                || is_wasi(name, STD_WASI_INTERFACES)
-            {
+            if name == HOST_INTERFACE || name == TYPES_INTERFACE {
+                continue;
+            }
+            wasi = true;
+            if is_wasi(name, STD_WASI_INTERFACES) {
                 continue;
             }
             if !is_wasi(name, SOCKET_INTERFACES) {
@@ -434,6 +442,7 @@ impl Engine {
                 size,
                 component,
                 pre,
+                wasi,
             }),
         })
     }

@@ -147,13 +147,15 @@ pub struct CallState {
     logs: Vec<LogLine>,
     logs_dropped: usize,
     key_id: String,
-    pub(crate) wasi: CallWasi,
+    /// The call's WASI, for a component that imports any.
+    pub(crate) wasi: Option<CallWasi>,
 }
 
 impl CallState {
     /// Adds what the policy wrote to stdout and stderr to its log, within the same bounds.
     fn take_output(&mut self) {
-        let (lines, dropped) = self.wasi.take_output();
+        let Some(wasi) = &self.wasi else { return };
+        let (lines, dropped) = wasi.take_output();
         for line in lines {
             if self.logs.len() >= MAX_LOG_LINES {
                 self.logs_dropped += 1;
@@ -284,7 +286,8 @@ impl Engine {
                 logs: Vec::new(),
                 logs_dropped: 0,
                 key_id: call.key_id.clone(),
-                wasi: CallWasi::new(call),
+                // A lean component imports no WASI: nothing to prepare for it.
+                wasi: policy.imports_wasi().then(|| CallWasi::new(call)),
             },
         );
         store.limiter(|state| state);

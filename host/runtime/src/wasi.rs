@@ -122,7 +122,11 @@ impl CallWasi {
 
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let made = self.wasi.made();
+        // Only a component that imports WASI reaches here, and its calls have their `CallWasi`.
+        let wasi = self
+            .wasi
+            .get_or_insert_with(|| CallWasi::new(&ToolCall::default()));
+        let made = wasi.made();
         WasiCtxView {
             ctx: &mut made.ctx,
             table: &mut made.table,
@@ -139,7 +143,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<CallState>) -> wasmtime::Result<
     io::streams::add_to_linker::<CallState, HasIo>(l, |t| t.ctx().table)?;
     clocks::wall_clock::add_to_linker::<CallState, WasiClocks>(l, CallState::clocks)?;
     clocks::monotonic_clock::add_to_linker::<CallState, StillClock>(l, |t| {
-        let now_ns = t.wasi.timestamp_ms.saturating_mul(1_000_000);
+        let now_ns = t.wasi.as_ref().map_or(0, |w| w.timestamp_ms) * 1_000_000;
         StillClockView {
             now_ns,
             table: t.ctx().table,
