@@ -3,6 +3,8 @@
 
 mod bench;
 mod mcp;
+mod offline;
+mod policy;
 mod scaffold;
 
 use std::net::SocketAddr;
@@ -12,11 +14,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Value, json};
+use serde_json::json;
 use writ_client::{Client, ClientError, wire};
 use writ_console::ConsoleConfig;
 use writ_gateway::server::{ConnectionLimits, Gateway, ServeConfig, demo_setup, shutdown_signal};
-use writ_runtime::{Engine, EngineConfig, FixedUsage, Limits, Window, cases};
+use writ_runtime::EngineConfig;
 
 /// jemalloc rather than glibc's allocator, which was a large share of the workers' time under
 /// load (docs/bench-log.md).
@@ -139,12 +141,12 @@ enum Command {
     /// Verify or export audit chains from a stopped gateway's store.
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: offline::AuditCommand,
     },
     /// Move a store between backends.
     Store {
         #[command(subcommand)]
-        command: StoreCommand,
+        command: offline::StoreCommand,
     },
     /// Load a gateway on loopback and compare it with the bare-axum floor (see BENCHMARKS.md).
     Bench(Box<BenchArgs>),
@@ -236,58 +238,6 @@ struct BenchArgs {
     flood_max_evaluations: usize,
 }
 
-#[derive(Subcommand)]
-enum AuditCommand {
-    /// Recompute every hash; prints one JSON line per tenant; exits 1 if any chain is broken.
-    Verify {
-        /// The stopped gateway's data directory.
-        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
-        data_dir: PathBuf,
-        /// Read the chains from this PostgreSQL store instead (it may be serving meanwhile).
-        #[arg(long = "store", env = "WRIT_STORE_URL", hide_env_values = true)]
-        store_url: Option<String>,
-        /// Only this tenant (default: the checkpoint's tenant, else every tenant).
-        #[arg(long)]
-        tenant: Option<String>,
-        /// A signed checkpoint the chain must still contain (detects truncation and rewrite).
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// The verifier key (`writ+…`, from GET /v1/audit/public-key); default: the data
-        /// directory's checkpoint.key.
-        #[arg(long)]
-        public_key: Option<String>,
-    },
-    /// Write a tenant's chain as JSON Lines to standard output.
-    Export {
-        /// The stopped gateway's data directory.
-        #[arg(long, env = "WRIT_DATA_DIR", default_value = "./writ-data")]
-        data_dir: PathBuf,
-        /// Read the chain from this PostgreSQL store instead (it may be serving meanwhile).
-        #[arg(long = "store", env = "WRIT_STORE_URL", hide_env_values = true)]
-        store_url: Option<String>,
-        #[arg(long)]
-        tenant: String,
-        /// Only records with a greater seq.
-        #[arg(long)]
-        after_seq: Option<u64>,
-    },
-}
-
-#[derive(Subcommand)]
-enum StoreCommand {
-    /// Copy a stopped gateway's sled store into an empty PostgreSQL store (tables, policy
-    /// components; vault entries stay sealed under the same master key), then verify every
-    /// chain there. Prints one JSON line per table and per tenant.
-    Migrate {
-        /// The stopped gateway's data directory.
-        #[arg(long)]
-        from_data_dir: PathBuf,
-        /// The PostgreSQL store (`postgres://user@host:port/db`).
-        #[arg(long, env = "WRIT_STORE_URL", hide_env_values = true)]
-        to: String,
-    },
-}
-
 /// Where the gateway is and which key to use.
 #[derive(Args)]
 struct Remote {
@@ -375,7 +325,7 @@ enum PolicyCommand {
         /// The cases file (see `writ_runtime::cases` for the format).
         cases: PathBuf,
         #[command(flatten)]
-        limits: LimitArgs,
+        limits: policy::LimitArgs,
         /// Also print what the policy logged.
         #[arg(long, short)]
         verbose: bool,
@@ -394,35 +344,11 @@ enum PolicyCommand {
         #[arg(long = "usage", value_name = "COUNTER:WINDOW=VALUE")]
         usage: Vec<String>,
         #[command(flatten)]
-        limits: LimitArgs,
+        limits: policy::LimitArgs,
         /// Print the evaluation as one JSON object.
         #[arg(long)]
         json: bool,
     },
-}
-
-/// The sandbox's limits for one evaluation, as the gateway's defaults set them.
-#[derive(Args)]
-struct LimitArgs {
-    /// Fuel per evaluation.
-    #[arg(long, default_value_t = Limits::default().fuel)]
-    fuel: u64,
-    /// Deadline per evaluation, in milliseconds.
-    #[arg(long, default_value_t = Limits::default().deadline.as_millis() as u64)]
-    deadline_ms: u64,
-    /// Memory per evaluation, in MiB.
-    #[arg(long, default_value_t = Limits::default().memory_bytes >> 20)]
-    memory_mib: usize,
-}
-
-impl LimitArgs {
-    fn limits(&self) -> Limits {
-        Limits {
-            fuel: self.fuel,
-            deadline: Duration::from_millis(self.deadline_ms),
-            memory_bytes: self.memory_mib << 20,
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -446,7 +372,7 @@ fn main() -> ExitCode {
                     limits,
                     verbose,
                 },
-        } => policy_test(component, cases, limits.limits(), verbose),
+        } => policy::test(component, cases, limits.limits(), verbose),
         Command::Policy {
             command:
                 PolicyCommand::New {
@@ -474,9 +400,9 @@ fn main() -> ExitCode {
                     limits,
                     json,
                 },
-        } => policy_eval(component, &call, &usage, limits.limits(), json),
-        Command::Audit { command } => audit(command),
-        Command::Store { command } => store(command),
+        } => policy::eval(component, &call, &usage, limits.limits(), json),
+        Command::Audit { command } => offline::audit(command),
+        Command::Store { command } => offline::store(command),
         command => tokio::runtime::Runtime::new()
             .context("starting the runtime")
             .and_then(|rt| rt.block_on(run(command))),
@@ -682,257 +608,4 @@ fn print_answer<T: serde::Serialize>(answer: Result<T, ClientError>) -> anyhow::
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Compiles the component at `path` in an engine of the gateway's settings.
-fn load_component(path: &PathBuf) -> anyhow::Result<(Engine, writ_runtime::CompiledPolicy)> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let engine = Engine::new(&EngineConfig::default())
-        .map_err(|e| anyhow::anyhow!("starting the engine: {e:#}"))?;
-    let policy = engine
-        .compile(&bytes)
-        .with_context(|| format!("loading {}", path.display()))?;
-    Ok((engine, policy))
-}
-
-fn policy_eval(
-    component: PathBuf,
-    call: &str,
-    usage: &[String],
-    limits: Limits,
-    json_out: bool,
-) -> anyhow::Result<ExitCode> {
-    let call = cases::parse_call(call)?;
-    let mut values = std::collections::HashMap::new();
-    for entry in usage {
-        let parsed = entry.rsplit_once('=').and_then(|(key, value)| {
-            let (counter, window) = key.rsplit_once(':')?;
-            Some((counter, Window::parse(window)?, value.parse::<f64>().ok()?))
-        });
-        let Some((counter, window, value)) = parsed else {
-            anyhow::bail!(
-                "--usage {entry:?}: expected COUNTER:WINDOW=VALUE, e.g. spend:session=120"
-            );
-        };
-        values.insert((counter.to_owned(), window), value);
-    }
-    let (engine, policy) = load_component(&component)?;
-    let e = engine.evaluate_blocking(&policy, &call, &limits, Box::new(FixedUsage(values)));
-    let d = &e.decision;
-    if json_out {
-        let charges: Vec<_> = d
-            .charges
-            .iter()
-            .map(|c| json!({"counter": c.counter, "amount": c.amount}))
-            .collect();
-        let logs: Vec<_> = e
-            .logs
-            .iter()
-            .map(
-                |l| json!({"level": format!("{:?}", l.level).to_lowercase(), "message": l.message}),
-            )
-            .collect();
-        let out = json!({
-            "decision": d.outcome.as_str(), "reason": d.reason, "codes": d.codes,
-            "charges": charges, "fuel": e.fuel_consumed, "time_us": e.elapsed.as_micros() as u64,
-            "logs": logs, "logs_dropped": e.logs_dropped,
-        });
-        println!("{out}");
-    } else {
-        println!("{}  {}", d.outcome, d.reason);
-        if !d.codes.is_empty() {
-            println!("codes    {}", d.codes.join(", "));
-        }
-        for c in &d.charges {
-            println!("charge   {} += {}", c.counter, c.amount);
-        }
-        println!(
-            "fuel     {} of {}\ntime     {} µs (a fresh instance and the evaluation)",
-            e.fuel_consumed,
-            limits.fuel,
-            e.elapsed.as_micros()
-        );
-        for line in &e.logs {
-            println!("log      [{:?}] {}", line.level, line.message);
-        }
-        if e.logs_dropped > 0 {
-            println!("log      ({} more lines dropped)", e.logs_dropped);
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn policy_test(
-    component: PathBuf,
-    cases_path: PathBuf,
-    limits: Limits,
-    verbose: bool,
-) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&cases_path)
-        .with_context(|| format!("reading {}", cases_path.display()))?;
-    let cases = cases::parse(&text)?;
-    let (engine, policy) = load_component(&component)?;
-    let results = cases::run(&engine, &policy, &cases, &limits);
-    print!("{}", cases::table(&results));
-    if verbose {
-        for r in &results {
-            for line in &r.evaluation.logs {
-                println!("[{}] {:?}: {}", r.name, line.level, line.message);
-            }
-        }
-    }
-    Ok(if results.iter().all(|r| r.passed()) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-fn audit(command: AuditCommand) -> anyhow::Result<ExitCode> {
-    use std::io::Write as _;
-    use writ_gateway::checkpoint;
-    use writ_gateway::store::Table;
-    match command {
-        AuditCommand::Verify {
-            data_dir,
-            store_url,
-            tenant,
-            checkpoint: checkpoint_file,
-            public_key,
-        } => {
-            let (store, _scratch) = open_for_reading(&data_dir, store_url.as_deref())?;
-            let cp = match &checkpoint_file {
-                Some(path) => {
-                    let note = std::fs::read_to_string(path)
-                        .with_context(|| format!("reading {}", path.display()))?;
-                    // Read-only: the data dir's key is read, never created.
-                    let public = match &public_key {
-                        Some(vkey) => checkpoint::parse_verifier_key(vkey)?,
-                        None => checkpoint::CheckpointSigner::load(&data_dir)?.public_key(),
-                    };
-                    match checkpoint::verify(&note, &public) {
-                        Ok(cp) => Some(cp),
-                        Err(e) => {
-                            println!(
-                                "{}",
-                                json!({"ok": false, "problem": "bad_checkpoint", "detail": e.to_string()})
-                            );
-                            return Ok(ExitCode::FAILURE);
-                        }
-                    }
-                }
-                None => None,
-            };
-            let tenants: Vec<String> = match (tenant, &cp) {
-                (Some(t), _) => vec![t],
-                (None, Some(cp)) => vec![cp.tenant_id.clone()],
-                (None, None) => store
-                    .scan::<Value>(Table::Tenants, b"")?
-                    .into_iter()
-                    .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
-                    .collect(),
-            };
-            let mut all_ok = true;
-            for tenant_id in tenants {
-                let cp = cp.as_ref().filter(|c| c.tenant_id == tenant_id);
-                let v = writ_gateway::verify::verify_chain(&store, &tenant_id, cp)?;
-                all_ok &= v.ok();
-                println!(
-                    "{}",
-                    json!({
-                        "tenant_id": tenant_id,
-                        "ok": v.ok(),
-                        "records": v.records,
-                        "head_seq": v.head.map(|(s, _)| s),
-                        "head_hash": v.head.map(|(_, h)| hex::encode(h)),
-                        "checkpoint_size": cp.map(|c| c.size),
-                        "broken_seq": v.broken.as_ref().map(|b| b.seq),
-                        "problem": v.broken.as_ref().map(|b| b.problem.code()),
-                        "detail": v.broken.as_ref().map(|b| b.detail.clone()),
-                    })
-                );
-            }
-            Ok(if all_ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
-        AuditCommand::Export {
-            data_dir,
-            store_url,
-            tenant,
-            after_seq,
-        } => {
-            let (store, _scratch) = open_for_reading(&data_dir, store_url.as_deref())?;
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let mut failed = None;
-            writ_gateway::verify::export(&store, &tenant, after_seq, |line| {
-                match out.write_all(line).and_then(|()| out.write_all(b"\n")) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        failed = Some(e);
-                        false
-                    }
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e.into());
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-/// The store to read chains from: PostgreSQL at `url` (with a scratch directory for its local
-/// files, kept as long as the store), else the stopped sled store in `data_dir`.
-fn open_for_reading(
-    data_dir: &std::path::Path,
-    url: Option<&str>,
-) -> anyhow::Result<(writ_gateway::store::Store, Option<tempfile::TempDir>)> {
-    let Some(url) = url else {
-        return Ok((open_stopped_store(data_dir)?, None));
-    };
-    let scratch = tempfile::tempdir()?;
-    let options = writ_gateway::store::PgOptions {
-        url: url.to_owned(),
-        hold: writ_gateway::store::Hold::Nothing,
-    };
-    let store = writ_gateway::store::Store::open_postgres(&options, scratch.path())
-        .context("opening the PostgreSQL store")?;
-    Ok((store, Some(scratch)))
-}
-
-fn store(command: StoreCommand) -> anyhow::Result<ExitCode> {
-    match command {
-        StoreCommand::Migrate { from_data_dir, to } => {
-            let migrated = writ_gateway::migrate::sled_to_postgres(&from_data_dir, &to)?;
-            for (table, rows) in &migrated.rows {
-                println!("{}", json!({"table": table, "rows": rows}));
-            }
-            println!("{}", json!({"components": migrated.components}));
-            for (tenant_id, records, head_seq) in &migrated.chains {
-                println!(
-                    "{}",
-                    json!({"tenant_id": tenant_id, "ok": true, "records": records, "head_seq": head_seq})
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-fn open_stopped_store(data_dir: &std::path::Path) -> anyhow::Result<writ_gateway::store::Store> {
-    anyhow::ensure!(
-        data_dir.join("db").exists(),
-        "no store in {}",
-        data_dir.display()
-    );
-    writ_gateway::store::Store::open(data_dir).with_context(|| {
-        format!(
-            "opening the store in {} (is the gateway still running? stop it first)",
-            data_dir.display()
-        )
-    })
 }
