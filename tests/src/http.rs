@@ -265,4 +265,10 @@ impl Api {
         }
         panic!("the policy never loaded on {}", self.base);
     }
+
+    /// `GET /v1/escalations/{id}/wait?timeout=SECONDS` with `key`: the status and the body.
+    pub async fn wait_escalation(&self, key: &str, id: &str, timeout_s: u64) -> (u16, Value) {
+        let path = format!("/v1/escalations/{id}/wait?timeout={timeout_s}");
+        self.call(Method::GET, &path, Some(key), None).await
+    }
 }

@@ -132,14 +132,7 @@ async fn a_call_held_on_one_node_expires_once_across_nodes_at_its_deadline_and_n
     let id = esc["escalation_id"].as_str().unwrap().to_owned();
     // A second short of the tenant's hold (60 s), nothing expires on either node.
     clock.advance(59_000);
-    let (status, waited) = b
-        .call(
-            Method::GET,
-            &format!("/v1/escalations/{id}/wait?timeout=1"),
-            Some(&t.agent),
-            None,
-        )
-        .await;
+    let (status, waited) = b.wait_escalation(&t.agent, &id, 1).await;
     assert_eq!(status, 200, "{waited}");
     assert_eq!(waited["status"], "pending", "{waited}");
 
@@ -151,14 +144,7 @@ async fn a_call_held_on_one_node_expires_once_across_nodes_at_its_deadline_and_n
         .unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["codes"], json!(["escalation_expired"]), "{answer}");
-    let (status, waited) = b
-        .call(
-            Method::GET,
-            &format!("/v1/escalations/{id}/wait?timeout=1"),
-            Some(&t.agent),
-            None,
-        )
-        .await;
+    let (status, waited) = b.wait_escalation(&t.agent, &id, 1).await;
     assert_eq!(status, 200, "{waited}");
     assert_eq!(waited["status"], "expired", "{waited}");
     let records = b.audit(&t.reviewer).await;

@@ -236,14 +236,7 @@ async fn a_call_held_on_one_process_is_decided_once_through_two_others_and_its_w
     assert_eq!(resolved.count(), 1);
     assert_chain_valid(&records);
     for node in &n.nodes {
-        let (status, waited) = node
-            .call(
-                Method::GET,
-                &format!("/v1/escalations/{id}/wait?timeout=1"),
-                Some(&t.agent),
-                None,
-            )
-            .await;
+        let (status, waited) = node.wait_escalation(&t.agent, &id, 1).await;
         assert_eq!(status, 200, "{waited}");
         assert_eq!(waited["status"], "approved", "{waited}");
     }
@@ -279,15 +272,7 @@ async fn a_call_held_on_one_process_expires_once_and_waiters_on_every_process_he
         .iter()
         .map(|node| {
             let (node, key, id) = (node.clone(), t.agent.clone(), id.clone());
-            tokio::spawn(async move {
-                node.call(
-                    Method::GET,
-                    &format!("/v1/escalations/{id}/wait?timeout=30"),
-                    Some(&key),
-                    None,
-                )
-                .await
-            })
+            tokio::spawn(async move { node.wait_escalation(&key, &id, 30).await })
         })
         .collect();
     for waiter in waiters {
